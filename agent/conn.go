@@ -1,0 +1,364 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/capd-dev/capd/agent/policy"
+	"github.com/capd-dev/capd/internal/fdpass"
+	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/internal/proto"
+)
+
+// maxRecvFDs sizes the control buffer: room for more fds than any request
+// may carry, so that surplus fds are told apart from truncation.
+const maxRecvFDs = 8
+
+type conn struct {
+	srv *Server
+	uid uint32
+	id  Identity
+
+	mu sync.Mutex // guards fd against Shutdown
+	fd int
+}
+
+// shutdown wakes the connection's blocked recvmsg; serve then closes.
+func (c *conn) shutdown() {
+	c.mu.Lock()
+	if c.fd >= 0 {
+		unix.Shutdown(c.fd, unix.SHUT_RDWR)
+	}
+	c.mu.Unlock()
+}
+
+func (c *conn) close() {
+	c.mu.Lock()
+	linux.Close(c.fd)
+	c.fd = -1
+	c.mu.Unlock()
+}
+
+func (c *conn) serve(cfg *policy.Config) {
+	defer c.srv.forget(c)
+	defer c.close()
+	log := c.srv.log
+	setTimeout(c.fd, unix.SO_RCVTIMEO, time.Duration(cfg.Agent.IdleTimeout))
+	setTimeout(c.fd, unix.SO_SNDTIMEO, time.Duration(cfg.Agent.SendTimeout))
+
+	in := make([]byte, proto.MaxRequest)
+	out := make([]byte, 0, 512)
+	oob := make([]byte, fdpass.OOBSize(maxRecvFDs))
+	var fdbuf [maxRecvFDs]int
+
+	id, err := resolvePeer(c.fd, c.srv.resolver)
+	if err != nil {
+		log.Warn("cannot identify client; closing", "err", err)
+		m := proto.NewMessage(out, 0, proto.CodePermissionDenied)
+		m.String(proto.AttrMessage, "the agent cannot identify this client: "+err.Error())
+		fdpass.Send(c.fd, m.Bytes())
+		return
+	}
+	c.id = id
+	debug := log.Enabled(context.Background(), slog.LevelDebug)
+	if debug {
+		log.Debug("client connected", "identity", id.Name, "uid", id.UID, "pid", id.PID)
+	}
+
+	for {
+		n, fds, err := fdpass.Recv(c.fd, in, oob, fdbuf[:0], 1)
+		if err != nil {
+			var reason string
+			switch {
+			case errors.Is(err, unix.EAGAIN):
+				if debug {
+					log.Debug("closing idle connection", "identity", id.Name, "pid", id.PID)
+				}
+				return
+			case errors.Is(err, fdpass.ErrTruncated):
+				reason = fmt.Sprintf("request larger than %d bytes", proto.MaxRequest)
+			case errors.Is(err, fdpass.ErrTooManyFDs), errors.Is(err, fdpass.ErrControlTruncated):
+				reason = "a request carries at most one fd"
+			case errors.Is(err, fdpass.ErrUnexpectedControl):
+				reason = "only SCM_RIGHTS control messages are accepted"
+			default:
+				return // peer vanished or connection shut down
+			}
+			log.Info("bad request; closing connection", "identity", id.Name, "pid", id.PID, "reason", reason)
+			m := proto.NewMessage(out, 0, proto.CodeInvalidRequest)
+			m.String(proto.AttrMessage, reason)
+			fdpass.Send(c.fd, m.Bytes())
+			return
+		}
+		if n == 0 && len(fds) == 0 {
+			return // orderly close
+		}
+		reqFD := -1
+		if len(fds) == 1 {
+			reqFD = fds[0]
+		}
+		resp, e, fatal := c.handle(c.srv.cfg.Load(), in[:n], reqFD, out[:0])
+		if e != nil {
+			err = fdpass.Send(c.fd, resp, e.fd)
+			e.release()
+		} else {
+			err = fdpass.Send(c.fd, resp)
+		}
+		out = resp[:0]
+		if err != nil || fatal {
+			return
+		}
+	}
+}
+
+// handle answers one request. It owns reqFD (-1 if none). A non-nil entry
+// is to be sent with the response and released afterwards. fatal asks the
+// caller to close the connection after replying.
+func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (resp []byte, e *entry, fatal bool) {
+	h, attrs, err := proto.ParseHeader(req)
+	if err == nil && h.Op != proto.OpPublish && reqFD >= 0 {
+		err = proto.Errorf(proto.CodeInvalidRequest, "%s takes no fd", h.Op)
+	}
+	if err == nil {
+		switch h.Op {
+		case proto.OpAcquire:
+			var m proto.Builder
+			m, e, err = c.acquire(cfg, attrs, out)
+			if err == nil {
+				return m.Bytes(), e, false
+			}
+		case proto.OpPublish:
+			err = c.publish(cfg, attrs, reqFD)
+			reqFD = -1
+		case proto.OpRevoke:
+			err = c.revoke(attrs)
+		case proto.OpList:
+			var m proto.Builder
+			if m, err = c.list(cfg, attrs, out); err == nil {
+				return m.Bytes(), nil, false
+			}
+		case proto.OpWhoami:
+			m := proto.NewMessage(out, h.Op, proto.CodeOK)
+			m.String(proto.AttrIdentity, c.id.Name)
+			m.String(proto.AttrCgroup, c.id.Cgroup)
+			m.U32(proto.AttrUID, c.id.UID)
+			m.U32(proto.AttrPID, uint32(c.id.PID))
+			return m.Bytes(), nil, false
+		default:
+			err = proto.Errorf(proto.CodeInvalidRequest, "unknown operation %d", h.Op)
+		}
+	}
+	if reqFD >= 0 {
+		linux.Close(reqFD)
+	}
+	if err == nil {
+		m := proto.NewMessage(out, h.Op, proto.CodeOK)
+		return m.Bytes(), nil, false
+	}
+	var perr *proto.Error
+	if !errors.As(err, &perr) {
+		if errors.Is(err, proto.ErrMalformed) {
+			perr = &proto.Error{Code: proto.CodeInvalidRequest, Message: err.Error()}
+		} else {
+			c.srv.log.Error("request failed", "op", h.Op, "identity", c.id.Name, "err", err)
+			perr = &proto.Error{Code: proto.CodeInternal, Message: err.Error()}
+		}
+	}
+	m := proto.NewMessage(out, h.Op, perr.Code)
+	m.String(proto.AttrMessage, perr.Message)
+	fatal = perr.Code == proto.CodeInvalidRequest || perr.Code == proto.CodeUnsupportedVersion
+	return m.Bytes(), nil, fatal
+}
+
+func badAttr(op proto.Op, t proto.Attr) error {
+	return proto.Errorf(proto.CodeInvalidRequest, "%s: unexpected or repeated attribute %d", op, t)
+}
+
+func (c *conn) acquire(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder, *entry, error) {
+	var owner, name string
+	var haveOwner, haveName bool
+	it := proto.Attrs(attrs)
+	for t, v, ok := it.Next(); ok; t, v, ok = it.Next() {
+		switch {
+		case t == proto.AttrOwner && !haveOwner:
+			owner, haveOwner = string(v), true
+		case t == proto.AttrName && !haveName:
+			name, haveName = string(v), true
+		default:
+			return proto.Builder{}, nil, badAttr(proto.OpAcquire, t)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return proto.Builder{}, nil, err
+	}
+	if !haveOwner || !haveName {
+		return proto.Builder{}, nil, proto.Errorf(proto.CodeInvalidRequest, "acquire needs an owner and a name")
+	}
+	self := owner == c.id.Name
+	if !self && !cfg.Allowed(c.id.Name, owner, name) {
+		c.srv.log.Info("acquire denied", "consumer", c.id.Name, "pid", c.id.PID, "entry", owner+":"+name, "reason", "no grant")
+		return proto.Builder{}, nil, proto.Errorf(proto.CodePermissionDenied, "%s may not acquire %s:%s: no grant in policy", c.id.Name, owner, name)
+	}
+	e := c.srv.store.acquire(owner, name)
+	if e == nil {
+		return proto.Builder{}, nil, proto.Errorf(proto.CodeNotFound, "%s:%s is not published", owner, name)
+	}
+	if !self && !e.admits(c.id.Name) {
+		e.release()
+		c.srv.log.Info("acquire denied", "consumer", c.id.Name, "pid", c.id.PID, "entry", owner+":"+name, "reason", "audience")
+		return proto.Builder{}, nil, proto.Errorf(proto.CodePermissionDenied, "%s may not acquire %s:%s: the owner's allow list excludes it", c.id.Name, owner, name)
+	}
+	e.acquired.Add(1)
+	return proto.NewMessage(out, proto.OpAcquire, proto.CodeOK), e, nil
+}
+
+func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {
+	if fd < 0 {
+		return proto.Errorf(proto.CodeInvalidRequest, "publish needs exactly one fd")
+	}
+	e := newEntry(c.id.Name, "", fd)
+	var flags uint32
+	var ttl uint64
+	var haveName, haveFlags, haveTTL bool
+	it := proto.Attrs(attrs)
+	var err error
+	for t, v, ok := it.Next(); ok && err == nil; t, v, ok = it.Next() {
+		switch {
+		case t == proto.AttrName && !haveName:
+			e.name, haveName = string(v), true
+		case t == proto.AttrFlags && !haveFlags:
+			flags, err = proto.U32(v)
+			haveFlags = true
+		case t == proto.AttrTTL && !haveTTL:
+			ttl, err = proto.U64(v)
+			haveTTL = true
+		case t == proto.AttrAllow && len(e.allow) < proto.MaxAllow:
+			if err = policy.ValidPattern(string(v)); err == nil {
+				e.allow = append(e.allow, policy.Pattern(v))
+			}
+		default:
+			err = badAttr(proto.OpPublish, t)
+		}
+	}
+	if err == nil {
+		err = it.Err()
+	}
+	switch {
+	case err != nil:
+	case !haveName:
+		err = fmt.Errorf("publish needs a name")
+	case flags&^(proto.FlagPin|proto.FlagReplace) != 0:
+		err = fmt.Errorf("unknown publish flags %#x", flags)
+	case haveTTL && (ttl == 0 || ttl > uint64((100*365*24*time.Hour).Milliseconds())):
+		err = fmt.Errorf("ttl of %d ms is out of range", ttl)
+	default:
+		err = proto.ValidName(e.name)
+	}
+	if err != nil {
+		e.release()
+		var perr *proto.Error
+		if errors.As(err, &perr) {
+			return err
+		}
+		return &proto.Error{Code: proto.CodeInvalidRequest, Message: err.Error()}
+	}
+	e.pinned = flags&proto.FlagPin != 0
+	e.kind = linux.FdKind(fd)
+	e.cgroup = c.id.Cgroup
+	e.published = time.Now()
+	if haveTTL {
+		e.expires = e.published.Add(time.Duration(ttl) * time.Millisecond)
+	}
+	if err := c.srv.store.publish(e, flags&proto.FlagReplace != 0, cfg.Agent.MaxEntries); err != nil {
+		return err
+	}
+	c.srv.log.Info("published", "owner", e.owner, "name", e.name, "kind", e.kind, "pin", e.pinned, "ttl", time.Duration(ttl)*time.Millisecond, "pid", c.id.PID)
+	return nil
+}
+
+func (c *conn) revoke(attrs []byte) error {
+	var name string
+	var haveName bool
+	it := proto.Attrs(attrs)
+	for t, v, ok := it.Next(); ok; t, v, ok = it.Next() {
+		if t != proto.AttrName || haveName {
+			return badAttr(proto.OpRevoke, t)
+		}
+		name, haveName = string(v), true
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	if !haveName {
+		return proto.Errorf(proto.CodeInvalidRequest, "revoke needs a name")
+	}
+	if !c.srv.store.revoke(c.id.Name, name) {
+		return proto.Errorf(proto.CodeNotFound, "%s:%s is not published", c.id.Name, name)
+	}
+	c.srv.log.Info("revoked", "owner", c.id.Name, "name", name, "pid", c.id.PID)
+	return nil
+}
+
+// list answers with the entries the caller may see, after the optional
+// cursor, as many as fit in one response; AttrMore says there are more.
+func (c *conn) list(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder, error) {
+	var after key
+	var haveAfter bool
+	it := proto.Attrs(attrs)
+	for t, v, ok := it.Next(); ok; t, v, ok = it.Next() {
+		if t != proto.AttrAfter || haveAfter {
+			return proto.Builder{}, badAttr(proto.OpList, t)
+		}
+		owner, name, err := proto.SplitRef(string(v))
+		if err != nil {
+			return proto.Builder{}, proto.Errorf(proto.CodeInvalidRequest, "list cursor: %v", err)
+		}
+		after, haveAfter = key{owner, name}, true
+	}
+	if err := it.Err(); err != nil {
+		return proto.Builder{}, err
+	}
+	me := c.id.Name
+	root := c.id.UID == 0
+	entries := c.srv.store.snapshot(func(e *entry) bool {
+		if haveAfter && !less(after, e.key) {
+			return false
+		}
+		return root || e.owner == me || (cfg.Allowed(me, e.owner, e.name) && e.admits(me))
+	})
+	m := proto.NewMessage(out, proto.OpList, proto.CodeOK)
+	for _, e := range entries {
+		mark := m.Len()
+		start := m.Begin(proto.AttrEntry)
+		m.String(proto.AttrOwner, e.owner)
+		m.String(proto.AttrName, e.name)
+		var flags uint32
+		if e.pinned {
+			flags |= proto.FlagPin
+		}
+		m.U32(proto.AttrFlags, flags)
+		m.String(proto.AttrKind, e.kind)
+		m.String(proto.AttrCgroup, e.cgroup)
+		m.U64(proto.AttrPublished, uint64(e.published.UnixMilli()))
+		if !e.expires.IsZero() {
+			m.U64(proto.AttrExpires, uint64(e.expires.UnixMilli()))
+		}
+		m.U64(proto.AttrAcquired, e.acquired.Load())
+		for _, a := range e.allow {
+			m.String(proto.AttrAllow, string(a))
+		}
+		m.End(start)
+		if m.Len() > proto.MaxResponse-4 {
+			m.Truncate(mark)
+			m.Empty(proto.AttrMore)
+			break
+		}
+	}
+	return m, nil
+}

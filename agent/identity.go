@@ -1,0 +1,74 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/capd-dev/capd/cgroup"
+	"github.com/capd-dev/capd/internal/linux"
+)
+
+// Identity is who a connection belongs to, as the kernel reports it.
+type Identity struct {
+	// Name is the identity policy works with: "NAME.service",
+	// "NAME.scope" or "cgroup:/path" (see cgroup.IdentityFromPath).
+	Name string
+	// Cgroup is the peer's cgroup v2 path when identity was resolved.
+	Cgroup string
+	// UID, GID and PID are the peer's credentials when it connected.
+	UID, GID uint32
+	PID      int32
+}
+
+// resolvePeer learns the identity of the process that connected sock.
+//
+// Credentials come from SO_PEERCRED (fixed at connect). The cgroup comes from
+// a pidfd of the peer: SO_PEERPIDFD (Linux >= 6.5), then PIDFD_GET_INFO for
+// the cgroup id (Linux >= 6.13), resolved to a path through the v2 mount.
+// Older kernels fall back to /proc/PID/cgroup, accepted only if the pidfd
+// still shows the process alive after the read, so the pid was not recycled
+// in between. Nothing the client sends takes part.
+func resolvePeer(sock int, r *cgroup.Resolver) (Identity, error) {
+	cred, err := linux.PeerCred(sock)
+	if err != nil {
+		return Identity{}, err
+	}
+	id := Identity{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid}
+	pidfd, err := linux.PeerPidfd(sock)
+	if errors.Is(err, unix.ENOPROTOOPT) || errors.Is(err, unix.EINVAL) {
+		// Kernel < 6.5: the pid may have been recycled since connect; the
+		// liveness check below narrows but cannot close that window.
+		pidfd, err = linux.PidfdOpen(int(cred.Pid))
+	}
+	if err != nil {
+		return Identity{}, fmt.Errorf("pidfd of peer %d: %w", cred.Pid, err)
+	}
+	defer linux.Close(pidfd)
+
+	info, err := linux.PidfdGetInfo(pidfd, unix.PIDFD_INFO_CGROUPID)
+	switch {
+	case err == nil && info.Mask&unix.PIDFD_INFO_CGROUPID != 0:
+		id.Cgroup, err = r.PathByID(info.Cgroupid)
+		if err != nil {
+			return Identity{}, fmt.Errorf("cgroup of peer %d: %w", cred.Pid, err)
+		}
+	case err == nil, errors.Is(err, unix.ENOTTY), errors.Is(err, unix.EINVAL):
+		id.Cgroup, err = cgroup.ProcPath(int(cred.Pid))
+		if err != nil {
+			return Identity{}, err
+		}
+		alive, err := linux.PidfdAlive(pidfd)
+		if err != nil {
+			return Identity{}, err
+		}
+		if !alive {
+			return Identity{}, fmt.Errorf("peer %d exited during identification: %w", cred.Pid, unix.ESRCH)
+		}
+	default:
+		return Identity{}, fmt.Errorf("identify peer %d: %w", cred.Pid, err)
+	}
+	id.Name = cgroup.IdentityFromPath(id.Cgroup)
+	return id, nil
+}

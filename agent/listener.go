@@ -1,0 +1,122 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/capd-dev/capd/internal/linux"
+)
+
+// DefaultSocket is where the agent listens unless told otherwise.
+const DefaultSocket = "/run/capd/capd.sock"
+
+// ErrAgentRunning reports a live agent already listening on the socket path.
+var ErrAgentRunning = errors.New("another agent is already listening")
+
+// Listener owns a listening SOCK_SEQPACKET socket and, when it created it,
+// the socket file.
+type Listener struct {
+	fd   int
+	path string // removed by Close; "" for an inherited socket
+	ino  uint64
+}
+
+// Listen binds path. A live agent on path is an error (ErrAgentRunning); a
+// stale socket file left by a dead agent is removed. The socket is
+// world-connectable (0666): who may do what is decided per request from the
+// kernel's identity of the peer.
+func Listen(path string) (*Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if err := removeStale(path); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	// Bind under a restrictive umask, then open up: no window in which the
+	// socket exists with other permissions than intended.
+	old := unix.Umask(0o177)
+	err = unix.Bind(fd, &unix.SockaddrUnix{Name: path})
+	unix.Umask(old)
+	if err != nil {
+		linux.Close(fd)
+		return nil, fmt.Errorf("bind %s: %w", path, os.NewSyscallError("bind", err))
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		linux.Close(fd)
+		return nil, os.NewSyscallError("stat", err)
+	}
+	l := &Listener{fd: fd, path: path, ino: st.Ino}
+	if err := os.Chmod(path, 0o666); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("chmod socket: %w", err)
+	}
+	if err := unix.Listen(fd, 128); err != nil {
+		l.Close()
+		return nil, os.NewSyscallError("listen", err)
+	}
+	return l, nil
+}
+
+// FileListener adopts an inherited listening socket (socket activation). It
+// takes ownership of fd.
+func FileListener(fd int) (*Listener, error) {
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return nil, os.NewSyscallError("getsockopt SO_TYPE", err)
+	}
+	if typ != unix.SOCK_SEQPACKET {
+		return nil, fmt.Errorf("inherited fd %d is not a SOCK_SEQPACKET socket (use ListenSequentialPacket=)", fd)
+	}
+	unix.CloseOnExec(fd)
+	return &Listener{fd: fd}, nil
+}
+
+func removeStale(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("check socket path: %w", err)
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		return fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	defer linux.Close(fd)
+	err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+	switch {
+	case err == nil, errors.Is(err, unix.EAGAIN):
+		return fmt.Errorf("%s: %w", path, ErrAgentRunning)
+	case errors.Is(err, unix.ECONNREFUSED):
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove stale socket: %w", err)
+		}
+		return nil
+	default:
+		return fmt.Errorf("probe %s: %w", path, os.NewSyscallError("connect", err))
+	}
+}
+
+// Close closes the socket and removes its file if it is still ours.
+func (l *Listener) Close() error {
+	if l.path != "" {
+		var st unix.Stat_t
+		if unix.Stat(l.path, &st) == nil && st.Ino == l.ino {
+			os.Remove(l.path)
+		}
+	}
+	return linux.Close(l.fd)
+}

@@ -1,0 +1,287 @@
+// Package policy loads the admin's capd configuration (one TOML file plus
+// drop-ins in conf.d/) and answers the one question the agent asks on every
+// acquire: may this consumer identity take this entry?
+//
+// Policy is default deny: nothing is granted unless a [[grant]] names it, and
+// root gets no implicit grants. A Config is immutable once loaded, so the
+// agent swaps whole Configs atomically on reload. The package owns no fds.
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/capd-dev/capd/internal/proto"
+)
+
+// DefaultPath is where the agent looks for its configuration.
+const DefaultPath = "/etc/capd/capd.toml"
+
+// Agent settings and their defaults.
+const (
+	DefaultMaxConnections       = 512
+	DefaultMaxConnectionsPerUID = 64
+	DefaultIdleTimeout          = 60 * time.Second
+	DefaultSendTimeout          = 5 * time.Second
+	DefaultMaxEntries           = 8192
+)
+
+// Config is one loaded configuration.
+type Config struct {
+	Agent  AgentConfig `toml:"agent"`
+	Grants []Grant     `toml:"grant"`
+	// Files lists the files this Config was read from, in order.
+	Files []string `toml:"-"`
+}
+
+// AgentConfig holds the agent's own limits.
+type AgentConfig struct {
+	// MaxConnections bounds concurrent client connections.
+	MaxConnections int `toml:"max_connections"`
+	// MaxConnectionsPerUID bounds concurrent connections of one uid.
+	MaxConnectionsPerUID int `toml:"max_connections_per_uid"`
+	// IdleTimeout closes connections that send nothing for this long.
+	IdleTimeout Duration `toml:"idle_timeout"`
+	// SendTimeout gives up on a client that does not read its reply.
+	SendTimeout Duration `toml:"send_timeout"`
+	// MaxEntries bounds the whole store.
+	MaxEntries int `toml:"max_entries"`
+}
+
+// Grant lets identities matching Consumer acquire the entries matching
+// Acquire.
+type Grant struct {
+	Consumer Pattern    `toml:"consumer"`
+	Acquire  []EntryRef `toml:"acquire"`
+}
+
+// Pattern is an identity glob: "zincati.service", "container:web-*",
+// "cgroup:/machine.slice/*". '*' matches any run of characters except '/',
+// '?' one such character, [...] a class (path.Match syntax).
+type Pattern string
+
+// UnmarshalText validates the pattern.
+func (p *Pattern) UnmarshalText(b []byte) error {
+	s := string(b)
+	if err := ValidPattern(s); err != nil {
+		return err
+	}
+	*p = Pattern(s)
+	return nil
+}
+
+// Match reports whether identity matches the pattern.
+func (p Pattern) Match(identity string) bool {
+	ok, _ := path.Match(string(p), identity)
+	return ok
+}
+
+// ValidPattern reports why s is not a usable identity pattern.
+func ValidPattern(s string) error {
+	if s == "" {
+		return errors.New("empty identity pattern")
+	}
+	if len(s) > proto.MaxIdentity {
+		return fmt.Errorf("identity pattern longer than %d bytes", proto.MaxIdentity)
+	}
+	if _, err := path.Match(s, ""); err != nil {
+		return fmt.Errorf("identity pattern %q: %w", s, err)
+	}
+	return nil
+}
+
+// EntryRef is an "OWNER:NAME" pattern; both halves may use globs.
+type EntryRef struct {
+	Owner Pattern
+	Name  string
+}
+
+var nameGlob = regexp.MustCompile(`^[A-Za-z0-9._@+=*?\[\]!^-]+$`)
+
+// UnmarshalText splits at the last ':' and validates both halves.
+func (r *EntryRef) UnmarshalText(b []byte) error {
+	s := string(b)
+	i := strings.LastIndexByte(s, ':')
+	if i <= 0 || i == len(s)-1 {
+		return fmt.Errorf("entry %q is not OWNER:NAME (e.g. rpm-ostreed.service:zincati-fd)", s)
+	}
+	owner, name := s[:i], s[i+1:]
+	if err := ValidPattern(owner); err != nil {
+		return fmt.Errorf("entry %q: %w", s, err)
+	}
+	if !nameGlob.MatchString(name) {
+		return fmt.Errorf("entry %q: name may use only letters, digits, . _ - @ + = and globs", s)
+	}
+	if _, err := path.Match(name, ""); err != nil {
+		return fmt.Errorf("entry %q: %w", s, err)
+	}
+	r.Owner, r.Name = Pattern(owner), name
+	return nil
+}
+
+// Match reports whether owner:name matches the reference.
+func (r EntryRef) Match(owner, name string) bool {
+	if ok, _ := path.Match(r.Name, name); !ok {
+		return false
+	}
+	return r.Owner.Match(owner)
+}
+
+func (r EntryRef) String() string { return string(r.Owner) + ":" + r.Name }
+
+// Duration is a time.Duration written as a Go duration string ("30s").
+type Duration time.Duration
+
+// UnmarshalText parses a positive duration.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	if v <= 0 {
+		return fmt.Errorf("duration %q must be positive", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Allowed reports whether policy lets consumer acquire owner:name. It does
+// not know about owners acquiring their own entries, or audiences: the agent
+// applies those.
+func (c *Config) Allowed(consumer, owner, name string) bool {
+	for i := range c.Grants {
+		g := &c.Grants[i]
+		if !g.Consumer.Match(consumer) {
+			continue
+		}
+		for _, r := range g.Acquire {
+			if r.Match(owner, name) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Default returns the deny-all configuration with default limits.
+func Default() *Config {
+	c := &Config{}
+	c.setDefaults()
+	return c
+}
+
+func (c *Config) setDefaults() {
+	a := &c.Agent
+	if a.MaxConnections == 0 {
+		a.MaxConnections = DefaultMaxConnections
+	}
+	if a.MaxConnectionsPerUID == 0 {
+		a.MaxConnectionsPerUID = DefaultMaxConnectionsPerUID
+	}
+	if a.IdleTimeout == 0 {
+		a.IdleTimeout = Duration(DefaultIdleTimeout)
+	}
+	if a.SendTimeout == 0 {
+		a.SendTimeout = Duration(DefaultSendTimeout)
+	}
+	if a.MaxEntries == 0 {
+		a.MaxEntries = DefaultMaxEntries
+	}
+}
+
+// Load reads file and then every *.toml in conf.d/ beside it, in lexical
+// order. Grants from all files add up; a later [agent] setting overrides an
+// earlier one. If file does not exist and missingOK is set, Load returns the
+// deny-all default (drop-ins are still read). Errors name the file, and the
+// line and key where the TOML decoder knows them.
+func Load(file string, missingOK bool) (*Config, error) {
+	c := &Config{}
+	if err := c.loadFile(file); err != nil {
+		if !(missingOK && errors.Is(err, os.ErrNotExist)) {
+			return nil, err
+		}
+	}
+	dropins, err := filepath.Glob(filepath.Join(filepath.Dir(file), "conf.d", "*.toml"))
+	if err != nil {
+		return nil, fmt.Errorf("list drop-ins: %w", err)
+	}
+	sort.Strings(dropins)
+	for _, f := range dropins {
+		if err := c.loadFile(f); err != nil {
+			return nil, err
+		}
+	}
+	c.setDefaults()
+	return c, nil
+}
+
+func (c *Config) loadFile(file string) error {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	var one Config
+	md, err := toml.Decode(string(data), &one)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		k := und[0]
+		return fmt.Errorf("%s: line %d: unknown key %q", file, lineOf(string(data), k[len(k)-1]), k.String())
+	}
+	for i, g := range one.Grants {
+		if g.Consumer == "" {
+			return fmt.Errorf("%s: grant #%d: missing key \"consumer\"", file, i+1)
+		}
+		if len(g.Acquire) == 0 {
+			return fmt.Errorf("%s: grant #%d (consumer %q): missing or empty key \"acquire\"", file, i+1, g.Consumer)
+		}
+	}
+	a := one.Agent
+	for _, v := range []struct {
+		key string
+		n   int
+	}{{"max_connections", a.MaxConnections}, {"max_connections_per_uid", a.MaxConnectionsPerUID}, {"max_entries", a.MaxEntries}} {
+		if v.n < 0 || (v.n == 0 && md.IsDefined("agent", v.key)) {
+			return fmt.Errorf("%s: line %d: agent.%s must be positive, not %d", file, lineOf(string(data), v.key), v.key, v.n)
+		}
+	}
+	c.Grants = append(c.Grants, one.Grants...)
+	if md.IsDefined("agent", "max_connections") {
+		c.Agent.MaxConnections = a.MaxConnections
+	}
+	if md.IsDefined("agent", "max_connections_per_uid") {
+		c.Agent.MaxConnectionsPerUID = a.MaxConnectionsPerUID
+	}
+	if md.IsDefined("agent", "idle_timeout") {
+		c.Agent.IdleTimeout = a.IdleTimeout
+	}
+	if md.IsDefined("agent", "send_timeout") {
+		c.Agent.SendTimeout = a.SendTimeout
+	}
+	if md.IsDefined("agent", "max_entries") {
+		c.Agent.MaxEntries = a.MaxEntries
+	}
+	c.Files = append(c.Files, file)
+	return nil
+}
+
+// lineOf returns the first line that assigns key, or 0.
+func lineOf(data, key string) int {
+	re := regexp.MustCompile(`^\s*"?` + regexp.QuoteMeta(key) + `"?\s*=`)
+	for i, l := range strings.Split(data, "\n") {
+		if re.MatchString(l) {
+			return i + 1
+		}
+	}
+	return 0
+}

@@ -1,0 +1,190 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/capd-dev/capd/agent/policy"
+	"github.com/capd-dev/capd/cgroup"
+	"github.com/capd-dev/capd/internal/fdpass"
+	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/internal/proto"
+)
+
+// Server is a running agent.
+type Server struct {
+	log      *slog.Logger
+	cfg      atomic.Pointer[policy.Config]
+	store    *store
+	resolver *cgroup.Resolver
+	wake     int // eventfd that stops Serve
+
+	mu       sync.Mutex
+	conns    map[*conn]struct{}
+	perUID   map[uint32]int
+	stopping bool
+	wg       sync.WaitGroup
+}
+
+// New prepares a server with cfg. It makes the process non-dumpable first,
+// before any fd can arrive, so that other users cannot read the agent's fds
+// through /proc or ptrace.
+func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
+	if err := linux.SetNonDumpable(); err != nil {
+		return nil, err
+	}
+	r, err := cgroup.NewResolver()
+	if err != nil {
+		return nil, err
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		r.Close()
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	s := &Server{
+		log:      log,
+		store:    newStore(),
+		resolver: r,
+		wake:     wake,
+		conns:    make(map[*conn]struct{}),
+		perUID:   make(map[uint32]int),
+	}
+	s.cfg.Store(cfg)
+	return s, nil
+}
+
+// Reload swaps in a new configuration. Connections see it from their next
+// request; stored entries are untouched.
+func (s *Server) Reload(cfg *policy.Config) { s.cfg.Store(cfg) }
+
+// Entries returns the number of stored entries.
+func (s *Server) Entries() int { return s.store.len() }
+
+// Serve accepts connections on l until Shutdown. It does not close l.
+func (s *Server) Serve(l *Listener) error {
+	fds := []unix.PollFd{{Fd: int32(l.fd), Events: unix.POLLIN}, {Fd: int32(s.wake), Events: unix.POLLIN}}
+	for {
+		fds[0].Revents, fds[1].Revents = 0, 0
+		if _, err := unix.Poll(fds, -1); err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return os.NewSyscallError("poll", err)
+		}
+		if fds[1].Revents != 0 {
+			return nil
+		}
+		if fds[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 {
+			return fmt.Errorf("listening socket failed (revents %#x)", fds[0].Revents)
+		}
+		nfd, _, err := unix.Accept4(l.fd, unix.SOCK_CLOEXEC)
+		if err != nil {
+			switch {
+			case errors.Is(err, unix.EINTR), errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ECONNABORTED):
+				continue
+			case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE), errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
+				s.log.Warn("accept failed; backing off", "err", err)
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			return os.NewSyscallError("accept4", err)
+		}
+		s.admit(nfd)
+	}
+}
+
+// admit starts serving nfd unless a connection limit is reached, in which
+// case the client gets one busy reply and a closed connection.
+func (s *Server) admit(nfd int) {
+	cfg := s.cfg.Load()
+	cred, err := linux.PeerCred(nfd)
+	if err != nil {
+		linux.Close(nfd)
+		return
+	}
+	s.mu.Lock()
+	var reason string
+	switch {
+	case s.stopping:
+		reason = "agent is shutting down"
+	case len(s.conns) >= cfg.Agent.MaxConnections:
+		reason = fmt.Sprintf("agent has %d connections, its limit", len(s.conns))
+	case s.perUID[cred.Uid] >= cfg.Agent.MaxConnectionsPerUID:
+		reason = fmt.Sprintf("uid %d has %d connections, its limit", cred.Uid, s.perUID[cred.Uid])
+	}
+	if reason != "" {
+		s.mu.Unlock()
+		s.log.Warn("connection refused", "uid", cred.Uid, "pid", cred.Pid, "reason", reason)
+		var b [128]byte
+		m := proto.NewMessage(b[:0], 0, proto.CodeBusy)
+		m.String(proto.AttrMessage, reason)
+		setTimeout(nfd, unix.SO_SNDTIMEO, 100*time.Millisecond)
+		fdpass.Send(nfd, m.Bytes())
+		linux.Close(nfd)
+		return
+	}
+	c := &conn{srv: s, fd: nfd, uid: cred.Uid}
+	s.conns[c] = struct{}{}
+	s.perUID[cred.Uid]++
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go c.serve(cfg)
+}
+
+func (s *Server) forget(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	if s.perUID[c.uid]--; s.perUID[c.uid] <= 0 {
+		delete(s.perUID, c.uid)
+	}
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Shutdown stops Serve, wakes and ends every connection, waits for them and
+// closes every stored fd. ctx bounds the wait for connections.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		return nil
+	}
+	s.stopping = true
+	var one [8]byte
+	one[0] = 1
+	unix.Write(s.wake, one[:])
+	for c := range s.conns {
+		c.shutdown()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("connections still open at shutdown: %w", ctx.Err())
+	}
+	s.store.close()
+	return err
+}
+
+// Close releases the server's own fds after Shutdown.
+func (s *Server) Close() error {
+	s.resolver.Close()
+	return linux.Close(s.wake)
+}
+
+func setTimeout(fd, opt int, d time.Duration) error {
+	tv := unix.NsecToTimeval(d.Nanoseconds())
+	return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, opt, &tv)
+}

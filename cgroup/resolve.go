@@ -1,0 +1,115 @@
+package cgroup
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	cgroups "github.com/containerd/cgroups/v3"
+	"golang.org/x/sys/unix"
+
+	"github.com/capd-dev/capd/internal/linux"
+)
+
+// ErrNoV2 reports a host without a cgroup v2 hierarchy (legacy v1 only).
+var ErrNoV2 = errors.New("no cgroup v2 hierarchy mounted (capd needs the unified or hybrid layout)")
+
+// V2Mountpoint returns where the cgroup v2 hierarchy is mounted:
+// /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on hybrid ones.
+func V2Mountpoint() (string, error) {
+	switch cgroups.Mode() {
+	case cgroups.Unified:
+		return "/sys/fs/cgroup", nil
+	case cgroups.Hybrid:
+		return "/sys/fs/cgroup/unified", nil
+	}
+	return "", ErrNoV2
+}
+
+// Resolver maps kernel cgroup ids to cgroup v2 paths.
+type Resolver struct {
+	mount   string
+	mountFD int
+}
+
+// NewResolver opens the v2 mount. The caller needs CAP_DAC_READ_SEARCH for
+// PathByID (open_by_handle_at).
+func NewResolver() (*Resolver, error) {
+	mount, err := V2Mountpoint()
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Open(mount, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open cgroup v2 mount %s: %w", mount, os.NewSyscallError("open", err))
+	}
+	return &Resolver{mount: mount, mountFD: fd}, nil
+}
+
+// Mount returns the v2 mountpoint the resolver works on.
+func (r *Resolver) Mount() string { return r.mount }
+
+// Close releases the mount fd.
+func (r *Resolver) Close() error { return linux.Close(r.mountFD) }
+
+// PathByID returns the path, relative to the v2 root, of the cgroup with the
+// given id (the inode number of its directory, as PIDFD_GET_INFO reports).
+// Cgroup ids are never reused while the system runs.
+func (r *Resolver) PathByID(id uint64) (string, error) {
+	fd, err := linux.OpenKernfsByID(r.mountFD, id)
+	if err != nil {
+		return "", fmt.Errorf("open cgroup %d: %w", id, err)
+	}
+	defer linux.Close(fd)
+	p, err := linux.FdPath(fd)
+	if err != nil {
+		return "", fmt.Errorf("cgroup %d: %w", id, err)
+	}
+	return r.relative(p)
+}
+
+func (r *Resolver) relative(abs string) (string, error) {
+	if abs == r.mount {
+		return "/", nil
+	}
+	rel, ok := strings.CutPrefix(abs, r.mount+"/")
+	if !ok {
+		return "", fmt.Errorf("cgroup path %q is outside %s", abs, r.mount)
+	}
+	return "/" + rel, nil
+}
+
+// Abs returns the absolute filesystem path of a cgroup v2 path.
+func (r *Resolver) Abs(p string) string {
+	if p == "/" {
+		return r.mount
+	}
+	return r.mount + p
+}
+
+// ProcPath reads the cgroup v2 path of pid from /proc/PID/cgroup (the "0::"
+// line). The caller must check afterwards, with a pidfd, that pid still
+// names the same process.
+func ProcPath(pid int) (string, error) {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	if err != nil {
+		return "", fmt.Errorf("read cgroup of pid %d: %w", pid, err)
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if p, ok := strings.CutPrefix(s.Text(), "0::"); ok {
+			if i := strings.Index(p, " (deleted)"); i >= 0 {
+				p = p[:i]
+			}
+			return p, nil
+		}
+	}
+	if err := s.Err(); err != nil {
+		return "", fmt.Errorf("read cgroup of pid %d: %w", pid, err)
+	}
+	return "", fmt.Errorf("pid %d: %w", pid, ErrNoV2)
+}

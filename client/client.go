@@ -1,0 +1,439 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/capd-dev/capd/internal/fdpass"
+	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/internal/proto"
+)
+
+// DefaultSocket is the agent's socket unless CAPD_SOCKET says otherwise.
+const DefaultSocket = "/run/capd/capd.sock"
+
+// SocketPath returns $CAPD_SOCKET, or DefaultSocket when it is unset.
+func SocketPath() string {
+	if p := os.Getenv("CAPD_SOCKET"); p != "" {
+		return p
+	}
+	return DefaultSocket
+}
+
+// Client is a connection to the agent.
+type Client struct {
+	path    string
+	timeout time.Duration
+
+	mu  sync.Mutex
+	fd  int // -1 once closed
+	in  []byte
+	out []byte
+	oob []byte
+}
+
+// Dial connects to the agent at path ("" means SocketPath()).
+func Dial(path string) (*Client, error) {
+	if path == "" {
+		path = SocketPath()
+	}
+	c := &Client{
+		path: path,
+		in:   make([]byte, proto.MaxResponse),
+		out:  make([]byte, 0, 512),
+		oob:  make([]byte, fdpass.OOBSize(4)),
+	}
+	fd, err := c.connect()
+	if err != nil {
+		return nil, err
+	}
+	c.fd = fd
+	return c, nil
+}
+
+func (c *Client) connect() (int, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	for {
+		err = unix.Connect(fd, &unix.SockaddrUnix{Name: c.path})
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		linux.Close(fd)
+		return -1, fmt.Errorf("connect to capd agent at %s: %w", c.path, os.NewSyscallError("connect", err))
+	}
+	if c.timeout > 0 {
+		setTimeouts(fd, c.timeout)
+	}
+	return fd, nil
+}
+
+func setTimeouts(fd int, d time.Duration) error {
+	tv := unix.NsecToTimeval(d.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return os.NewSyscallError("setsockopt SO_RCVTIMEO", err)
+	}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+		return os.NewSyscallError("setsockopt SO_SNDTIMEO", err)
+	}
+	return nil
+}
+
+// SetTimeout bounds how long one request may wait for the agent (0: no
+// bound). A request that times out fails with an error wrapping EAGAIN.
+func (c *Client) SetTimeout(d time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.timeout = d
+	if c.fd < 0 {
+		return ErrClosed
+	}
+	return setTimeouts(c.fd, d)
+}
+
+// Close closes the connection. Files acquired earlier stay open.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fd < 0 {
+		return ErrClosed
+	}
+	err := linux.Close(c.fd)
+	c.fd = -1
+	return err
+}
+
+// roundTrip sends the request in c.out (with sendFD unless it is -1) and
+// returns the reply's attributes and fd (-1 if none; the caller owns it).
+// The agent closes idle connections, so a request that finds the connection
+// gone before the agent read it is sent once more on a new connection.
+// Callers hold c.mu.
+func (c *Client) roundTrip(op proto.Op, sendFD int) ([]byte, int, error) {
+	if c.fd < 0 {
+		return nil, -1, ErrClosed
+	}
+	for attempt := 0; ; attempt++ {
+		attrs, fd, err := c.try(op, sendFD)
+		if !errors.Is(err, errStale) {
+			return attrs, fd, err
+		}
+		if attempt > 0 {
+			return nil, -1, fmt.Errorf("%s: agent closed the connection", op)
+		}
+		nfd, err := c.connect()
+		if err != nil {
+			return nil, -1, err
+		}
+		linux.Close(c.fd)
+		c.fd = nfd
+	}
+}
+
+// errStale marks a connection the agent closed before reading the request.
+var errStale = errors.New("stale connection")
+
+func (c *Client) try(op proto.Op, sendFD int) ([]byte, int, error) {
+	var err error
+	if sendFD >= 0 {
+		err = fdpass.Send(c.fd, c.out, sendFD)
+	} else {
+		err = fdpass.Send(c.fd, c.out)
+	}
+	if err != nil {
+		if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.ENOTCONN) {
+			return nil, -1, errStale
+		}
+		return nil, -1, fmt.Errorf("%s: send request: %w", op, err)
+	}
+	var fdbuf [4]int
+	n, fds, err := fdpass.Recv(c.fd, c.in, c.oob, fdbuf[:0], 1)
+	if err != nil {
+		if errors.Is(err, unix.ECONNRESET) {
+			return nil, -1, errStale
+		}
+		return nil, -1, fmt.Errorf("%s: receive reply: %w", op, err)
+	}
+	if n == 0 && len(fds) == 0 {
+		return nil, -1, errStale
+	}
+	fd := -1
+	if len(fds) == 1 {
+		fd = fds[0]
+	}
+	h, attrs, err := proto.ParseHeader(c.in[:n])
+	if err == nil && h.Op != op && h.Op != 0 {
+		err = fmt.Errorf("%w: reply to %s is for %s", ErrProtocol, op, h.Op)
+	}
+	if err == nil && h.Code != proto.CodeOK {
+		err = &proto.Error{Code: h.Code, Message: message(attrs)}
+	}
+	if err != nil {
+		if fd >= 0 {
+			linux.Close(fd)
+		}
+		return nil, -1, err
+	}
+	return attrs, fd, nil
+}
+
+func message(attrs []byte) string {
+	it := proto.Attrs(attrs)
+	for t, v, ok := it.Next(); ok; t, v, ok = it.Next() {
+		if t == proto.AttrMessage {
+			return string(v)
+		}
+	}
+	return ""
+}
+
+// PublishOptions refine a publish. The zero value publishes an unpinned,
+// unlimited entry that policy alone governs.
+type PublishOptions struct {
+	// Pin keeps the entry after the owner's cgroup empties.
+	Pin bool
+	// TTL revokes the entry after this long (timed authorization); 0 means
+	// no expiry. The agent works in milliseconds.
+	TTL time.Duration
+	// Allow narrows who may acquire the entry: identity patterns, of which
+	// a consumer must match one, on top of the admin's policy.
+	Allow []string
+	// Replace atomically replaces a live entry of the same name instead of
+	// failing with ErrExists.
+	Replace bool
+}
+
+// Publish stores a dup of f's open file description under name, owned by
+// the caller's identity. f stays the caller's.
+func (c *Client) Publish(name string, f *os.File, opts *PublishOptions) error {
+	if opts == nil {
+		opts = &PublishOptions{}
+	}
+	if err := proto.ValidName(name); err != nil {
+		return fmt.Errorf("publish: %w", err)
+	}
+	if opts.TTL < 0 || (opts.TTL > 0 && opts.TTL < time.Millisecond) {
+		return fmt.Errorf("publish %s: ttl %v is not a positive number of milliseconds", name, opts.TTL)
+	}
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", name, err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := proto.NewMessage(c.out, proto.OpPublish, proto.CodeOK)
+	m.String(proto.AttrName, name)
+	var flags uint32
+	if opts.Pin {
+		flags |= proto.FlagPin
+	}
+	if opts.Replace {
+		flags |= proto.FlagReplace
+	}
+	m.U32(proto.AttrFlags, flags)
+	if opts.TTL > 0 {
+		m.U64(proto.AttrTTL, uint64(opts.TTL.Milliseconds()))
+	}
+	for _, a := range opts.Allow {
+		m.String(proto.AttrAllow, a)
+	}
+	c.out = m.Bytes()
+	if len(c.out) > proto.MaxRequest {
+		return fmt.Errorf("publish %s: request of %d bytes exceeds %d (too many or too long allow patterns)", name, len(c.out), proto.MaxRequest)
+	}
+	var rerr error
+	err = raw.Control(func(fd uintptr) {
+		_, _, rerr = c.roundTrip(proto.OpPublish, int(fd))
+	})
+	if err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", name, err)
+	}
+	return nil
+}
+
+// Acquire returns a new file sharing the open file description published as
+// owner:name. The caller owns it.
+func (c *Client) Acquire(owner, name string) (*os.File, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := proto.NewMessage(c.out, proto.OpAcquire, proto.CodeOK)
+	m.String(proto.AttrOwner, owner)
+	m.String(proto.AttrName, name)
+	c.out = m.Bytes()
+	_, fd, err := c.roundTrip(proto.OpAcquire, -1)
+	if err != nil {
+		return nil, fmt.Errorf("acquire %s:%s: %w", owner, name, err)
+	}
+	if fd < 0 {
+		return nil, fmt.Errorf("acquire %s:%s: %w: no fd in the reply", owner, name, ErrProtocol)
+	}
+	return os.NewFile(uintptr(fd), owner+":"+name), nil
+}
+
+// AcquireRef is Acquire with an "OWNER:NAME" reference.
+func (c *Client) AcquireRef(ref string) (*os.File, error) {
+	owner, name, err := proto.SplitRef(ref)
+	if err != nil {
+		return nil, fmt.Errorf("acquire: %w", err)
+	}
+	return c.Acquire(owner, name)
+}
+
+// Revoke removes the caller's entry name. Copies already handed out stay
+// open in their holders; see Token for capabilities that stop verifying.
+func (c *Client) Revoke(name string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := proto.NewMessage(c.out, proto.OpRevoke, proto.CodeOK)
+	m.String(proto.AttrName, name)
+	c.out = m.Bytes()
+	if _, _, err := c.roundTrip(proto.OpRevoke, -1); err != nil {
+		return fmt.Errorf("revoke %s: %w", name, err)
+	}
+	return nil
+}
+
+// Identity is who the agent sees on this connection.
+type Identity struct {
+	Name   string `json:"identity"`
+	Cgroup string `json:"cgroup"`
+	UID    uint32 `json:"uid"`
+	PID    uint32 `json:"pid"`
+}
+
+// Whoami asks the agent for the caller's identity.
+func (c *Client) Whoami() (Identity, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := proto.NewMessage(c.out, proto.OpWhoami, proto.CodeOK)
+	c.out = m.Bytes()
+	attrs, _, err := c.roundTrip(proto.OpWhoami, -1)
+	if err != nil {
+		return Identity{}, fmt.Errorf("whoami: %w", err)
+	}
+	var id Identity
+	it := proto.Attrs(attrs)
+	for t, v, ok := it.Next(); ok; t, v, ok = it.Next() {
+		switch t {
+		case proto.AttrIdentity:
+			id.Name = string(v)
+		case proto.AttrCgroup:
+			id.Cgroup = string(v)
+		case proto.AttrUID:
+			id.UID, err = proto.U32(v)
+		case proto.AttrPID:
+			id.PID, err = proto.U32(v)
+		}
+		if err != nil {
+			return Identity{}, fmt.Errorf("whoami: %w", err)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return Identity{}, fmt.Errorf("whoami: %w", err)
+	}
+	return id, nil
+}
+
+// Entry describes a stored entry as List reports it.
+type Entry struct {
+	Owner     string    `json:"owner"`
+	Name      string    `json:"name"`
+	Pinned    bool      `json:"pinned"`
+	Kind      string    `json:"kind"`
+	Cgroup    string    `json:"cgroup"`
+	Published time.Time `json:"published"`
+	// Expires is zero for entries without a TTL.
+	Expires  time.Time `json:"expires,omitzero"`
+	Acquired uint64    `json:"acquired"`
+	Allow    []string  `json:"allow,omitempty"`
+}
+
+// List returns the entries the caller may see: its own and those it may
+// acquire; root sees all. Sorted by owner, then name.
+func (c *Client) List() ([]Entry, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var all []Entry
+	after := ""
+	for {
+		m := proto.NewMessage(c.out, proto.OpList, proto.CodeOK)
+		if after != "" {
+			m.String(proto.AttrAfter, after)
+		}
+		c.out = m.Bytes()
+		attrs, _, err := c.roundTrip(proto.OpList, -1)
+		if err != nil {
+			return nil, fmt.Errorf("list: %w", err)
+		}
+		more := false
+		it := proto.Attrs(attrs)
+		for t, v, ok := it.Next(); ok; t, v, ok = it.Next() {
+			switch t {
+			case proto.AttrEntry:
+				e, err := decodeEntry(v)
+				if err != nil {
+					return nil, fmt.Errorf("list: %w", err)
+				}
+				all = append(all, e)
+			case proto.AttrMore:
+				more = true
+			}
+		}
+		if err := it.Err(); err != nil {
+			return nil, fmt.Errorf("list: %w", err)
+		}
+		if !more || len(all) == 0 {
+			return all, nil
+		}
+		last := all[len(all)-1]
+		after = last.Owner + ":" + last.Name
+	}
+}
+
+func decodeEntry(b []byte) (Entry, error) {
+	var e Entry
+	var err error
+	var u uint64
+	var flags uint32
+	it := proto.Attrs(b)
+	for t, v, ok := it.Next(); ok && err == nil; t, v, ok = it.Next() {
+		switch t {
+		case proto.AttrOwner:
+			e.Owner = string(v)
+		case proto.AttrName:
+			e.Name = string(v)
+		case proto.AttrFlags:
+			flags, err = proto.U32(v)
+			e.Pinned = flags&proto.FlagPin != 0
+		case proto.AttrKind:
+			e.Kind = string(v)
+		case proto.AttrCgroup:
+			e.Cgroup = string(v)
+		case proto.AttrPublished:
+			u, err = proto.U64(v)
+			e.Published = time.UnixMilli(int64(u))
+		case proto.AttrExpires:
+			u, err = proto.U64(v)
+			e.Expires = time.UnixMilli(int64(u))
+		case proto.AttrAcquired:
+			e.Acquired, err = proto.U64(v)
+		case proto.AttrAllow:
+			e.Allow = append(e.Allow, string(v))
+		}
+	}
+	if err == nil {
+		err = it.Err()
+	}
+	return e, err
+}

@@ -1,0 +1,33 @@
+package client
+
+import (
+	"errors"
+
+	"github.com/capd-dev/capd/internal/proto"
+)
+
+// Error is an error the agent reported, with its stable code; errors.Is
+// matches it against the sentinels below by code.
+type Error = proto.Error
+
+// Sentinels for errors.Is, one per stable protocol error code.
+var (
+	ErrInvalidRequest     = proto.ErrInvalidRequest
+	ErrUnsupportedVersion = proto.ErrUnsupportedVersion
+	ErrPermissionDenied   = proto.ErrPermissionDenied
+	ErrNotFound           = proto.ErrNotFound
+	ErrExists             = proto.ErrExists
+	ErrQuotaExceeded      = proto.ErrQuotaExceeded
+	ErrBusy               = proto.ErrBusy
+	ErrInternal           = proto.ErrInternal
+)
+
+var (
+	// ErrClosed is returned by a Client after Close.
+	ErrClosed = errors.New("client is closed")
+	// ErrProtocol reports a reply that breaks the protocol.
+	ErrProtocol = errors.New("protocol violation by the agent")
+	// ErrVerifyUnsupported reports a kernel with neither F_DUPFD_QUERY nor
+	// kcmp(2): Verify cannot answer, and never guesses.
+	ErrVerifyUnsupported = errors.New("kernel supports neither F_DUPFD_QUERY nor kcmp")
+)

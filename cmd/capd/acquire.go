@@ -1,0 +1,127 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/internal/proto"
+)
+
+func newAcquireCmd() *cobra.Command {
+	var optional bool
+	cmd := &cobra.Command{
+		Use:   "acquire [--optional] OWNER:NAME... -- COMMAND [ARG...]",
+		Short: "Run COMMAND with acquired fds, socket-activation style",
+		Long: `Acquire each OWNER:NAME from the agent and execute COMMAND in place of capd
+with the fds at 3, 4, ... in the order given, and the environment of the
+systemd socket-activation protocol:
+
+  LISTEN_FDS=<number of fds>
+  LISTEN_FDNAMES=<the entry NAMEs, ':'-separated, in order>
+  LISTEN_PID=<the pid, which COMMAND keeps>
+
+so any sd_listen_fds_with_names() program consumes them unchanged. No other
+fd above 2 that capd inherited reaches COMMAND, and LISTEN_* variables from
+the caller's environment are replaced.
+
+An entry that is absent (not-found) or not granted (permission-denied) makes
+capd fail before COMMAND runs, naming the entry and the reason. With
+--optional such entries are skipped with a warning and the rest delivered;
+with no fd left, LISTEN_* are unset.`,
+		Example: `  capd acquire rpm-ostreed.service:zincati-fd -- zincati agent
+  capd acquire --optional a.service:x b.service:y -- ./server`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			dash := cmd.ArgsLenAtDash()
+			switch {
+			case dash < 0:
+				return usageErr("missing '-- COMMAND' (see 'capd acquire --help')")
+			case dash == 0:
+				return usageErr("name at least one OWNER:NAME before '--'")
+			case dash == len(args):
+				return usageErr("missing COMMAND after '--'")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dash := cmd.ArgsLenAtDash()
+			return acquireExec(cmd, args[:dash], args[dash:], optional)
+		},
+	}
+	cmd.Flags().BoolVar(&optional, "optional", false, "skip entries that are absent or not granted instead of failing")
+	return cmd
+}
+
+func acquireExec(cmd *cobra.Command, refs, command []string, optional bool) error {
+	type ref struct{ owner, name string }
+	parsed := make([]ref, len(refs))
+	for i, r := range refs {
+		owner, name, err := proto.SplitRef(r)
+		if err != nil {
+			return usageErr("%v", err)
+		}
+		parsed[i] = ref{owner, name}
+	}
+	path, err := exec.LookPath(command[0])
+	if err != nil {
+		code := exitCommandNotFound
+		if !errors.Is(err, exec.ErrNotFound) {
+			code = exitCannotExec
+		}
+		return &exitError{code: code, err: fmt.Errorf("acquire: %w", err)}
+	}
+
+	c, err := dial()
+	if err != nil {
+		return err
+	}
+	var files []*os.File
+	var names []string
+	for _, r := range parsed {
+		f, err := c.Acquire(r.owner, r.name)
+		if err != nil {
+			if optional && (errors.Is(err, client.ErrNotFound) || errors.Is(err, client.ErrPermissionDenied)) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "capd: skipping %v\n", err)
+				continue
+			}
+			c.Close()
+			for _, f := range files {
+				f.Close()
+			}
+			return err
+		}
+		files = append(files, f)
+		names = append(names, r.name)
+	}
+	c.Close()
+
+	env := make([]string, 0, len(os.Environ())+3)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "LISTEN_FDS=") && !strings.HasPrefix(kv, "LISTEN_FDNAMES=") && !strings.HasPrefix(kv, "LISTEN_PID=") {
+			env = append(env, kv)
+		}
+	}
+	if len(files) > 0 {
+		env = append(env,
+			"LISTEN_FDS="+strconv.Itoa(len(files)),
+			"LISTEN_FDNAMES="+strings.Join(names, ":"),
+			"LISTEN_PID="+strconv.Itoa(os.Getpid()))
+	}
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	err = linux.ExecWithFDs(path, command, env, fds)
+	// Only reached on failure, on a thread whose fd table was rearranged:
+	// report on fd 2 (untouched) and exit at once.
+	fmt.Fprintf(os.Stderr, "capd: acquire: %v\n", err)
+	os.Exit(exitCannotExec)
+	return nil
+}

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/capd-dev/capd/agent"
+	"github.com/capd-dev/capd/agent/policy"
+	"github.com/capd-dev/capd/client"
+)
+
+func newAgentCmd() *cobra.Command {
+	var (
+		configPath string
+		socketPath string
+		logLevel   string
+	)
+	cmd := &cobra.Command{
+		Use:   "agent [--config FILE] [--socket PATH]",
+		Short: "Run the capd agent",
+		Long: `Run the agent in the foreground. It listens on an AF_UNIX SOCK_SEQPACKET
+socket (--socket, else $CAPD_SOCKET, else ` + client.DefaultSocket + `; a socket passed
+by systemd socket activation is used instead), reads policy from --config
+(default ` + policy.DefaultPath + `, plus *.toml drop-ins in conf.d/ beside it; a
+missing default file means deny everything), and logs to stderr.
+
+It refuses to start when another agent answers on the socket, and removes a
+stale socket file left by a dead one. It tells systemd READY=1 when serving.
+
+Signals: SIGTERM or SIGINT stop it (closing every stored fd); SIGHUP re-reads
+the configuration atomically: a bad file is logged and the old policy stays.`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return usageErr("--log-level: %v", err)
+			}
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			missingOK := !cmd.Flags().Changed("config")
+			if socketPath == "" {
+				socketPath = client.SocketPath()
+			}
+			return runAgent(cmd.Context(), log, configPath, missingOK, socketPath)
+		},
+	}
+	cmd.Flags().StringVar(&configPath, "config", policy.DefaultPath, "policy file")
+	cmd.Flags().StringVar(&socketPath, "socket", "", "socket path (default $CAPD_SOCKET or "+client.DefaultSocket+")")
+	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func runAgent(ctx context.Context, log *slog.Logger, configPath string, missingOK bool, socketPath string) error {
+	cfg, err := policy.Load(configPath, missingOK)
+	if err != nil {
+		return fmt.Errorf("load config: %w", err)
+	}
+	if len(cfg.Files) == 0 {
+		log.Warn("no configuration file; every acquire except an owner's own is denied", "config", configPath)
+	}
+	srv, err := agent.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	l, err := listener(socketPath)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	defer signal.Stop(sigs)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	var limit unix.Rlimit
+	unix.Getrlimit(unix.RLIMIT_NOFILE, &limit)
+	log.Info("agent serving", "socket", socketPath, "config", cfg.Files, "grants", len(cfg.Grants),
+		"max_entries", cfg.Agent.MaxEntries, "fd_limit", limit.Cur)
+	daemon.SdNotify(false, daemon.SdNotifyReady)
+
+	var serveErr error
+loop:
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == unix.SIGHUP {
+				daemon.SdNotify(false, daemon.SdNotifyReloading)
+				next, err := policy.Load(configPath, missingOK)
+				if err != nil {
+					log.Error("reload failed; keeping the current configuration", "err", err)
+				} else {
+					srv.Reload(next)
+					log.Info("configuration reloaded", "config", next.Files, "grants", len(next.Grants))
+				}
+				daemon.SdNotify(false, daemon.SdNotifyReady)
+				continue
+			}
+			log.Info("stopping", "signal", sig.String())
+			break loop
+		case serveErr = <-served:
+			break loop
+		case <-ctx.Done():
+			break loop
+		}
+	}
+	daemon.SdNotify(false, daemon.SdNotifyStopping)
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("shutdown", "err", err)
+	}
+	if serveErr == nil {
+		serveErr = <-served
+	}
+	return serveErr
+}
+
+// listener returns the socket-activated listener if systemd passed one,
+// else binds socketPath.
+func listener(socketPath string) (*agent.Listener, error) {
+	files := activation.Files(true)
+	switch len(files) {
+	case 0:
+		l, err := agent.Listen(socketPath)
+		if errors.Is(err, agent.ErrAgentRunning) {
+			return nil, &exitError{code: exitBusy, err: err}
+		}
+		return l, err
+	case 1:
+		fd, err := unix.Dup(int(files[0].Fd()))
+		files[0].Close()
+		if err != nil {
+			return nil, os.NewSyscallError("dup", err)
+		}
+		return agent.FileListener(fd)
+	default:
+		for _, f := range files {
+			f.Close()
+		}
+		return nil, fmt.Errorf("systemd passed %d sockets; capd takes exactly one", len(files))
+	}
+}

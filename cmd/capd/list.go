@@ -1,0 +1,59 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func newListCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list [--json]",
+		Short: "List the entries the caller may see",
+		Long: `List the caller's own entries and those it may acquire (root sees all):
+owner, name, fd kind (socket, pipe, memfd, file, tmpfile, ...), whether it is
+pinned, when it expires, and how often it was acquired. --json prints every
+field for scripts.`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			entries, err := c.List()
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				if entries == nil {
+					return enc.Encode([]struct{}{})
+				}
+				return enc.Encode(entries)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "OWNER\tNAME\tKIND\tPINNED\tEXPIRES\tACQUIRED")
+			for _, e := range entries {
+				exp := "never"
+				if !e.Expires.IsZero() {
+					exp = e.Expires.Local().Format(time.DateTime) + " (in " + time.Until(e.Expires).Round(time.Second).String() + ")"
+				}
+				pinned := "no"
+				if e.Pinned {
+					pinned = "yes"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", e.Owner, e.Name, e.Kind, pinned, exp, e.Acquired)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}

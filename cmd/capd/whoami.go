@@ -1,0 +1,41 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/spf13/cobra"
+)
+
+func newWhoamiCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "whoami",
+		Short: "Print the identity the agent sees for the caller",
+		Long: `Print the identity the agent derives from the kernel for this process:
+the systemd unit owning its cgroup (NAME.service, NAME.scope) or cgroup:/PATH.
+This is the identity that owns what the caller publishes and that policy
+matches when it acquires. --json adds the cgroup, uid and pid.`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			id, err := c.Whoami()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(id)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), id.Name)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print identity, cgroup, uid and pid as JSON")
+	return cmd
+}

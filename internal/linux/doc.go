@@ -1,0 +1,11 @@
+// Package linux wraps the raw Linux system calls capd relies on: pidfds,
+// SO_PEERPIDFD and SO_PEERCRED, PIDFD_GET_INFO, kcmp(2), F_DUPFD_QUERY,
+// memfd_create(2), open_by_handle_at(2) and fd classification.
+//
+// Every wrapper retries EINTR and returns errors built with
+// os.NewSyscallError, so errors.Is(err, unix.ESRCH) and friends keep working.
+//
+// Fd ownership: functions that return an int fd hand its ownership to the
+// caller, who must close it exactly once. Every fd is created with CLOEXEC.
+// Functions that take an fd borrow it for the duration of the call only.
+package linux

@@ -1,0 +1,48 @@
+package linux
+
+import (
+	"os"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// ExecWithFDs replaces the process image with path, argv and env, with fds
+// moved to 3, 4, ... in order and every other fd above 2 closed, as the
+// systemd socket-activation protocol expects.
+//
+// The Go runtime keeps fds of its own (epoll, eventfd) that often sit at 3
+// and 4. To move fds over them without pulling them from under running
+// threads, the calling thread is locked and given a private fd table with
+// unshare(CLONE_FILES); only that table is rearranged, and execve(2) from
+// this thread makes it the new program's table.
+//
+// ExecWithFDs only returns on failure, and then the calling thread's fd
+// table no longer matches the rest of the process: the caller must report
+// the error on fd 2 and exit without doing anything else.
+func ExecWithFDs(path string, argv, env []string, fds []int) error {
+	runtime.LockOSThread() // never unlocked: this thread execs or dies
+	if err := unix.Unshare(unix.CLONE_FILES); err != nil {
+		return os.NewSyscallError("unshare CLONE_FILES", err)
+	}
+	n := len(fds)
+	// Park every fd above the target range first, so that no dup3 below can
+	// overwrite an fd that is yet to be moved.
+	parked := make([]int, n)
+	for i, fd := range fds {
+		p, err := DupCloexec(fd, 3+n)
+		if err != nil {
+			return err
+		}
+		parked[i] = p
+	}
+	for i, p := range parked {
+		if err := unix.Dup3(p, 3+i, 0); err != nil {
+			return os.NewSyscallError("dup3", err)
+		}
+	}
+	if err := unix.CloseRange(uint(3+n), ^uint(0), 0); err != nil {
+		return os.NewSyscallError("close_range", err)
+	}
+	return os.NewSyscallError("execve "+path, unix.Exec(path, argv, env))
+}

@@ -1,0 +1,239 @@
+package linux
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// ignoringEINTR calls fn until it returns something other than EINTR.
+func ignoringEINTR(fn func() error) error {
+	for {
+		err := fn()
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
+// PeerPidfd returns a pidfd for the process that connected the AF_UNIX socket
+// sock (SO_PEERPIDFD, Linux >= 6.5). The pidfd is O_CLOEXEC.
+func PeerPidfd(sock int) (int, error) {
+	var fd int
+	err := ignoringEINTR(func() (err error) {
+		fd, err = unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_PEERPIDFD)
+		return err
+	})
+	if err != nil {
+		return -1, os.NewSyscallError("getsockopt SO_PEERPIDFD", err)
+	}
+	return fd, nil
+}
+
+// PeerCred returns the credentials the peer of sock had when it connected.
+func PeerCred(sock int) (*unix.Ucred, error) {
+	cred, err := unix.GetsockoptUcred(sock, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err != nil {
+		return nil, os.NewSyscallError("getsockopt SO_PEERCRED", err)
+	}
+	return cred, nil
+}
+
+// PidfdGetInfo issues PIDFD_GET_INFO (Linux >= 6.13) asking for mask.
+// It fails with ESRCH when the process has exited, and with ENOTTY or EINVAL
+// on kernels without the ioctl.
+func PidfdGetInfo(pidfd int, mask uint64) (*unix.PidfdInfo, error) {
+	info := &unix.PidfdInfo{Mask: mask}
+	err := ignoringEINTR(func() error {
+		_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(pidfd), unix.PIDFD_GET_INFO, uintptr(unsafe.Pointer(info)))
+		if e != 0 {
+			return e
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, os.NewSyscallError("ioctl PIDFD_GET_INFO", err)
+	}
+	return info, nil
+}
+
+// PidfdOpen opens a pidfd for pid (O_CLOEXEC is implied by the kernel).
+func PidfdOpen(pid int) (int, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("pidfd_open", err)
+	}
+	return fd, nil
+}
+
+// PidfdAlive reports whether the process behind pidfd is still running
+// (pidfd_send_signal with signal 0). A false result is final: pidfds never
+// refer to a recycled pid.
+func PidfdAlive(pidfd int) (bool, error) {
+	err := unix.PidfdSendSignal(pidfd, 0, nil, 0)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, unix.ESRCH):
+		return false, nil
+	default:
+		return false, os.NewSyscallError("pidfd_send_signal", err)
+	}
+}
+
+// KCMP_FILE from <linux/kcmp.h>.
+const kcmpFile = 0
+
+// Kcmp compares fd1 of pid1 with fd2 of pid2 (kcmp(2), KCMP_FILE). It returns
+// true when both refer to the same open file description.
+func Kcmp(pid1, pid2, fd1, fd2 int) (bool, error) {
+	var r uintptr
+	err := ignoringEINTR(func() error {
+		var e unix.Errno
+		r, _, e = unix.Syscall6(unix.SYS_KCMP, uintptr(pid1), uintptr(pid2), kcmpFile, uintptr(fd1), uintptr(fd2), 0)
+		if e != 0 {
+			return e
+		}
+		return nil
+	})
+	if err != nil {
+		return false, os.NewSyscallError("kcmp", err)
+	}
+	return r == 0, nil
+}
+
+// DupfdQuery asks the kernel whether fd and other refer to the same open
+// file description (fcntl F_DUPFD_QUERY, Linux >= 6.10). Kernels without it
+// fail with EINVAL.
+func DupfdQuery(fd, other int) (bool, error) {
+	var r int
+	err := ignoringEINTR(func() (err error) {
+		r, err = unix.FcntlInt(uintptr(fd), unix.F_DUPFD_QUERY, other)
+		return err
+	})
+	if err != nil {
+		return false, os.NewSyscallError("fcntl F_DUPFD_QUERY", err)
+	}
+	return r == 1, nil
+}
+
+// MemfdCreate creates an anonymous memory file with MFD_CLOEXEC and
+// MFD_ALLOW_SEALING set.
+func MemfdCreate(name string) (int, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return -1, os.NewSyscallError("memfd_create", err)
+	}
+	return fd, nil
+}
+
+// SealAll applies every memfd seal, making the file immutable and empty
+// forever: a pure capability token.
+func SealAll(fd int) error {
+	seals := unix.F_SEAL_SEAL | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, seals); err != nil {
+		return os.NewSyscallError("fcntl F_ADD_SEALS", err)
+	}
+	return nil
+}
+
+// DupCloexec duplicates fd to the lowest free number >= min, with CLOEXEC.
+func DupCloexec(fd, min int) (int, error) {
+	var nfd int
+	err := ignoringEINTR(func() (err error) {
+		nfd, err = unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, min)
+		return err
+	})
+	if err != nil {
+		return -1, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", err)
+	}
+	return nfd, nil
+}
+
+// Close closes fd, ignoring EINTR (Linux releases the fd even then).
+func Close(fd int) error {
+	if err := unix.Close(fd); err != nil && !errors.Is(err, unix.EINTR) {
+		return os.NewSyscallError("close", err)
+	}
+	return nil
+}
+
+// SetNonDumpable clears the dumpable flag of the calling process, so that
+// other users cannot ptrace it, read its /proc/PID/fd or pidfd_getfd from it.
+func SetNonDumpable() error {
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return os.NewSyscallError("prctl PR_SET_DUMPABLE", err)
+	}
+	return nil
+}
+
+// FdKind classifies the open file behind fd for humans: "socket", "pipe",
+// "memfd", "tmpfile", "file", "dir", "chardev", "blockdev", "eventfd",
+// "pidfd", "anon:NAME" or "unknown".
+func FdKind(fd int) string {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return "unknown"
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFSOCK:
+		return "socket"
+	case unix.S_IFIFO:
+		return "pipe"
+	case unix.S_IFDIR:
+		return "dir"
+	case unix.S_IFCHR:
+		return "chardev"
+	case unix.S_IFBLK:
+		return "blockdev"
+	case unix.S_IFLNK:
+		return "symlink"
+	}
+	target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	if err != nil {
+		return "unknown"
+	}
+	switch {
+	case strings.HasPrefix(target, "/memfd:"):
+		return "memfd"
+	case strings.HasPrefix(target, "anon_inode:"):
+		name := strings.Trim(strings.TrimPrefix(target, "anon_inode:"), "[]")
+		switch name {
+		case "eventfd", "pidfd", "signalfd", "timerfd", "eventpoll", "inotify":
+			return name
+		}
+		return "anon:" + name
+	case st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink == 0:
+		return "tmpfile"
+	case st.Mode&unix.S_IFMT == unix.S_IFREG:
+		return "file"
+	}
+	return "unknown"
+}
+
+// OpenKernfsByID opens the kernfs node with 64-bit id (a cgroup id on a
+// cgroup2 mount) relative to mountFD with O_PATH|O_CLOEXEC.
+func OpenKernfsByID(mountFD int, id uint64) (int, error) {
+	const fileidKernfs = 0xfe
+	var b [8]byte
+	*(*uint64)(unsafe.Pointer(&b[0])) = id
+	fd, err := unix.OpenByHandleAt(mountFD, unix.NewFileHandle(fileidKernfs, b[:]), unix.O_PATH|unix.O_CLOEXEC)
+	if err != nil {
+		return -1, os.NewSyscallError("open_by_handle_at", err)
+	}
+	return fd, nil
+}
+
+// FdPath returns what /proc/self/fd/FD points to.
+func FdPath(fd int) (string, error) {
+	p, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	if err != nil {
+		return "", fmt.Errorf("read fd path: %w", err)
+	}
+	return p, nil
+}

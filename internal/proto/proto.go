@@ -1,0 +1,332 @@
+// Package proto is capd's wire format, shared by the agent and the client
+// library; docs/PROTOCOL.md is its normative description.
+//
+// A message is one SOCK_SEQPACKET datagram: an 8-byte header followed by
+// attributes (type, length, value), all little-endian. Requests carry at most
+// one fd (publish) and responses at most one (acquire), as SCM_RIGHTS.
+// The package only encodes and decodes bytes; it owns no fds.
+package proto
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Version is the protocol version carried in every header.
+const Version = 1
+
+// Size bounds. A request larger than MaxRequest is rejected; responses never
+// exceed MaxResponse.
+const (
+	HeaderSize  = 8
+	MaxRequest  = 4096
+	MaxResponse = 65536
+	MaxName     = 255
+	MaxIdentity = 1024
+	MaxAllow    = 32
+)
+
+// Op is a request type.
+type Op uint8
+
+const (
+	OpWhoami  Op = 1
+	OpPublish Op = 2
+	OpRevoke  Op = 3
+	OpAcquire Op = 4
+	OpList    Op = 5
+)
+
+func (o Op) String() string {
+	switch o {
+	case OpWhoami:
+		return "whoami"
+	case OpPublish:
+		return "publish"
+	case OpRevoke:
+		return "revoke"
+	case OpAcquire:
+		return "acquire"
+	case OpList:
+		return "list"
+	}
+	return fmt.Sprintf("op(%d)", uint8(o))
+}
+
+// Attr is an attribute type.
+type Attr uint16
+
+const (
+	AttrName      Attr = 1  // string: entry name
+	AttrOwner     Attr = 2  // string: owner identity
+	AttrFlags     Attr = 3  // u32: FlagPin, FlagReplace
+	AttrTTL       Attr = 4  // u64: time to live in milliseconds
+	AttrAllow     Attr = 5  // string, repeatable: audience pattern
+	AttrMessage   Attr = 6  // string: human-readable error detail
+	AttrIdentity  Attr = 7  // string: identity of the caller
+	AttrEntry     Attr = 8  // nested attributes: one store entry
+	AttrKind      Attr = 9  // string: fd kind
+	AttrExpires   Attr = 10 // u64: expiry, Unix time in milliseconds
+	AttrAcquired  Attr = 11 // u64: times acquired
+	AttrAfter     Attr = 12 // string: list cursor, "OWNER:NAME" of the last entry seen
+	AttrMore      Attr = 13 // empty: more entries follow the last one
+	AttrUID       Attr = 14 // u32
+	AttrPID       Attr = 15 // u32
+	AttrCgroup    Attr = 16 // string: cgroup v2 path
+	AttrPublished Attr = 17 // u64: publication time, Unix milliseconds
+)
+
+// Publish flags (AttrFlags).
+const (
+	FlagPin     uint32 = 1 << 0
+	FlagReplace uint32 = 1 << 1
+)
+
+// Code is a stable error code. Zero means success.
+type Code uint16
+
+const (
+	CodeOK                 Code = 0
+	CodeInvalidRequest     Code = 1
+	CodeUnsupportedVersion Code = 2
+	CodePermissionDenied   Code = 3
+	CodeNotFound           Code = 4
+	CodeExists             Code = 5
+	CodeQuotaExceeded      Code = 6
+	CodeBusy               Code = 7
+	CodeInternal           Code = 8
+)
+
+var codeNames = [...]string{
+	CodeOK:                 "ok",
+	CodeInvalidRequest:     "invalid-request",
+	CodeUnsupportedVersion: "unsupported-version",
+	CodePermissionDenied:   "permission-denied",
+	CodeNotFound:           "not-found",
+	CodeExists:             "exists",
+	CodeQuotaExceeded:      "quota-exceeded",
+	CodeBusy:               "busy",
+	CodeInternal:           "internal",
+}
+
+// String returns the code's stable name, e.g. "not-found".
+func (c Code) String() string {
+	if int(c) < len(codeNames) {
+		return codeNames[c]
+	}
+	return fmt.Sprintf("error-%d", uint16(c))
+}
+
+// Error is an error reported by the agent. errors.Is matches two Errors with
+// the same Code, so the sentinels below match any message.
+type Error struct {
+	Code    Code
+	Message string
+}
+
+func (e *Error) Error() string {
+	if e.Message == "" {
+		return e.Code.String()
+	}
+	return e.Code.String() + ": " + e.Message
+}
+
+// Is reports whether target is an *Error with the same code.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code
+}
+
+// Errorf builds an *Error with a formatted message.
+func Errorf(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Sentinels for errors.Is.
+var (
+	ErrInvalidRequest     = &Error{Code: CodeInvalidRequest}
+	ErrUnsupportedVersion = &Error{Code: CodeUnsupportedVersion}
+	ErrPermissionDenied   = &Error{Code: CodePermissionDenied}
+	ErrNotFound           = &Error{Code: CodeNotFound}
+	ErrExists             = &Error{Code: CodeExists}
+	ErrQuotaExceeded      = &Error{Code: CodeQuotaExceeded}
+	ErrBusy               = &Error{Code: CodeBusy}
+	ErrInternal           = &Error{Code: CodeInternal}
+)
+
+// ErrMalformed reports bytes that are not a well-formed message.
+var ErrMalformed = errors.New("malformed message")
+
+// Header is the fixed start of every message.
+type Header struct {
+	Version uint8
+	Op      Op
+	Code    Code
+}
+
+// Builder appends a message to a byte slice. The zero value is not usable;
+// start with NewMessage.
+type Builder struct {
+	b []byte
+}
+
+// NewMessage starts a message with the given op and code in buf[:0].
+func NewMessage(buf []byte, op Op, code Code) Builder {
+	b := append(buf[:0], Version, byte(op), 0, 0, 0, 0, 0, 0)
+	binary.LittleEndian.PutUint16(b[2:], uint16(code))
+	return Builder{b: b}
+}
+
+// Bytes returns the encoded message.
+func (m *Builder) Bytes() []byte { return m.b }
+
+// Len returns the encoded length so far.
+func (m *Builder) Len() int { return len(m.b) }
+
+// Truncate cuts the message back to n bytes (a length from Len).
+func (m *Builder) Truncate(n int) { m.b = m.b[:n] }
+
+func (m *Builder) attr(t Attr, n int) {
+	m.b = binary.LittleEndian.AppendUint16(m.b, uint16(t))
+	m.b = binary.LittleEndian.AppendUint16(m.b, uint16(n))
+}
+
+// String appends a string attribute. Values over 65535 bytes are cut.
+func (m *Builder) String(t Attr, s string) {
+	if len(s) > 0xffff {
+		s = s[:0xffff]
+	}
+	m.attr(t, len(s))
+	m.b = append(m.b, s...)
+}
+
+// Empty appends a flag attribute without a value.
+func (m *Builder) Empty(t Attr) { m.attr(t, 0) }
+
+// U32 appends a 32-bit attribute.
+func (m *Builder) U32(t Attr, v uint32) {
+	m.attr(t, 4)
+	m.b = binary.LittleEndian.AppendUint32(m.b, v)
+}
+
+// U64 appends a 64-bit attribute.
+func (m *Builder) U64(t Attr, v uint64) {
+	m.attr(t, 8)
+	m.b = binary.LittleEndian.AppendUint64(m.b, v)
+}
+
+// Begin starts a nested attribute; End closes it.
+func (m *Builder) Begin(t Attr) int {
+	m.attr(t, 0)
+	return len(m.b)
+}
+
+// End fixes the length of the nested attribute started at start.
+func (m *Builder) End(start int) {
+	binary.LittleEndian.PutUint16(m.b[start-2:], uint16(len(m.b)-start))
+}
+
+// ParseHeader checks the header of msg and returns it with the attribute
+// bytes that follow. A header with another version is returned together
+// with an ErrUnsupportedVersion error so that the caller can answer it.
+func ParseHeader(msg []byte) (Header, []byte, error) {
+	if len(msg) < HeaderSize {
+		return Header{}, nil, fmt.Errorf("%w: %d bytes, shorter than the header", ErrMalformed, len(msg))
+	}
+	h := Header{Version: msg[0], Op: Op(msg[1]), Code: Code(binary.LittleEndian.Uint16(msg[2:]))}
+	if h.Version != Version {
+		return h, nil, Errorf(CodeUnsupportedVersion, "version %d, this agent speaks %d", h.Version, Version)
+	}
+	if binary.LittleEndian.Uint32(msg[4:]) != 0 {
+		return h, nil, fmt.Errorf("%w: reserved header bytes are not zero", ErrMalformed)
+	}
+	return h, msg[HeaderSize:], nil
+}
+
+// Iter walks attributes. Call Next until it returns false, then check Err.
+type Iter struct {
+	b   []byte
+	err error
+}
+
+// Attrs returns an iterator over b.
+func Attrs(b []byte) Iter { return Iter{b: b} }
+
+// Next returns the next attribute.
+func (it *Iter) Next() (Attr, []byte, bool) {
+	if len(it.b) == 0 || it.err != nil {
+		return 0, nil, false
+	}
+	if len(it.b) < 4 {
+		it.err = fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(it.b))
+		return 0, nil, false
+	}
+	t := Attr(binary.LittleEndian.Uint16(it.b))
+	n := int(binary.LittleEndian.Uint16(it.b[2:]))
+	if len(it.b) < 4+n {
+		it.err = fmt.Errorf("%w: attribute %d claims %d bytes, %d left", ErrMalformed, t, n, len(it.b)-4)
+		return 0, nil, false
+	}
+	v := it.b[4 : 4+n]
+	it.b = it.b[4+n:]
+	return t, v, true
+}
+
+// Err returns the first decoding error.
+func (it *Iter) Err() error { return it.err }
+
+// U32 decodes a 32-bit attribute value.
+func U32(v []byte) (uint32, error) {
+	if len(v) != 4 {
+		return 0, fmt.Errorf("%w: u32 attribute of %d bytes", ErrMalformed, len(v))
+	}
+	return binary.LittleEndian.Uint32(v), nil
+}
+
+// U64 decodes a 64-bit attribute value.
+func U64(v []byte) (uint64, error) {
+	if len(v) != 8 {
+		return 0, fmt.Errorf("%w: u64 attribute of %d bytes", ErrMalformed, len(v))
+	}
+	return binary.LittleEndian.Uint64(v), nil
+}
+
+// ValidName reports why name cannot be an entry name, or nil. Names are 1 to
+// 255 characters from [A-Za-z0-9._@+=-]; so they never contain ':' (the
+// separator in OWNER:NAME and in LISTEN_FDNAMES) nor glob characters.
+func ValidName(name string) error {
+	if name == "" {
+		return errors.New("empty name")
+	}
+	if len(name) > MaxName {
+		return fmt.Errorf("name is %d bytes, longer than %d", len(name), MaxName)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case c == '.' || c == '_' || c == '-' || c == '@' || c == '+' || c == '=':
+		default:
+			return fmt.Errorf("name %q contains %q: names use only letters, digits and . _ - @ + =", name, c)
+		}
+	}
+	return nil
+}
+
+// SplitRef splits "OWNER:NAME" at the last ':' and validates both halves.
+func SplitRef(ref string) (owner, name string, err error) {
+	i := strings.LastIndexByte(ref, ':')
+	if i <= 0 {
+		return "", "", fmt.Errorf("%q is not OWNER:NAME (e.g. rpm-ostreed.service:zincati-fd)", ref)
+	}
+	owner, name = ref[:i], ref[i+1:]
+	if err := ValidName(name); err != nil {
+		return "", "", fmt.Errorf("%q: %w", ref, err)
+	}
+	if len(owner) > MaxIdentity {
+		return "", "", fmt.Errorf("%q: owner longer than %d bytes", ref, MaxIdentity)
+	}
+	return owner, name, nil
+}
