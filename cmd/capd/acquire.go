@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"strconv"
@@ -72,7 +73,7 @@ func acquireExec(cmd *cobra.Command, refs, command []string, optional bool) erro
 	path, err := exec.LookPath(command[0])
 	if err != nil {
 		code := exitCommandNotFound
-		if !errors.Is(err, exec.ErrNotFound) {
+		if !errors.Is(err, exec.ErrNotFound) && !errors.Is(err, fs.ErrNotExist) {
 			code = exitCannotExec
 		}
 		return &exitError{code: code, err: fmt.Errorf("acquire: %w", err)}

@@ -1,0 +1,372 @@
+package tests
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/capd-dev/capd/internal/testutil"
+)
+
+const seedPolicy = `
+[[grant]]
+consumer = "zincati.service"
+acquire  = ["rpm-ostreed.service:zincati-fd", "rpm-ostreed.service:foo-op-fd", "rpm-ostreed.service:opt-*"]
+
+[[grant]]
+consumer = "other.service"
+acquire  = ["rpm-ostreed.service:*"]
+`
+
+// env is one test's agent plus service cgroups.
+type env struct {
+	t     *testing.T
+	agent *testutil.Agent
+	cgs   map[string]*testutil.Cgroup
+}
+
+func newEnv(t *testing.T, policy string, units ...string) *env {
+	t.Helper()
+	testutil.RequireRoot(t)
+	e := &env{t: t, agent: testutil.StartAgent(t, capd, policy), cgs: map[string]*testutil.Cgroup{}}
+	for _, u := range units {
+		cg := testutil.NewCgroup(t, u)
+		cg.Keep(t)
+		e.cgs[u] = cg
+	}
+	return e
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// run runs capd ARGS inside the unit's cgroup ("" for the test's own
+// cgroup), with extra fds at 3, 4, ...
+func (e *env) run(unit string, extra []*os.File, args ...string) result {
+	e.t.Helper()
+	return e.runAs(unit, 0, extra, args...)
+}
+
+// runAs is run with another uid (0 keeps root).
+func (e *env) runAs(unit string, uid uint32, extra []*os.File, args ...string) result {
+	e.t.Helper()
+	var cmd *exec.Cmd
+	if unit == "" {
+		cmd = exec.Command(capd, args...)
+	} else {
+		cmd = e.cgs[unit].Command(capd, args...)
+	}
+	cmd.Env = e.agent.Env()
+	cmd.ExtraFiles = extra
+	if uid != 0 {
+		if cmd.SysProcAttr == nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{}
+		}
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uid, Gid: uid}
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("run capd %v: %v", args, err)
+	}
+	return r
+}
+
+func (e *env) mustRun(unit string, extra []*os.File, args ...string) result {
+	e.t.Helper()
+	r := e.run(unit, extra, args...)
+	if r.code != 0 {
+		e.t.Fatalf("capd %v in %q: exit %d\nstdout: %s\nstderr: %s\nagent log:\n%s", args, unit, r.code, r.stdout, r.stderr, e.agent.Log)
+	}
+	return r
+}
+
+func (e *env) publishFile(unit, name, content string, flags ...string) {
+	e.t.Helper()
+	f := tempFile(e.t, content)
+	defer f.Close()
+	e.mustRun(unit, []*os.File{f}, append([]string{"publish", name, "--fd", "3"}, flags...)...)
+}
+
+func tempFile(t *testing.T, content string) *os.File {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func expectFail(t *testing.T, r result, code int, words ...string) {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", r.code, code, r.stdout, r.stderr)
+	}
+	for _, w := range words {
+		if !strings.Contains(r.stderr, w) {
+			t.Errorf("stderr %q does not mention %q", r.stderr, w)
+		}
+	}
+}
+
+func TestWhoamiIsTheUnit(t *testing.T) {
+	e := newEnv(t, seedPolicy, "zincati.service")
+	r := e.mustRun("zincati.service", nil, "whoami")
+	if got := strings.TrimSpace(r.stdout); got != "zincati.service" {
+		t.Fatalf("whoami = %q, want zincati.service", got)
+	}
+	r = e.mustRun("zincati.service", nil, "whoami", "--json")
+	var id struct {
+		Identity, Cgroup string
+		UID, PID         int
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &id); err != nil {
+		t.Fatal(err)
+	}
+	if id.Cgroup != e.cgs["zincati.service"].Path || id.UID != 0 || id.PID == 0 {
+		t.Fatalf("whoami --json = %+v, want cgroup %s", id, e.cgs["zincati.service"].Path)
+	}
+}
+
+func TestPublishAcquireAcrossCgroups(t *testing.T) {
+	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
+	e.publishFile("rpm-ostreed.service", "zincati-fd", "hello from rpm-ostreed\n")
+	r := e.mustRun("zincati.service", nil, "acquire", "rpm-ostreed.service:zincati-fd", "--", "sh", "-c", "cat <&3")
+	if r.stdout != "hello from rpm-ostreed\n" {
+		t.Fatalf("consumer read %q", r.stdout)
+	}
+	// The same name published twice is refused, and --replace swaps it.
+	f := tempFile(t, "second\n")
+	defer f.Close()
+	expectFail(t, e.run("rpm-ostreed.service", []*os.File{f}, "publish", "zincati-fd", "--fd", "3"), 6, "exists", "zincati-fd")
+	e.mustRun("rpm-ostreed.service", []*os.File{f}, "publish", "zincati-fd", "--fd", "3", "--replace")
+	r = e.mustRun("zincati.service", nil, "acquire", "rpm-ostreed.service:zincati-fd", "--", "sh", "-c", "cat <&3")
+	if r.stdout != "second\n" {
+		t.Fatalf("after replace consumer read %q", r.stdout)
+	}
+}
+
+func TestDenied(t *testing.T) {
+	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service", "stranger.service")
+	e.publishFile("rpm-ostreed.service", "zincati-fd", "x")
+	e.publishFile("rpm-ostreed.service", "secret", "x")
+	// An ungranted service.
+	expectFail(t, e.run("stranger.service", nil, "acquire", "rpm-ostreed.service:zincati-fd", "--", "true"),
+		4, "rpm-ostreed.service:zincati-fd", "permission-denied")
+	// A granted service, but not for this entry.
+	expectFail(t, e.run("zincati.service", nil, "acquire", "rpm-ostreed.service:secret", "--", "true"),
+		4, "rpm-ostreed.service:secret", "permission-denied")
+	// Root in the test's own cgroup gets no implicit grant.
+	expectFail(t, e.run("", nil, "acquire", "rpm-ostreed.service:zincati-fd", "--", "true"),
+		4, "rpm-ostreed.service:zincati-fd", "permission-denied")
+	// The owner may always take its own entries back.
+	e.mustRun("rpm-ostreed.service", nil, "acquire", "rpm-ostreed.service:secret", "--", "true")
+	// A stranger learns nothing about what exists: denied, not not-found.
+	expectFail(t, e.run("stranger.service", nil, "acquire", "rpm-ostreed.service:never-published", "--", "true"), 4, "permission-denied")
+}
+
+func TestAllowNarrowsPolicy(t *testing.T) {
+	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service", "other.service")
+	e.publishFile("rpm-ostreed.service", "zincati-fd", "only for zincati\n", "--allow", "zincati.service")
+	e.mustRun("zincati.service", nil, "acquire", "rpm-ostreed.service:zincati-fd", "--", "true")
+	// other.service is granted rpm-ostreed.service:* by policy, but the
+	// owner's allow list excludes it.
+	expectFail(t, e.run("other.service", nil, "acquire", "rpm-ostreed.service:zincati-fd", "--", "true"), 4, "allow list")
+	// --allow never widens: stranger matches the pattern but has no grant.
+	e.publishFile("rpm-ostreed.service", "foo-op-fd", "x", "--allow", "*.service")
+	e.mustRun("other.service", nil, "acquire", "rpm-ostreed.service:foo-op-fd", "--", "true")
+}
+
+func TestRevoke(t *testing.T) {
+	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
+	e.publishFile("rpm-ostreed.service", "foo-op-fd", "x")
+	e.mustRun("zincati.service", nil, "acquire", "rpm-ostreed.service:foo-op-fd", "--", "true")
+	// Only the owner's own entries can be revoked by it.
+	expectFail(t, e.run("zincati.service", nil, "revoke", "foo-op-fd"), 5, "not-found")
+	e.mustRun("rpm-ostreed.service", nil, "revoke", "foo-op-fd")
+	expectFail(t, e.run("zincati.service", nil, "acquire", "rpm-ostreed.service:foo-op-fd", "--", "true"),
+		5, "rpm-ostreed.service:foo-op-fd", "not-found")
+	expectFail(t, e.run("rpm-ostreed.service", nil, "revoke", "foo-op-fd"), 5, "not-found")
+}
+
+func TestTTL(t *testing.T) {
+	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
+	start := time.Now()
+	e.publishFile("rpm-ostreed.service", "foo-op-fd", "x", "--ttl", "1500ms")
+	e.publishFile("rpm-ostreed.service", "zincati-fd", "x")
+	r := e.mustRun("zincati.service", nil, "list", "--json")
+	var entries []struct {
+		Name    string
+		Expires time.Time
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &entries); err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 2 || entries[0].Name != "foo-op-fd" || entries[0].Expires.IsZero() || !entries[1].Expires.IsZero() {
+		t.Fatalf("list = %+v", entries)
+	}
+	if time.Since(start) < time.Second {
+		e.mustRun("zincati.service", nil, "acquire", "rpm-ostreed.service:foo-op-fd", "--", "true")
+	}
+	time.Sleep(time.Until(entries[0].Expires) + 300*time.Millisecond)
+	expectFail(t, e.run("zincati.service", nil, "acquire", "rpm-ostreed.service:foo-op-fd", "--", "true"), 5, "not-found")
+	e.mustRun("zincati.service", nil, "acquire", "rpm-ostreed.service:zincati-fd", "--", "true")
+}
+
+type listenEnv struct {
+	PID            int
+	LISTEN_FDS     string
+	LISTEN_FDNAMES string
+	LISTEN_PID     string
+	FDs            map[string]string `json:"fds"`
+}
+
+func (e *env) acquireEnv(unit string, extra []*os.File, args ...string) (listenEnv, result) {
+	e.t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cmd := e.cgs[unit].Command(capd, append(append([]string{"acquire"}, args...), "--", self)...)
+	cmd.Env = e.agent.Env("CAPD_TEST_ROLE=listen-env", "LISTEN_FDS=9", "LISTEN_FDNAMES=stale", "LISTEN_PID=1")
+	cmd.ExtraFiles = extra
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		e.t.Fatalf("acquire %v: %v\n%s", args, err, errb.String())
+	}
+	var le listenEnv
+	if err := json.Unmarshal(out.Bytes(), &le); err != nil {
+		e.t.Fatalf("role output %q: %v", out.String(), err)
+	}
+	return le, result{stdout: out.String(), stderr: errb.String()}
+}
+
+func TestListenEnvironment(t *testing.T) {
+	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
+	a, b := tempFile(t, "a"), tempFile(t, "b")
+	defer a.Close()
+	defer b.Close()
+	e.mustRun("rpm-ostreed.service", []*os.File{a}, "publish", "zincati-fd", "--fd", "3")
+	e.mustRun("rpm-ostreed.service", []*os.File{nil, b}, "publish", "foo-op-fd", "--fd", "4")
+	// capd itself inherits three unrelated fds at 3, 4, 5: none may leak.
+	junk := []*os.File{tempFile(t, "j1"), tempFile(t, "j2"), tempFile(t, "j3")}
+	for _, j := range junk {
+		defer j.Close()
+	}
+	le, _ := e.acquireEnv("zincati.service", junk, "rpm-ostreed.service:foo-op-fd", "rpm-ostreed.service:zincati-fd")
+	if le.LISTEN_FDS != "2" || le.LISTEN_FDNAMES != "foo-op-fd:zincati-fd" || le.LISTEN_PID != strconv.Itoa(le.PID) {
+		t.Fatalf("environment = %+v", le)
+	}
+	if len(le.FDs) != 2 || le.FDs["3"] != b.Name() || le.FDs["4"] != a.Name() {
+		t.Fatalf("inherited fds = %v, want 3 -> %s, 4 -> %s and nothing else", le.FDs, b.Name(), a.Name())
+	}
+}
+
+func TestOptional(t *testing.T) {
+	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
+	e.publishFile("rpm-ostreed.service", "zincati-fd", "x")
+	// Without --optional an absent entry fails the whole command.
+	r := e.run("zincati.service", nil, "acquire", "rpm-ostreed.service:opt-absent", "rpm-ostreed.service:zincati-fd", "--", "true")
+	expectFail(t, r, 5, "rpm-ostreed.service:opt-absent", "not-found")
+	le, res := e.acquireEnv("zincati.service", nil, "--optional", "rpm-ostreed.service:opt-absent", "rpm-ostreed.service:secret", "rpm-ostreed.service:zincati-fd")
+	if le.LISTEN_FDS != "1" || le.LISTEN_FDNAMES != "zincati-fd" || len(le.FDs) != 1 {
+		t.Fatalf("environment = %+v", le)
+	}
+	for _, w := range []string{"opt-absent: not-found", "secret: permission-denied"} {
+		if !strings.Contains(res.stderr, w) {
+			t.Errorf("stderr %q lacks warning %q", res.stderr, w)
+		}
+	}
+	// Nothing left: the command still runs, without LISTEN_*.
+	le, _ = e.acquireEnv("zincati.service", nil, "--optional", "rpm-ostreed.service:opt-absent")
+	if le.LISTEN_FDS != "" || le.LISTEN_FDNAMES != "" || le.LISTEN_PID != "" || len(le.FDs) != 0 {
+		t.Fatalf("environment with no fds = %+v", le)
+	}
+}
+
+// TestListVisibility lists as an unprivileged uid, since root sees all.
+func TestListVisibility(t *testing.T) {
+	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service", "stranger.service")
+	e.publishFile("rpm-ostreed.service", "zincati-fd", "x")
+	e.publishFile("rpm-ostreed.service", "secret", "x", "--pin")
+	e.publishFile("stranger.service", "mine", "x")
+	names := func(unit string, uid uint32) string {
+		r := e.runAs(unit, uid, nil, "list", "--json")
+		if r.code != 0 {
+			t.Fatalf("list as %d in %s: %d %s", uid, unit, r.code, r.stderr)
+		}
+		var entries []struct{ Owner, Name, Kind string }
+		if err := json.Unmarshal([]byte(r.stdout), &entries); err != nil {
+			t.Fatal(err)
+		}
+		var s []string
+		for _, x := range entries {
+			s = append(s, x.Owner+":"+x.Name+"/"+x.Kind)
+		}
+		return strings.Join(s, " ")
+	}
+	if got := names("zincati.service", 65534); got != "rpm-ostreed.service:zincati-fd/file" {
+		t.Errorf("zincati sees %q", got)
+	}
+	if got := names("stranger.service", 65534); got != "stranger.service:mine/file" {
+		t.Errorf("stranger sees %q", got)
+	}
+	if got := names("", 0); got != "rpm-ostreed.service:secret/file rpm-ostreed.service:zincati-fd/file stranger.service:mine/file" {
+		t.Errorf("root sees %q", got)
+	}
+	r := e.mustRun("", nil, "list")
+	if !strings.Contains(r.stdout, "OWNER") || !strings.Contains(r.stdout, "secret") || !strings.Contains(r.stdout, "yes") {
+		t.Errorf("table:\n%s", r.stdout)
+	}
+}
+
+func TestCLIUsageErrors(t *testing.T) {
+	e := newEnv(t, seedPolicy, "zincati.service")
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"acquire", "a.service:x"}, 2, "missing '-- COMMAND'"},
+		{[]string{"acquire", "--", "true"}, 2, "at least one OWNER:NAME"},
+		{[]string{"acquire", "noref", "--", "true"}, 2, "not OWNER:NAME"},
+		{[]string{"acquire", "a.service:x", "--", "/nonexistent/cmd"}, 127, "/nonexistent/cmd"},
+		{[]string{"publish", "x"}, 2, "--fd N is required"},
+		{[]string{"publish", "x", "--fd", "9"}, 2, "fd 9 is not open"},
+		{[]string{"publish", "bad:name", "--fd", "0"}, 2, "contains"},
+		{[]string{"publish", "x", "--fd", "0", "--ttl", "0s"}, 2, "--ttl"},
+		{[]string{"revoke"}, 2, "exactly one NAME"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"list", "--bogus"}, 2, "unknown flag"},
+	} {
+		r := e.run("zincati.service", nil, tc.args...)
+		if r.code != tc.code || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("capd %v: exit %d, stderr %q; want exit %d and %q", tc.args, r.code, r.stderr, tc.code, tc.want)
+		}
+	}
+	// No agent on the socket: exit 3.
+	cmd := exec.Command(capd, "whoami")
+	cmd.Env = append(os.Environ(), "CAPD_SOCKET="+filepath.Join(t.TempDir(), "nothing"))
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
+		t.Errorf("whoami without agent: %v, want exit 3", err)
+	}
+}

@@ -1,0 +1,84 @@
+// Package tests holds capd's end-to-end tests: the real capd binary, real
+// processes in real cgroup v2 cgroups, real SCM_RIGHTS. They need root and
+// fail (never skip) without it.
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/capd-dev/capd/internal/testutil"
+)
+
+// capd is the binary under test, built once by TestMain.
+var capd string
+
+func TestMain(m *testing.M) {
+	if role := os.Getenv("CAPD_TEST_ROLE"); role != "" {
+		os.Exit(runRole(role))
+	}
+	dir, err := os.MkdirTemp("", "capd-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Chmod(dir, 0o755) // runnable by the uids some tests switch to
+	root, _ := filepath.Abs("..")
+	capd, err = testutil.BuildCapd(root, dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := testutil.LeakCheck(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// runRole runs the test binary as a helper program.
+func runRole(role string) int {
+	switch role {
+	case "listen-env":
+		// Report what a socket-activated program would see.
+		fds := map[string]string{}
+		ents, _ := os.ReadDir("/proc/self/fd")
+		for _, e := range ents {
+			n, _ := strconv.Atoi(e.Name())
+			t, err := os.Readlink("/proc/self/fd/" + e.Name())
+			if err != nil || n <= 2 {
+				continue
+			}
+			// Fds this runtime opened carry FD_CLOEXEC; inherited ones cannot.
+			if fl, err := unix.FcntlInt(uintptr(n), unix.F_GETFD, 0); err != nil || fl&unix.FD_CLOEXEC != 0 {
+				continue
+			}
+			fds[e.Name()] = t
+		}
+		out := map[string]any{
+			"pid":            os.Getpid(),
+			"LISTEN_FDS":     os.Getenv("LISTEN_FDS"),
+			"LISTEN_FDNAMES": os.Getenv("LISTEN_FDNAMES"),
+			"LISTEN_PID":     os.Getenv("LISTEN_PID"),
+			"fds":            fds,
+		}
+		json.NewEncoder(os.Stdout).Encode(out)
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "unknown role %q\n", role)
+	return 2
+}
+
+func sortedKeys(m map[string]string) []string {
+	var k []string
+	for s := range m {
+		k = append(k, s)
+	}
+	sort.Strings(k)
+	return k
+}
