@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/capd-dev/capd/internal/fdpass"
 	"github.com/capd-dev/capd/internal/testutil"
 )
 
@@ -69,16 +69,21 @@ func runRole(role string) int {
 		}
 		json.NewEncoder(os.Stdout).Encode(out)
 		return 0
+	case "sendback":
+		// Send fd 3 (a capability from capd acquire) to $CAPD_TEST_BACK.
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		if err == nil {
+			err = unix.Connect(fd, &unix.SockaddrUnix{Name: os.Getenv("CAPD_TEST_BACK")})
+		}
+		if err == nil {
+			err = fdpass.Send(fd, []byte("request"), 3)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return 0
 	}
 	fmt.Fprintf(os.Stderr, "unknown role %q\n", role)
 	return 2
-}
-
-func sortedKeys(m map[string]string) []string {
-	var k []string
-	for s := range m {
-		k = append(k, s)
-	}
-	sort.Strings(k)
-	return k
 }
