@@ -219,3 +219,11 @@ func TestBadConfigFailsStart(t *testing.T) {
 }
 
 func bytesContains(b []byte, s string) bool { return strings.Contains(string(b), s) }
+
+func cgroupProcPath() (string, error) {
+	p, err := cgroup.ProcPath(os.Getpid())
+	if err != nil {
+		return "", err
+	}
+	return cgroup.IdentityFromPath(p), nil
+}

@@ -1,0 +1,37 @@
+# capd: run 'make demo' for the seed scenario, 'make check' for every test.
+# Both need root (they create cgroups) and Go >= the version in go.mod.
+GO  ?= go
+BIN ?= bin
+
+.PHONY: all build demo check test-deps test lint bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/capd ./cmd/capd
+	$(GO) build -o $(BIN)/seed ./examples/seed
+
+# The seed scenario, narrated: rpm-ostreed.service publishes, zincati.service
+# acquires, the token comes back and verifies, then is revoked.
+demo: build
+	$(BIN)/seed -capd $(BIN)/capd
+
+# Install what the tests need, then run all of them.
+check: test-deps test
+
+test-deps:
+	./scripts/install-test-deps.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	$(GO) vet ./...
+
+test: lint
+	$(GO) test -race -count=1 ./...
+
+# Benchmarks with their baselines, alternating in one run (see BENCHMARKS.md).
+bench:
+	./bench/acquire.sh
+
+clean:
+	rm -rf $(BIN)

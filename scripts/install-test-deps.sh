@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages capd's tests need, skipping those present.
+# Needs root; reaches only Debian's package mirrors.
+set -euo pipefail
+packages=(
+  gcc libc6-dev   # go test -race needs cgo
+  util-linux      # setpriv, nsenter
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+command -v go >/dev/null || { echo "Go is not on PATH: install Go $(sed -n 's/^go //p' go.mod) or newer (https://go.dev/dl/)" >&2; exit 1; }
