@@ -48,7 +48,6 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
-
 func TestMalformed(t *testing.T) {
 	if _, _, err := ParseHeader([]byte{1, 2}); !errors.Is(err, ErrMalformed) {
 		t.Errorf("short header: %v", err)
