@@ -366,14 +366,16 @@ func TestConnectionLimitPerUID(t *testing.T) {
 		}
 		conns = append(conns, r)
 	}
+	// The refusal arrives unasked, right after accept.
 	extra := s.dial(t)
-	extra.send(msg(proto.OpWhoami, nil))
 	extra.expectError(proto.CodeBusy, "uid 0 has 3 connections", true)
 	conns[0].close()
 	waitFor(t, func() bool {
 		r := s.dial(t)
 		defer r.close()
-		r.send(msg(proto.OpWhoami, nil))
+		if fdpass.Send(r.fd, msg(proto.OpWhoami, nil)) != nil {
+			return false
+		}
 		h, _, _, eof := r.reply()
 		return !eof && h.Code == proto.CodeOK
 	})
