@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -22,6 +23,10 @@ type Identity struct {
 	PID      int32
 }
 
+// oldKernel makes resolvePeer act as on a kernel without SO_PEERPIDFD and
+// PIDFD_GET_INFO, so that tests exercise the fallback on this kernel.
+var oldKernel atomic.Bool
+
 // resolvePeer learns the identity of the process that connected sock.
 //
 // Credentials come from SO_PEERCRED (fixed at connect). The cgroup comes from
@@ -37,6 +42,10 @@ func resolvePeer(sock int, r *cgroup.Resolver) (Identity, error) {
 	}
 	id := Identity{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid}
 	pidfd, err := linux.PeerPidfd(sock)
+	if err == nil && oldKernel.Load() {
+		linux.Close(pidfd)
+		err = unix.ENOPROTOOPT
+	}
 	if errors.Is(err, unix.ENOPROTOOPT) || errors.Is(err, unix.EINVAL) {
 		// Kernel < 6.5: the pid may have been recycled since connect; the
 		// liveness check below narrows but cannot close that window.
@@ -48,6 +57,9 @@ func resolvePeer(sock int, r *cgroup.Resolver) (Identity, error) {
 	defer linux.Close(pidfd)
 
 	info, err := linux.PidfdGetInfo(pidfd, unix.PIDFD_INFO_CGROUPID)
+	if oldKernel.Load() {
+		info, err = nil, unix.ENOTTY
+	}
 	switch {
 	case err == nil && info.Mask&unix.PIDFD_INFO_CGROUPID != 0:
 		id.Cgroup, err = r.PathByID(info.Cgroupid)

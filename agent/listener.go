@@ -55,13 +55,15 @@ func Listen(path string) (*Listener, error) {
 		return nil, os.NewSyscallError("stat", err)
 	}
 	l := &Listener{fd: fd, path: path, ino: st.Ino}
-	if err := os.Chmod(path, 0o666); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("chmod socket: %w", err)
-	}
 	if err := unix.Listen(fd, 128); err != nil {
 		l.Close()
 		return nil, os.NewSyscallError("listen", err)
+	}
+	// Only root can connect until now; from here on everyone can, and
+	// connections queue until Serve accepts them.
+	if err := os.Chmod(path, 0o666); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("chmod socket: %w", err)
 	}
 	return l, nil
 }

@@ -164,6 +164,28 @@ func memfd(t *testing.T) int {
 	return fd
 }
 
+// identity asks the agent who this test process is.
+func (s *testServer) identity(t *testing.T) string {
+	t.Helper()
+	buf := make([]byte, proto.MaxResponse)
+	r := s.dial(t)
+	defer r.close()
+	r.send(msg(proto.OpWhoami, nil))
+	n, _, err := fdpass.Recv(r.fd, buf, nil, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, attrs, _ := proto.ParseHeader(buf[:n])
+	it := proto.Attrs(attrs)
+	for typ, v, ok := it.Next(); ok; typ, v, ok = it.Next() {
+		if typ == proto.AttrIdentity {
+			return string(v)
+		}
+	}
+	t.Fatal("whoami without identity")
+	return ""
+}
+
 // serving checks that the agent still answers a fresh client.
 func (s *testServer) serving(t *testing.T) {
 	t.Helper()
@@ -178,60 +200,60 @@ func (s *testServer) serving(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	s := startServer(t, policy.Default())
 	before := len(testutil.FDs())
-	check := func(name string, f func(r *raw)) {
+	check := func(name string, f func(t *testing.T, r *raw)) {
 		t.Run(name, func(t *testing.T) {
 			r := s.dial(t)
 			r.t = t
-			f(r)
+			f(t, r)
 			r.close()
 			s.serving(t)
 		})
 	}
-	check("short header", func(r *raw) {
+	check("short header", func(t *testing.T, r *raw) {
 		r.send([]byte{1, 2, 3})
 		r.expectError(proto.CodeInvalidRequest, "shorter than the header", true)
 	})
-	check("unknown version", func(r *raw) {
+	check("unknown version", func(t *testing.T, r *raw) {
 		b := msg(proto.OpWhoami, nil)
 		b[0] = 9
 		r.send(b)
 		r.expectError(proto.CodeUnsupportedVersion, "version 9", true)
 	})
-	check("reserved bytes", func(r *raw) {
+	check("reserved bytes", func(t *testing.T, r *raw) {
 		b := msg(proto.OpWhoami, nil)
 		b[5] = 1
 		r.send(b)
 		r.expectError(proto.CodeInvalidRequest, "reserved", true)
 	})
-	check("unknown op", func(r *raw) {
+	check("unknown op", func(t *testing.T, r *raw) {
 		r.send(msg(99, nil))
 		r.expectError(proto.CodeInvalidRequest, "unknown operation", true)
 	})
-	check("oversize", func(r *raw) {
+	check("oversize", func(t *testing.T, r *raw) {
 		b := msg(proto.OpAcquire, func(m *proto.Builder) { m.String(proto.AttrOwner, strings.Repeat("x", 5000)) })
 		r.send(b)
 		r.expectError(proto.CodeInvalidRequest, "larger than 4096", true)
 	})
-	check("empty message", func(r *raw) {
+	check("empty message", func(t *testing.T, r *raw) {
 		r.send(nil)
 		if _, _, _, eof := r.reply(); !eof {
 			t.Fatal("empty message did not close the connection")
 		}
 	})
-	check("attribute overruns message", func(r *raw) {
+	check("attribute overruns message", func(t *testing.T, r *raw) {
 		b := msg(proto.OpAcquire, func(m *proto.Builder) { m.String(proto.AttrOwner, "a.service") })
 		binary.LittleEndian.PutUint16(b[proto.HeaderSize+2:], 200)
 		r.send(b)
 		r.expectError(proto.CodeInvalidRequest, "claims 200 bytes", true)
 	})
-	check("trailing bytes", func(r *raw) {
+	check("trailing bytes", func(t *testing.T, r *raw) {
 		r.send(append(msg(proto.OpWhoami, nil), 1, 2))
 		// Whoami ignores attributes; acquire does not.
 		r.reply()
 		r.send(append(msg(proto.OpAcquire, nil), 1, 2))
 		r.expectError(proto.CodeInvalidRequest, "trailing", true)
 	})
-	check("repeated attribute", func(r *raw) {
+	check("repeated attribute", func(t *testing.T, r *raw) {
 		r.send(msg(proto.OpAcquire, func(m *proto.Builder) {
 			m.String(proto.AttrOwner, "a.service")
 			m.String(proto.AttrOwner, "b.service")
@@ -239,7 +261,7 @@ func TestBadInput(t *testing.T) {
 		}))
 		r.expectError(proto.CodeInvalidRequest, "repeated", true)
 	})
-	check("unexpected fd", func(r *raw) {
+	check("unexpected fd", func(t *testing.T, r *raw) {
 		fd := memfd(t)
 		defer unix.Close(fd)
 		r.send(msg(proto.OpAcquire, func(m *proto.Builder) {
@@ -248,11 +270,11 @@ func TestBadInput(t *testing.T) {
 		}), fd)
 		r.expectError(proto.CodeInvalidRequest, "takes no fd", true)
 	})
-	check("publish without fd", func(r *raw) {
+	check("publish without fd", func(t *testing.T, r *raw) {
 		r.send(msg(proto.OpPublish, func(m *proto.Builder) { m.String(proto.AttrName, "x") }))
 		r.expectError(proto.CodeInvalidRequest, "exactly one fd", true)
 	})
-	check("surplus fds", func(r *raw) {
+	check("surplus fds", func(t *testing.T, r *raw) {
 		a, b, c := memfd(t), memfd(t), memfd(t)
 		defer unix.Close(a)
 		defer unix.Close(b)
@@ -260,7 +282,7 @@ func TestBadInput(t *testing.T) {
 		r.send(msg(proto.OpPublish, func(m *proto.Builder) { m.String(proto.AttrName, "x") }), a, b, c)
 		r.expectError(proto.CodeInvalidRequest, "at most one fd", true)
 	})
-	check("control data truncated", func(r *raw) {
+	check("control data truncated", func(t *testing.T, r *raw) {
 		var fds []int
 		for i := 0; i < 12; i++ { // more than the agent's control buffer holds
 			fds = append(fds, memfd(t))
@@ -273,7 +295,7 @@ func TestBadInput(t *testing.T) {
 		r.send(msg(proto.OpPublish, func(m *proto.Builder) { m.String(proto.AttrName, "x") }), fds...)
 		r.expectError(proto.CodeInvalidRequest, "at most one fd", true)
 	})
-	check("bad publish fields", func(r *raw) {
+	check("bad publish fields", func(t *testing.T, r *raw) {
 		for _, tc := range []struct {
 			build func(m *proto.Builder)
 			want  string
@@ -296,23 +318,28 @@ func TestBadInput(t *testing.T) {
 			t.Fatalf("store holds %d entries after refused publishes", n)
 		}
 	})
-	check("client vanishes before identification", func(r *raw) {
+	check("client vanishes before identification", func(t *testing.T, r *raw) {
 		for i := 0; i < 50; i++ {
 			rr := s.dial(t)
 			rr.close()
 		}
 	})
-	check("client vanishes before its reply", func(r *raw) {
+	check("client vanishes before its reply", func(t *testing.T, r *raw) {
 		fd := memfd(t)
 		r.send(msg(proto.OpPublish, func(m *proto.Builder) { m.String(proto.AttrName, "vanish") }), fd)
 		unix.Close(fd)
 		if h, m, _, _ := r.reply(); h.Code != proto.CodeOK {
 			t.Fatalf("publish: %s %s", h.Code, m)
 		}
+		r.send(msg(proto.OpWhoami, nil))
+		_, _, _, _ = r.reply()
+		me := s.identity(t)
 		for i := 0; i < 200; i++ {
 			rr := s.dial(t)
-			rr.send(msg(proto.OpAcquire, func(m *proto.Builder) {
-				m.String(proto.AttrOwner, "cgroup:/")
+			// Past the per-uid limit the agent refuses some of these
+			// connections; either way the client is gone before its reply.
+			fdpass.Send(rr.fd, msg(proto.OpAcquire, func(m *proto.Builder) {
+				m.String(proto.AttrOwner, me)
 				m.String(proto.AttrName, "vanish")
 			}))
 			rr.close()
@@ -404,5 +431,18 @@ func TestStaleAndLiveSocket(t *testing.T) {
 	os.WriteFile(other, nil, 0o644)
 	if _, err := Listen(other); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Fatalf("listen over a regular file: %v", err)
+	}
+}
+
+// TestIdentityFallback resolves identities as on kernels before 6.5
+// (SO_PEERCRED, pidfd_open, /proc/PID/cgroup checked against the pidfd) and
+// expects the same answer as the SO_PEERPIDFD + PIDFD_GET_INFO path.
+func TestIdentityFallback(t *testing.T) {
+	s := startServer(t, policy.Default())
+	modern := s.identity(t)
+	oldKernel.Store(true)
+	defer oldKernel.Store(false)
+	if old := s.identity(t); old != modern || old == "" {
+		t.Fatalf("fallback identity %q, modern %q", old, modern)
 	}
 }

@@ -42,3 +42,25 @@ func TestPathByID(t *testing.T) {
 		t.Fatalf("PathByID(root) = %q, %v; want /", got, err)
 	}
 }
+
+func TestRelativeBothLayouts(t *testing.T) {
+	for _, tc := range []struct{ mount, abs, want string }{
+		{"/sys/fs/cgroup", "/sys/fs/cgroup", "/"},
+		{"/sys/fs/cgroup", "/sys/fs/cgroup/system.slice/zincati.service", "/system.slice/zincati.service"},
+		{"/sys/fs/cgroup/unified", "/sys/fs/cgroup/unified/system.slice/zincati.service", "/system.slice/zincati.service"},
+		{"/sys/fs/cgroup/unified", "/sys/fs/cgroup/unified", "/"},
+	} {
+		r := &Resolver{mount: tc.mount}
+		got, err := r.relative(tc.abs)
+		if err != nil || got != tc.want {
+			t.Errorf("relative(%q) on %s = %q, %v; want %q", tc.abs, tc.mount, got, err, tc.want)
+		}
+		if IdentityFromPath(got) != IdentityFromPath(tc.want) {
+			t.Errorf("identity differs across layouts for %q", tc.abs)
+		}
+	}
+	r := &Resolver{mount: "/sys/fs/cgroup/unified"}
+	if _, err := r.relative("/sys/fs/cgroup/unifiedX/a"); err == nil {
+		t.Error("path outside the mount accepted")
+	}
+}

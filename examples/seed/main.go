@@ -335,7 +335,8 @@ func findCapd(flagPath string) (string, error) {
 
 func waitSocket(path string) error {
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if fi, err := os.Stat(path); err == nil && fi.Mode().Type() == os.ModeSocket {
+		if c, err := client.Dial(path); err == nil {
+			c.Close()
 			return nil
 		}
 	}

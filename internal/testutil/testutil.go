@@ -208,15 +208,26 @@ func StartAgent(t testing.TB, capd, config string) *Agent {
 	t.Cleanup(a.Stop)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if fi, err := os.Stat(a.Socket); err == nil && fi.Mode().Type() == os.ModeSocket {
+		if Connectable(a.Socket) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("agent did not create its socket in 10s; log:\n%s", a.Log)
+			t.Fatalf("agent did not accept connections in 10s; log:\n%s", a.Log)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	return a
+}
+
+// Connectable reports whether something accepts connections on the
+// SOCK_SEQPACKET socket at path.
+func Connectable(path string) bool {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	return unix.Connect(fd, &unix.SockaddrUnix{Name: path}) == nil
 }
 
 // Stop ends the agent with SIGTERM and waits for it.
