@@ -263,8 +263,23 @@ func (c *Client) Publish(name string, f *os.File, opts *PublishOptions) error {
 }
 
 // Acquire returns a new file sharing the open file description published as
-// owner:name. The caller owns it.
+// owner:name. The caller owns it. Use its SyscallConn rather than Fd when
+// handing it on: Fd puts a non-blocking file into blocking mode, and that
+// mode belongs to the open file description, so it would change for the
+// publisher and every other holder too.
 func (c *Client) Acquire(owner, name string) (*os.File, error) {
+	fd, err := c.AcquireFD(owner, name)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), owner+":"+name), nil
+}
+
+// AcquireFD is Acquire returning the bare fd (O_CLOEXEC), for callers that
+// only pass it on (exec, SCM_RIGHTS) and do no Go I/O on it. It saves the
+// fcntl that os.NewFile makes and never touches the fd's flags. The caller
+// owns the fd and must close it exactly once.
+func (c *Client) AcquireFD(owner, name string) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m := proto.NewMessage(c.out, proto.OpAcquire, proto.CodeOK)
@@ -273,12 +288,12 @@ func (c *Client) Acquire(owner, name string) (*os.File, error) {
 	c.out = m.Bytes()
 	_, fd, err := c.roundTrip(proto.OpAcquire, -1)
 	if err != nil {
-		return nil, fmt.Errorf("acquire %s:%s: %w", owner, name, err)
+		return -1, fmt.Errorf("acquire %s:%s: %w", owner, name, err)
 	}
 	if fd < 0 {
-		return nil, fmt.Errorf("acquire %s:%s: %w: no fd in the reply", owner, name, ErrProtocol)
+		return -1, fmt.Errorf("acquire %s:%s: %w: no fd in the reply", owner, name, ErrProtocol)
 	}
-	return os.NewFile(uintptr(fd), owner+":"+name), nil
+	return fd, nil
 }
 
 // AcquireRef is Acquire with an "OWNER:NAME" reference.

@@ -179,12 +179,12 @@ func acquireLoop(b *testing.B, a *benchAgent, n int) {
 	}
 	defer c.Close()
 	for i := 0; i < n; i++ {
-		f, err := c.Acquire(a.owner, "bench")
+		fd, err := c.AcquireFD(a.owner, "bench")
 		if err != nil {
 			b.Error(err)
 			return
 		}
-		f.Close()
+		unix.Close(fd)
 	}
 }
 
@@ -264,4 +264,55 @@ func selfIdentityB(b *testing.B) string {
 		b.Fatal(err)
 	}
 	return p
+}
+
+// BenchmarkAcquireVsRaw alternates chunks of raw round trips, AcquireFD and
+// Acquire on persistent connections within one benchmark, so that all three
+// see the same machine state, and reports each one's ns per round trip and
+// their ratios to raw. AcquireFD is the protocol round trip through the
+// client; Acquire adds os.NewFile (one fcntl F_GETFL and a finalizer).
+func BenchmarkAcquireVsRaw(b *testing.B) {
+	a := startBenchAgent(b)
+	path := rawServer(b, benchFD(b))
+	rfd := rawDial(b, path)
+	defer unix.Close(rfd)
+	req := acquireRequest(a.owner)
+	c, err := client.Dial(a.socket)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	const chunk = 100
+	var raw, acqFD, acq time.Duration
+	b.ResetTimer()
+	for done := 0; done < b.N; done += chunk {
+		n := min(chunk, b.N-done)
+		t0 := time.Now()
+		rawLoop(b, rfd, n, req)
+		t1 := time.Now()
+		for i := 0; i < n; i++ {
+			fd, err := c.AcquireFD(a.owner, "bench")
+			if err != nil {
+				b.Fatal(err)
+			}
+			unix.Close(fd)
+		}
+		t2 := time.Now()
+		for i := 0; i < n; i++ {
+			f, err := c.Acquire(a.owner, "bench")
+			if err != nil {
+				b.Fatal(err)
+			}
+			f.Close()
+		}
+		t3 := time.Now()
+		raw += t1.Sub(t0)
+		acqFD += t2.Sub(t1)
+		acq += t3.Sub(t2)
+	}
+	b.ReportMetric(float64(raw.Nanoseconds())/float64(b.N), "raw-ns/op")
+	b.ReportMetric(float64(acqFD.Nanoseconds())/float64(b.N), "acquirefd-ns/op")
+	b.ReportMetric(float64(acq.Nanoseconds())/float64(b.N), "acquire-ns/op")
+	b.ReportMetric(float64(acqFD)/float64(raw), "acquirefd/raw")
+	b.ReportMetric(float64(acq)/float64(raw), "acquire/raw")
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/capd-dev/capd/internal/testutil"
 )
 
@@ -236,6 +238,7 @@ type listenEnv struct {
 	LISTEN_FDNAMES string
 	LISTEN_PID     string
 	FDs            map[string]string `json:"fds"`
+	Nonblock       map[string]bool   `json:"nonblock"`
 }
 
 func (e *env) acquireEnv(unit string, extra []*os.File, args ...string) (listenEnv, result) {
@@ -369,4 +372,30 @@ func TestCLIUsageErrors(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
 		t.Errorf("whoami without agent: %v, want exit 3", err)
 	}
+}
+
+// TestAcquireKeepsNonblocking: O_NONBLOCK belongs to the open file
+// description shared by publisher and consumers; capd acquire must hand it
+// on untouched, or the publisher's socket would turn blocking under it.
+func TestAcquireKeepsNonblocking(t *testing.T) {
+	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
+	sp, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine, theirs := os.NewFile(uintptr(sp[0]), "mine"), os.NewFile(uintptr(sp[1]), "theirs")
+	defer mine.Close()
+	e.mustRun("rpm-ostreed.service", []*os.File{theirs}, "publish", "zincati-fd", "--fd", "3")
+	theirs.Close()
+	le, _ := e.acquireEnv("zincati.service", nil, "rpm-ostreed.service:zincati-fd")
+	if !le.Nonblock["3"] {
+		t.Fatalf("consumer got fd 3 in blocking mode: %+v", le)
+	}
+	raw, _ := mine.SyscallConn()
+	raw.Control(func(fd uintptr) {
+		fl, _ := unix.FcntlInt(fd, unix.F_GETFL, 0)
+		if fl&unix.O_NONBLOCK == 0 {
+			t.Error("publisher's end lost O_NONBLOCK")
+		}
+	})
 }

@@ -47,6 +47,7 @@ func runRole(role string) int {
 	case "listen-env":
 		// Report what a socket-activated program would see.
 		fds := map[string]string{}
+		nonblock := map[string]bool{}
 		ents, _ := os.ReadDir("/proc/self/fd")
 		for _, e := range ents {
 			n, _ := strconv.Atoi(e.Name())
@@ -59,6 +60,8 @@ func runRole(role string) int {
 				continue
 			}
 			fds[e.Name()] = t
+			fl, _ := unix.FcntlInt(uintptr(n), unix.F_GETFL, 0)
+			nonblock[e.Name()] = fl&unix.O_NONBLOCK != 0
 		}
 		out := map[string]any{
 			"pid":            os.Getpid(),
@@ -66,6 +69,7 @@ func runRole(role string) int {
 			"LISTEN_FDNAMES": os.Getenv("LISTEN_FDNAMES"),
 			"LISTEN_PID":     os.Getenv("LISTEN_PID"),
 			"fds":            fds,
+			"nonblock":       nonblock,
 		}
 		json.NewEncoder(os.Stdout).Encode(out)
 		return 0

@@ -83,22 +83,24 @@ func acquireExec(cmd *cobra.Command, refs, command []string, optional bool) erro
 	if err != nil {
 		return err
 	}
-	var files []*os.File
+	// Bare fds, never *os.File: os.File.Fd would switch a non-blocking
+	// open file description to blocking for every holder.
+	var fds []int
 	var names []string
 	for _, r := range parsed {
-		f, err := c.Acquire(r.owner, r.name)
+		fd, err := c.AcquireFD(r.owner, r.name)
 		if err != nil {
 			if optional && (errors.Is(err, client.ErrNotFound) || errors.Is(err, client.ErrPermissionDenied)) {
 				fmt.Fprintf(cmd.ErrOrStderr(), "capd: skipping %v\n", err)
 				continue
 			}
 			c.Close()
-			for _, f := range files {
-				f.Close()
+			for _, fd := range fds {
+				linux.Close(fd)
 			}
 			return err
 		}
-		files = append(files, f)
+		fds = append(fds, fd)
 		names = append(names, r.name)
 	}
 	c.Close()
@@ -109,15 +111,11 @@ func acquireExec(cmd *cobra.Command, refs, command []string, optional bool) erro
 			env = append(env, kv)
 		}
 	}
-	if len(files) > 0 {
+	if len(fds) > 0 {
 		env = append(env,
-			"LISTEN_FDS="+strconv.Itoa(len(files)),
+			"LISTEN_FDS="+strconv.Itoa(len(fds)),
 			"LISTEN_FDNAMES="+strings.Join(names, ":"),
 			"LISTEN_PID="+strconv.Itoa(os.Getpid()))
-	}
-	fds := make([]int, len(files))
-	for i, f := range files {
-		fds[i] = int(f.Fd())
 	}
 	err = linux.ExecWithFDs(path, command, env, fds)
 	// Only reached on failure, on a thread whose fd table was rearranged:
