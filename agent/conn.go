@@ -122,6 +122,9 @@ func (c *conn) serve(cfg *policy.Config) {
 // caller to close the connection after replying.
 func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (resp []byte, e *entry, fatal bool) {
 	h, attrs, err := proto.ParseHeader(req)
+	if err == nil && h.Code != proto.CodeOK {
+		err = proto.Errorf(proto.CodeInvalidRequest, "a request's code field must be 0, not %d", h.Code)
+	}
 	if err == nil && h.Op != proto.OpPublish && reqFD >= 0 {
 		err = proto.Errorf(proto.CodeInvalidRequest, "%s takes no fd", h.Op)
 	}
@@ -222,6 +225,10 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {
 	if fd < 0 {
 		return proto.Errorf(proto.CodeInvalidRequest, "publish needs exactly one fd")
 	}
+	if len(c.id.Name) > proto.MaxIdentity {
+		linux.Close(fd)
+		return proto.Errorf(proto.CodePermissionDenied, "identity %.64q... is longer than %d bytes and cannot own entries", c.id.Name, proto.MaxIdentity)
+	}
 	e := newEntry(c.id.Name, "", fd)
 	var flags uint32
 	var ttl uint64
@@ -271,6 +278,7 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {
 	e.pinned = flags&proto.FlagPin != 0
 	e.kind = linux.FdKind(fd)
 	e.cgroup = c.id.Cgroup
+	e.uid = c.id.UID
 	e.published = time.Now()
 	if haveTTL {
 		e.expires = e.published.Add(time.Duration(ttl) * time.Millisecond)
@@ -298,8 +306,8 @@ func (c *conn) revoke(attrs []byte) error {
 	if !haveName {
 		return proto.Errorf(proto.CodeInvalidRequest, "revoke needs a name")
 	}
-	if !c.srv.store.revoke(c.id.Name, name) {
-		return proto.Errorf(proto.CodeNotFound, "%s:%s is not published", c.id.Name, name)
+	if err := c.srv.store.revoke(c.id.Name, name, c.id.UID); err != nil {
+		return err
 	}
 	c.srv.log.Info("revoked", "owner", c.id.Name, "name", name, "pid", c.id.PID)
 	return nil

@@ -46,11 +46,13 @@ func resolvePeer(sock int, r *cgroup.Resolver) (Identity, error) {
 		linux.Close(pidfd)
 		err = unix.ENOPROTOOPT
 	}
-	if errors.Is(err, unix.ENOPROTOOPT) || errors.Is(err, unix.EINVAL) {
+	if errors.Is(err, unix.ENOPROTOOPT) {
 		// Kernel < 6.5: the pid may have been recycled since connect; the
 		// liveness check below narrows but cannot close that window.
 		pidfd, err = linux.PidfdOpen(int(cred.Pid))
 	}
+	// On kernels with SO_PEERPIDFD, EINVAL/ESRCH mean the peer has exited:
+	// deny rather than guess from a pid that may be reused.
 	if err != nil {
 		return Identity{}, fmt.Errorf("pidfd of peer %d: %w", cred.Pid, err)
 	}

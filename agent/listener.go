@@ -73,9 +73,11 @@ func Listen(path string) (*Listener, error) {
 func FileListener(fd int) (*Listener, error) {
 	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil {
+		linux.Close(fd)
 		return nil, os.NewSyscallError("getsockopt SO_TYPE", err)
 	}
 	if typ != unix.SOCK_SEQPACKET {
+		linux.Close(fd)
 		return nil, fmt.Errorf("inherited fd %d is not a SOCK_SEQPACKET socket (use ListenSequentialPacket=)", fd)
 	}
 	unix.CloseOnExec(fd)

@@ -178,8 +178,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// Close releases the server's own fds after Shutdown.
+// Close releases the server's own fds after Shutdown. If connections
+// outlived Shutdown's deadline, it leaves the fds they may still use open
+// (the process is about to exit anyway) and says so.
 func (s *Server) Close() error {
+	s.mu.Lock()
+	busy := len(s.conns)
+	s.mu.Unlock()
+	if busy > 0 {
+		return fmt.Errorf("%d connections still running; server fds left open", busy)
+	}
 	s.resolver.Close()
 	return linux.Close(s.wake)
 }

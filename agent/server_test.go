@@ -234,6 +234,12 @@ func TestBadInput(t *testing.T) {
 		r.send(b)
 		r.expectError(proto.CodeInvalidRequest, "reserved", true)
 	})
+	check("code in request", func(t *testing.T, r *raw) {
+		b := msg(proto.OpWhoami, nil)
+		b[2] = 4
+		r.send(b)
+		r.expectError(proto.CodeInvalidRequest, "code field", true)
+	})
 	check("unknown op", func(t *testing.T, r *raw) {
 		r.send(msg(99, nil))
 		r.expectError(proto.CodeInvalidRequest, "unknown operation", true)

@@ -26,6 +26,7 @@ type entry struct {
 	allow     []policy.Pattern
 	kind      string
 	cgroup    string
+	uid       uint32 // the publisher's uid: only it or root may replace or revoke
 	published time.Time
 	expires   time.Time // zero: never
 	heapIndex int       // index in the expiry heap, -1 when absent
@@ -75,23 +76,30 @@ func newStore() *store {
 }
 
 // publish inserts e, taking ownership of its fd whatever the outcome.
+// Replacing or refusing releases fds only after the lock is dropped: close(2)
+// can block (SO_LINGER sockets, FUSE files) and must not stall the store.
 func (s *store) publish(e *entry, replace bool, max int) error {
+	var dead []*entry
+	defer func() { releaseAll(dead) }()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old := s.entries[e.key]
 	switch {
 	case s.closed:
-		e.release()
+		dead = append(dead, e)
 		return proto.Errorf(proto.CodeBusy, "agent is shutting down")
 	case old != nil && !replace:
-		e.release()
+		dead = append(dead, e)
 		return proto.Errorf(proto.CodeExists, "%s:%s is already published (revoke it first, or publish with replace)", e.owner, e.name)
+	case old != nil && old.uid != e.uid && e.uid != 0:
+		dead = append(dead, e)
+		return proto.Errorf(proto.CodePermissionDenied, "%s:%s was published by uid %d; only that uid or root may replace it", e.owner, e.name, old.uid)
 	case old == nil && len(s.entries) >= max:
-		e.release()
+		dead = append(dead, e)
 		return proto.Errorf(proto.CodeQuotaExceeded, "agent store is full: %d of %d entries", len(s.entries), max)
 	}
 	if old != nil {
-		s.removeLocked(old)
+		dead = append(dead, s.removeLocked(old))
 	}
 	s.entries[e.key] = e
 	if !e.expires.IsZero() {
@@ -110,43 +118,58 @@ func (s *store) acquire(owner, name string) *entry {
 	e := s.entries[key{owner, name}]
 	if e != nil {
 		e.refs.Add(1)
-		e.acquired.Add(1)
 	}
 	s.mu.RUnlock()
 	return e
 }
 
-// revoke removes owner:name and reports whether it existed.
-func (s *store) revoke(owner, name string) bool {
+// revoke removes owner:name on behalf of uid: the publishing uid or root.
+func (s *store) revoke(owner, name string, uid uint32) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	e := s.entries[key{owner, name}]
-	if e == nil {
-		return false
+	switch {
+	case e == nil:
+		s.mu.Unlock()
+		return proto.Errorf(proto.CodeNotFound, "%s:%s is not published", owner, name)
+	case e.uid != uid && uid != 0:
+		s.mu.Unlock()
+		return proto.Errorf(proto.CodePermissionDenied, "%s:%s was published by uid %d; only that uid or root may revoke it", owner, name, e.uid)
 	}
 	s.removeLocked(e)
-	return true
+	s.mu.Unlock()
+	e.release()
+	return nil
 }
 
-func (s *store) removeLocked(e *entry) {
+// removeLocked unlinks e and returns it; the caller releases the store's
+// reference after unlocking.
+func (s *store) removeLocked(e *entry) *entry {
 	delete(s.entries, e.key)
 	if e.heapIndex >= 0 {
 		heap.Remove(&s.exp, e.heapIndex)
 	}
-	e.release()
+	return e
+}
+
+func releaseAll(dead []*entry) {
+	for _, e := range dead {
+		e.release()
+	}
 }
 
 // expire drops every entry whose deadline has passed and re-arms the timer.
 func (s *store) expire() {
+	var dead []*entry
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	now := s.now()
 	for len(s.exp) > 0 && !s.exp[0].expires.After(now) {
-		s.removeLocked(s.exp[0])
+		dead = append(dead, s.removeLocked(s.exp[0]))
 	}
 	if len(s.exp) > 0 && !s.closed {
 		s.timer.Reset(s.exp[0].expires.Sub(now))
 	}
+	s.mu.Unlock()
+	releaseAll(dead)
 }
 
 // snapshot returns the entries that visible admits, sorted by owner then
@@ -179,13 +202,15 @@ func (s *store) len() int {
 
 // close releases every entry; the store accepts no more publishes.
 func (s *store) close() {
+	var dead []*entry
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.closed = true
 	s.timer.Stop()
 	for _, e := range s.entries {
-		s.removeLocked(e)
+		dead = append(dead, s.removeLocked(e))
 	}
+	s.mu.Unlock()
+	releaseAll(dead)
 }
 
 // expiryHeap orders entries by deadline (container/heap).

@@ -30,8 +30,9 @@ type Client struct {
 	path    string
 	timeout time.Duration
 
-	mu  sync.Mutex
-	fd  int // -1 once closed
+	mu     sync.Mutex
+	fd     int  // -1 once closed
+	broken bool // fd may hold a late reply: reconnect before the next request
 	in  []byte
 	out []byte
 	oob []byte
@@ -122,25 +123,44 @@ func (c *Client) roundTrip(op proto.Op, sendFD int) ([]byte, int, error) {
 		return nil, -1, ErrClosed
 	}
 	for attempt := 0; ; attempt++ {
+		if c.broken {
+			nfd, err := c.connect()
+			if err != nil {
+				return nil, -1, err
+			}
+			linux.Close(c.fd)
+			c.fd, c.broken = nfd, false
+		}
 		attrs, fd, err := c.try(op, sendFD)
 		if !errors.Is(err, errStale) {
 			return attrs, fd, err
 		}
-		if attempt > 0 {
-			return nil, -1, fmt.Errorf("%s: agent closed the connection", op)
+		c.broken = true
+		if attempt > 0 || (errors.Is(err, errMaybeDone) && !readOnly(op)) {
+			// A request that changes state may have been applied before
+			// the agent went away: retrying could fail misleadingly
+			// (exists, not-found) or apply it twice.
+			return nil, -1, fmt.Errorf("%s: agent closed the connection without a reply; the request may or may not have taken effect", op)
 		}
-		nfd, err := c.connect()
-		if err != nil {
-			return nil, -1, err
-		}
-		linux.Close(c.fd)
-		c.fd = nfd
 	}
 }
 
-// errStale marks a connection the agent closed before reading the request.
-var errStale = errors.New("stale connection")
+var (
+	// errStale marks a connection the agent closed before reading the
+	// request: it is safe to send again on a new one.
+	errStale = errors.New("stale connection")
+	// errMaybeDone marks a connection that closed after the request was
+	// sent: the agent may have acted on it.
+	errMaybeDone = fmt.Errorf("%w after the request was sent", errStale)
+)
 
+func readOnly(op proto.Op) bool {
+	return op == proto.OpAcquire || op == proto.OpList || op == proto.OpWhoami
+}
+
+// try makes one request on c.fd. Any failure that could leave a reply
+// unread (a timeout, a reply that does not match) marks the connection
+// broken, so that a late reply is never taken for the next request's.
 func (c *Client) try(op proto.Op, sendFD int) ([]byte, int, error) {
 	var err error
 	if sendFD >= 0 {
@@ -148,41 +168,67 @@ func (c *Client) try(op proto.Op, sendFD int) ([]byte, int, error) {
 	} else {
 		err = fdpass.Send(c.fd, c.out)
 	}
-	if err != nil {
-		if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.ENOTCONN) {
-			return nil, -1, errStale
-		}
-		return nil, -1, fmt.Errorf("%s: send request: %w", op, err)
-	}
 	var fdbuf [4]int
-	n, fds, err := fdpass.Recv(c.fd, c.in, c.oob, fdbuf[:0], 1)
+	var n int
+	var fds []int
 	if err != nil {
-		if errors.Is(err, unix.ECONNRESET) {
+		if !errors.Is(err, unix.EPIPE) && !errors.Is(err, unix.ECONNRESET) && !errors.Is(err, unix.ENOTCONN) {
+			c.broken = true
+			return nil, -1, fmt.Errorf("%s: send request: %w", op, err)
+		}
+		// The agent closed the connection; it may have said why first (a
+		// busy reply when it is at its connection limit).
+		n, fds, err = fdpass.RecvFlags(c.fd, c.in, c.oob, fdbuf[:0], 1, unix.MSG_DONTWAIT)
+		if err != nil || n == 0 {
+			closeAll(fds)
 			return nil, -1, errStale
 		}
-		return nil, -1, fmt.Errorf("%s: receive reply: %w", op, err)
-	}
-	if n == 0 && len(fds) == 0 {
-		return nil, -1, errStale
-	}
-	fd := -1
-	if len(fds) == 1 {
-		fd = fds[0]
+	} else {
+		n, fds, err = fdpass.Recv(c.fd, c.in, c.oob, fdbuf[:0], 1)
+		if err != nil {
+			c.broken = true
+			if errors.Is(err, unix.ECONNRESET) {
+				return nil, -1, errMaybeDone
+			}
+			return nil, -1, fmt.Errorf("%s: receive reply: %w", op, err)
+		}
+		if n == 0 && len(fds) == 0 {
+			return nil, -1, errMaybeDone
+		}
 	}
 	h, attrs, err := proto.ParseHeader(c.in[:n])
 	if err == nil && h.Op != op && h.Op != 0 {
 		err = fmt.Errorf("%w: reply to %s is for %s", ErrProtocol, op, h.Op)
 	}
-	if err == nil && h.Code != proto.CodeOK {
-		err = &proto.Error{Code: h.Code, Message: message(attrs)}
-	}
 	if err != nil {
-		if fd >= 0 {
-			linux.Close(fd)
-		}
+		c.broken = true
+		closeAll(fds)
 		return nil, -1, err
 	}
-	return attrs, fd, nil
+	if h.Code != proto.CodeOK {
+		if h.Op == 0 {
+			// Replies to no request in particular (busy, cannot identify)
+			// come before the agent closes the connection.
+			c.broken = true
+		}
+		closeAll(fds)
+		return nil, -1, &proto.Error{Code: h.Code, Message: message(attrs)}
+	}
+	if op != proto.OpAcquire || len(fds) != 1 {
+		closeAll(fds)
+		if op == proto.OpAcquire {
+			c.broken = true
+			return nil, -1, fmt.Errorf("%w: acquire reply carries %d fds", ErrProtocol, len(fds))
+		}
+		return attrs, -1, nil
+	}
+	return attrs, fds[0], nil
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		linux.Close(fd)
+	}
 }
 
 func message(attrs []byte) string {
@@ -289,9 +335,6 @@ func (c *Client) AcquireFD(owner, name string) (int, error) {
 	_, fd, err := c.roundTrip(proto.OpAcquire, -1)
 	if err != nil {
 		return -1, fmt.Errorf("acquire %s:%s: %w", owner, name, err)
-	}
-	if fd < 0 {
-		return -1, fmt.Errorf("acquire %s:%s: %w: no fd in the reply", owner, name, ErrProtocol)
 	}
 	return fd, nil
 }

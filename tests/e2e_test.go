@@ -208,6 +208,25 @@ func TestRevoke(t *testing.T) {
 	expectFail(t, e.run("rpm-ostreed.service", nil, "revoke", "foo-op-fd"), 5, "not-found")
 }
 
+// An identity can be shared by several uids (processes of one unit running
+// as different users): only the publishing uid, or root, may revoke or
+// replace an entry.
+func TestRevokeAndReplaceNeedThePublishersUID(t *testing.T) {
+	e := newEnv(t, seedPolicy, "rpm-ostreed.service")
+	f := tempFile(t, "x")
+	defer f.Close()
+	if r := e.runAs("rpm-ostreed.service", 65534, []*os.File{f}, "publish", "nobodys", "--fd", "3"); r.code != 0 {
+		t.Fatalf("publish as 65534: %+v", r)
+	}
+	e.publishFile("rpm-ostreed.service", "roots", "x")
+	expectFail(t, e.runAs("rpm-ostreed.service", 65534, nil, "revoke", "roots"), 4, "uid 0", "permission-denied")
+	expectFail(t, e.runAs("rpm-ostreed.service", 65534, []*os.File{f}, "publish", "roots", "--fd", "3", "--replace"), 4, "uid 0")
+	if r := e.runAs("rpm-ostreed.service", 65534, nil, "revoke", "nobodys"); r.code != 0 {
+		t.Fatalf("revoke own entry as 65534: %+v", r)
+	}
+	e.mustRun("rpm-ostreed.service", nil, "revoke", "roots")
+}
+
 func TestTTL(t *testing.T) {
 	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
 	start := time.Now()

@@ -96,6 +96,15 @@ func ValidPattern(s string) error {
 	if _, err := path.Match(s, ""); err != nil {
 		return fmt.Errorf("identity pattern %q: %w", s, err)
 	}
+	return negation(s)
+}
+
+// negation rejects fnmatch's "[!...]", which path.Match would read as a
+// class containing '!': capd's classes negate with "[^...]".
+func negation(s string) error {
+	if strings.Contains(s, "[!") {
+		return fmt.Errorf("pattern %q: negate a class with [^...], not [!...]", s)
+	}
 	return nil
 }
 
@@ -122,6 +131,9 @@ func (r *EntryRef) UnmarshalText(b []byte) error {
 		return fmt.Errorf("entry %q: name may use only letters, digits, . _ - @ + = and globs", s)
 	}
 	if _, err := path.Match(name, ""); err != nil {
+		return fmt.Errorf("entry %q: %w", s, err)
+	}
+	if err := negation(name); err != nil {
 		return fmt.Errorf("entry %q: %w", s, err)
 	}
 	r.Owner, r.Name = Pattern(owner), name

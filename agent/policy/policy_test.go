@@ -92,6 +92,8 @@ func TestBadConfigNamesFileLineKey(t *testing.T) {
 	for _, tc := range []struct{ body, want string }{
 		{"[[grant]]\nconsumer = \"a.service\"\nacquire = [\"nocolon\"]\n", `line 3 (last key "grant.acquire")`},
 		{"[[grant]]\nconsumer = \"[bad\"\nacquire = [\"a.service:x\"]\n", `line 2 (last key "grant.consumer")`},
+		{"[[grant]]\nconsumer = \"[!a]*.service\"\nacquire = [\"a.service:x\"]\n", `[^...]`},
+		{"[[grant]]\nconsumer = \"a.service\"\nacquire = [\"a.service:[!x]\"]\n", `[^...]`},
 		{"[[grant]]\nconsumer = \"a.service\"\nacquire = [\"a.service:bad/name\"]\n", `line 3`},
 		{"[[grant]]\nconsumer = \"a.service\"\nacqiure = [\"a.service:x\"]\n", `line 3: unknown key "grant.acqiure"`},
 		{"[[grant]]\nconsumer = \"a.service\"\n", `missing or empty key "acquire"`},

@@ -107,7 +107,10 @@ func acquireExec(cmd *cobra.Command, refs, command []string, optional bool) erro
 
 	env := make([]string, 0, len(os.Environ())+3)
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "LISTEN_FDS=") && !strings.HasPrefix(kv, "LISTEN_FDNAMES=") && !strings.HasPrefix(kv, "LISTEN_PID=") {
+		name, _, _ := strings.Cut(kv, "=")
+		switch name {
+		case "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", "LISTEN_PIDFDID":
+		default:
 			env = append(env, kv)
 		}
 	}

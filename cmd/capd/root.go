@@ -7,7 +7,6 @@ import (
 	"io"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/capd-dev/capd/client"
 )
@@ -71,8 +70,6 @@ func exitCode(err error) int {
 		return exitQuotaExceeded
 	case errors.Is(err, client.ErrBusy):
 		return exitBusy
-	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ECONNREFUSED), errors.Is(err, unix.EACCES):
-		return exitUnreachable
 	}
 	return exitFailure
 }

@@ -84,6 +84,11 @@ func Send(sock int, buf []byte, fds ...int) error {
 // n == 0 with no fds means the peer closed the connection (or sent an empty
 // message, which capd treats the same way).
 func Recv(sock int, buf, oob []byte, fds []int, max int) (n int, out []int, err error) {
+	return RecvFlags(sock, buf, oob, fds, max, 0)
+}
+
+// RecvFlags is Recv with extra recvmsg flags (MSG_DONTWAIT).
+func RecvFlags(sock int, buf, oob []byte, fds []int, max int, flags int) (n int, out []int, err error) {
 	var msg unix.Msghdr
 	var iov unix.Iovec
 	if len(buf) > 0 {
@@ -99,7 +104,7 @@ func Recv(sock int, buf, oob []byte, fds []int, max int) (n int, out []int, err 
 	var r uintptr
 	for {
 		var e unix.Errno
-		r, _, e = unix.Syscall(unix.SYS_RECVMSG, uintptr(sock), uintptr(unsafe.Pointer(&msg)), unix.MSG_CMSG_CLOEXEC)
+		r, _, e = unix.Syscall(unix.SYS_RECVMSG, uintptr(sock), uintptr(unsafe.Pointer(&msg)), uintptr(unix.MSG_CMSG_CLOEXEC|flags))
 		if e == unix.EINTR {
 			continue
 		}
