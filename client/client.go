@@ -33,9 +33,9 @@ type Client struct {
 	mu     sync.Mutex
 	fd     int  // -1 once closed
 	broken bool // fd may hold a late reply: reconnect before the next request
-	in  []byte
-	out []byte
-	oob []byte
+	in     []byte
+	out    []byte
+	oob    []byte
 }
 
 // Dial connects to the agent at path ("" means SocketPath()).
