@@ -141,6 +141,11 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (re
 			reqFD = -1
 		case proto.OpRevoke:
 			err = c.revoke(attrs)
+		case proto.OpStatus:
+			var m proto.Builder
+			if m, err = c.status(cfg, attrs, out); err == nil {
+				return m.Bytes(), nil, false
+			}
 		case proto.OpList:
 			var m proto.Builder
 			if m, err = c.list(cfg, attrs, out); err == nil {
@@ -278,12 +283,13 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {
 	e.pinned = flags&proto.FlagPin != 0
 	e.kind = linux.FdKind(fd)
 	e.cgroup = c.id.Cgroup
+	e.ownerCg = c.id.OwnerCgroup
 	e.uid = c.id.UID
 	e.published = time.Now()
 	if haveTTL {
 		e.expires = e.published.Add(time.Duration(ttl) * time.Millisecond)
 	}
-	if err := c.srv.store.publish(e, flags&proto.FlagReplace != 0, cfg.Agent.MaxEntries); err != nil {
+	if err := c.srv.store.publish(e, flags&proto.FlagReplace != 0, cfg, c.srv.maxEntries(cfg)); err != nil {
 		return err
 	}
 	c.srv.log.Info("published", "owner", e.owner, "name", e.name, "kind", e.kind, "pin", e.pinned, "ttl", time.Duration(ttl)*time.Millisecond, "pid", c.id.PID)
@@ -291,14 +297,18 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {
 }
 
 func (c *conn) revoke(attrs []byte) error {
-	var name string
-	var haveName bool
+	owner, name := c.id.Name, ""
+	var haveName, haveOwner bool
 	it := proto.Attrs(attrs)
 	for t, v, ok := it.Next(); ok; t, v, ok = it.Next() {
-		if t != proto.AttrName || haveName {
+		switch {
+		case t == proto.AttrName && !haveName:
+			name, haveName = string(v), true
+		case t == proto.AttrOwner && !haveOwner:
+			owner, haveOwner = string(v), true
+		default:
 			return badAttr(proto.OpRevoke, t)
 		}
-		name, haveName = string(v), true
 	}
 	if err := it.Err(); err != nil {
 		return err
@@ -306,11 +316,77 @@ func (c *conn) revoke(attrs []byte) error {
 	if !haveName {
 		return proto.Errorf(proto.CodeInvalidRequest, "revoke needs a name")
 	}
-	if err := c.srv.store.revoke(c.id.Name, name, c.id.UID); err != nil {
+	if owner != c.id.Name && c.id.UID != 0 {
+		return proto.Errorf(proto.CodePermissionDenied, "only root may revoke another owner's entries (%s:%s)", owner, name)
+	}
+	if err := c.srv.store.revoke(owner, name, c.id.UID); err != nil {
 		return err
 	}
-	c.srv.log.Info("revoked", "owner", c.id.Name, "name", name, "pid", c.id.PID)
+	c.srv.log.Info("revoked", "owner", owner, "name", name, "by", c.id.Name, "uid", c.id.UID, "pid", c.id.PID)
 	return nil
+}
+
+// status answers root with the agent's fd usage and the cgroups that hold
+// entries, their usage and limits, paged like list (the cursor is a
+// cgroup path).
+func (c *conn) status(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder, error) {
+	var after string
+	var haveAfter bool
+	it := proto.Attrs(attrs)
+	for t, v, ok := it.Next(); ok; t, v, ok = it.Next() {
+		if t != proto.AttrAfter || haveAfter {
+			return proto.Builder{}, badAttr(proto.OpStatus, t)
+		}
+		after, haveAfter = string(v), true
+	}
+	if err := it.Err(); err != nil {
+		return proto.Builder{}, err
+	}
+	if c.id.UID != 0 {
+		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "status shows every cgroup's entries: root only")
+	}
+	s := c.srv
+	limit, _ := s.Capacity(cfg)
+	open, err := linux.OpenFDs()
+	if err != nil {
+		return proto.Builder{}, err
+	}
+	m := proto.NewMessage(out, proto.OpStatus, proto.CodeOK)
+	m.U64(proto.AttrEntries, uint64(s.store.len()))
+	m.U64(proto.AttrMaxEntries, uint64(s.maxEntries(cfg)))
+	m.U64(proto.AttrOpenFDs, uint64(open))
+	m.U64(proto.AttrFDLimit, uint64(limit))
+	m.U64(proto.AttrWatched, uint64(s.watcher.Len()))
+	for _, n := range s.store.nodes(after) {
+		mark := m.Len()
+		start := m.Begin(proto.AttrNode)
+		m.String(proto.AttrCgroup, n.path)
+		m.U64(proto.AttrEntries, uint64(n.entries))
+		m.U64(proto.AttrPinned, uint64(n.pinned))
+		m.U64(proto.AttrOwners, uint64(n.owners))
+		l := cfg.NodeLimits(n.path, n.owners > 0)
+		if max := s.maxEntries(cfg); n.path == "/" && (l.MaxEntries == policy.Unlimited || max < l.MaxEntries) {
+			l.MaxEntries, l.EntriesSource = max, "max_entries"
+			if max < cfg.Agent.MaxEntries {
+				l.EntriesSource = "RLIMIT_NOFILE"
+			}
+		}
+		if l.MaxEntries != policy.Unlimited {
+			m.U64(proto.AttrMaxEntries, uint64(l.MaxEntries))
+			m.String(proto.AttrEntriesSource, l.EntriesSource)
+		}
+		if l.MaxPinned != policy.Unlimited {
+			m.U64(proto.AttrMaxPinned, uint64(l.MaxPinned))
+			m.String(proto.AttrPinnedSource, l.PinnedSource)
+		}
+		m.End(start)
+		if m.Len() > proto.MaxResponse-4 {
+			m.Truncate(mark)
+			m.Empty(proto.AttrMore)
+			break
+		}
+	}
+	return m, nil
 }
 
 // list answers with the entries the caller may see, after the optional

@@ -18,6 +18,9 @@ type Identity struct {
 	Name string
 	// Cgroup is the peer's cgroup v2 path when identity was resolved.
 	Cgroup string
+	// OwnerCgroup is the cgroup whose life is the identity's: the unit's
+	// cgroup, or Cgroup itself (see cgroup.Owner).
+	OwnerCgroup string
 	// UID, GID and PID are the peer's credentials when it connected.
 	UID, GID uint32
 	PID      int32
@@ -83,6 +86,6 @@ func resolvePeer(sock int, r *cgroup.Resolver) (Identity, error) {
 	default:
 		return Identity{}, fmt.Errorf("identify peer %d: %w", cred.Pid, err)
 	}
-	id.Name = cgroup.IdentityFromPath(id.Cgroup)
+	id.Name, id.OwnerCgroup = cgroup.Owner(id.Cgroup)
 	return id, nil
 }

@@ -25,7 +25,9 @@ type Server struct {
 	cfg      atomic.Pointer[policy.Config]
 	store    *store
 	resolver *cgroup.Resolver
+	watcher  *cgroup.Watcher
 	wake     int // eventfd that stops Serve
+	fdLimit  int // soft RLIMIT_NOFILE, raised to the hard limit
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -39,6 +41,10 @@ type Server struct {
 // through /proc or ptrace.
 func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 	if err := linux.SetNonDumpable(); err != nil {
+		return nil, err
+	}
+	limit, err := linux.RaiseNofile()
+	if err != nil {
 		return nil, err
 	}
 	r, err := cgroup.NewResolver()
@@ -55,16 +61,69 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 		store:    newStore(),
 		resolver: r,
 		wake:     wake,
+		fdLimit:  limit,
 		conns:    make(map[*conn]struct{}),
 		perUID:   make(map[uint32]int),
 	}
+	s.watcher, err = cgroup.NewWatcher(r.Mount(), s.ownerEmptied)
+	if err != nil {
+		r.Close()
+		linux.Close(wake)
+		return nil, err
+	}
+	s.store.watch = s.watcher
 	s.cfg.Store(cfg)
+	s.checkCapacity(cfg)
 	return s, nil
 }
 
+// ownerEmptied is the watcher's report that owner cgroup p has no
+// processes left.
+func (s *Server) ownerEmptied(p string, epoch uint64) {
+	if n := s.store.ownerEmptied(p, epoch); n > 0 {
+		s.log.Info("owner cgroup emptied; dropped its unpinned entries", "cgroup", p, "dropped", n)
+	}
+}
+
 // Reload swaps in a new configuration. Connections see it from their next
-// request; stored entries are untouched.
-func (s *Server) Reload(cfg *policy.Config) { s.cfg.Store(cfg) }
+// request; stored entries are untouched, even where a lowered limit is now
+// below usage (new publishes there are refused).
+func (s *Server) Reload(cfg *policy.Config) {
+	s.cfg.Store(cfg)
+	s.checkCapacity(cfg)
+}
+
+// fdReserve is how many fds the agent keeps beside its entries: one socket
+// per connection plus the fds a request may carry in flight, and its own.
+func fdReserve(cfg *policy.Config) int { return 2*cfg.Agent.MaxConnections + 64 }
+
+// Capacity returns the soft RLIMIT_NOFILE and how many entries fit in it
+// under cfg.
+func (s *Server) Capacity(cfg *policy.Config) (fdLimit, entries int) {
+	return s.fdLimit, max(s.fdLimit-fdReserve(cfg), 0)
+}
+
+// maxEntries is the whole store's limit: max_entries, or what the fd limit
+// leaves room for if that is less.
+func (s *Server) maxEntries(cfg *policy.Config) int {
+	_, room := s.Capacity(cfg)
+	return min(cfg.Agent.MaxEntries, room)
+}
+
+// checkCapacity logs how many fds the agent can hold, and says with numbers
+// when the configured limits do not fit.
+func (s *Server) checkCapacity(cfg *policy.Config) {
+	limit, room := s.Capacity(cfg)
+	s.log.Info("fd capacity", "rlimit_nofile", limit, "reserved", fdReserve(cfg), "room_for_entries", room, "max_entries", cfg.Agent.MaxEntries)
+	if cfg.Agent.MaxEntries > room {
+		s.log.Warn("configured limits do not fit the fd limit; the store stops at what fits",
+			"max_entries", cfg.Agent.MaxEntries, "rlimit_nofile", limit,
+			"reserved_for_connections", fdReserve(cfg), "entries_that_fit", room)
+	}
+	if n := s.store.len(); n > room {
+		s.log.Warn("the store holds more entries than now fit; keeping them, refusing new ones", "entries", n, "entries_that_fit", room)
+	}
+}
 
 // Entries returns the number of stored entries.
 func (s *Server) Entries() int { return s.store.len() }
@@ -188,6 +247,7 @@ func (s *Server) Close() error {
 	if busy > 0 {
 		return fmt.Errorf("%d connections still running; server fds left open", busy)
 	}
+	s.watcher.Close()
 	s.resolver.Close()
 	return linux.Close(s.wake)
 }

@@ -9,11 +9,12 @@ import (
 	"time"
 
 	"github.com/capd-dev/capd/agent/policy"
+	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/proto"
 )
 
-type key struct{ owner, name string }
+type key struct{ owner, name string } // owner is the identity
 
 // entry is one stored fd. Fields other than refs and acquired are set before
 // the entry is inserted and never change afterwards.
@@ -25,7 +26,9 @@ type entry struct {
 	pinned    bool
 	allow     []policy.Pattern
 	kind      string
-	cgroup    string
+	cgroup    string // the publisher's cgroup: charged for quotas with all its ancestors
+	ownerCg   string // the owner cgroup (cgroup.Owner): the entry lives while it has processes, unless pinned
+	epoch     uint64 // the owner cgroup's watch epoch at publish (unpinned entries)
 	uid       uint32 // the publisher's uid: only it or root may replace or revoke
 	published time.Time
 	expires   time.Time // zero: never
@@ -58,7 +61,19 @@ func (e *entry) admits(consumer string) bool {
 	return false
 }
 
-// store maps (owner, name) to entries.
+// watched reports whether the entry follows its owner cgroup's life.
+func (e *entry) watched() bool { return !e.pinned && cgroup.Watchable(e.ownerCg) }
+
+// usage counts the entries charged to a cgroup node: its own and those of
+// every cgroup below it.
+type usage struct {
+	entries, pinned int
+	owners          int // entries whose owner cgroup is this node
+}
+
+// store maps (owner, name) to entries, and keeps the per-cgroup accounting
+// that quotas and lifecycle need. Every change to entries, usage and owned
+// happens under mu, so a quota check and the insert it allows are atomic.
 type store struct {
 	mu      sync.RWMutex
 	entries map[key]*entry
@@ -66,41 +81,96 @@ type store struct {
 	timer   *time.Timer
 	closed  bool
 	now     func() time.Time
+	usage   map[string]*usage              // cgroup path -> usage of the subtree
+	owned   map[string]map[*entry]struct{} // owner cgroup -> its watched entries
+	watch   *cgroup.Watcher                // nil: entries do not follow their owners
 }
 
 func newStore() *store {
-	s := &store{entries: make(map[key]*entry), now: time.Now}
+	s := &store{
+		entries: make(map[key]*entry),
+		now:     time.Now,
+		usage:   make(map[string]*usage),
+		owned:   make(map[string]map[*entry]struct{}),
+	}
 	s.timer = time.AfterFunc(time.Hour, s.expire)
 	s.timer.Stop()
 	return s
 }
 
-// publish inserts e, taking ownership of its fd whatever the outcome.
-// Replacing or refusing releases fds only after the lock is dropped: close(2)
-// can block (SO_LINGER sockets, FUSE files) and must not stall the store.
-func (s *store) publish(e *entry, replace bool, max int) error {
+// publish inserts e, taking ownership of its fd whatever the outcome. max
+// bounds the whole store. Replacing or refusing releases fds only after the
+// lock is dropped: close(2) can block (SO_LINGER sockets, FUSE files) and
+// must not stall the store.
+func (s *store) publish(e *entry, replace bool, cfg *policy.Config, max int) error {
 	var dead []*entry
 	defer func() { releaseAll(dead) }()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old := s.entries[e.key]
-	switch {
-	case s.closed:
+	err := s.admitLocked(e, old, replace, cfg, max)
+	if err == nil && e.watched() {
+		var populated bool
+		e.epoch, populated, err = s.watch.Add(e.ownerCg)
+		if err == nil && !populated {
+			s.watch.Remove(e.ownerCg)
+			err = proto.Errorf(proto.CodePermissionDenied, "owner cgroup %s has no processes left: an unpinned entry would be dropped at once (publish with pin to outlive the service)", e.ownerCg)
+		}
+	}
+	if err != nil {
 		dead = append(dead, e)
-		return proto.Errorf(proto.CodeBusy, "agent is shutting down")
-	case old != nil && !replace:
-		dead = append(dead, e)
-		return proto.Errorf(proto.CodeExists, "%s:%s is already published (revoke it first, or publish with replace)", e.owner, e.name)
-	case old != nil && old.uid != e.uid && e.uid != 0:
-		dead = append(dead, e)
-		return proto.Errorf(proto.CodePermissionDenied, "%s:%s was published by uid %d; only that uid or root may replace it", e.owner, e.name, old.uid)
-	case old == nil && len(s.entries) >= max:
-		dead = append(dead, e)
-		return proto.Errorf(proto.CodeQuotaExceeded, "agent store is full: %d of %d entries", len(s.entries), max)
+		return err
 	}
 	if old != nil {
 		dead = append(dead, s.removeLocked(old))
 	}
+	s.insertLocked(e)
+	return nil
+}
+
+// admitLocked checks everything that could refuse e, old being the entry it
+// would replace.
+func (s *store) admitLocked(e, old *entry, replace bool, cfg *policy.Config, max int) error {
+	switch {
+	case s.closed:
+		return proto.Errorf(proto.CodeBusy, "agent is shutting down")
+	case old != nil && !replace:
+		return proto.Errorf(proto.CodeExists, "%s:%s is already published (revoke it first, or publish with replace)", e.owner, e.name)
+	case old != nil && old.uid != e.uid && e.uid != 0:
+		return proto.Errorf(proto.CodePermissionDenied, "%s:%s was published by uid %d; only that uid or root may replace it", e.owner, e.name, old.uid)
+	case old == nil && len(s.entries) >= max:
+		return proto.Errorf(proto.CodeQuotaExceeded, "cgroup / (the whole agent) holds %d entries, its limit (max_entries, or what RLIMIT_NOFILE leaves room for)", len(s.entries))
+	}
+	// Like pids.max: the entry counts against its cgroup and every
+	// ancestor, and every limit on the way must leave room.
+	for p, ok := e.cgroup, true; ok; p, ok = cgroup.Parent(p) {
+		var entries, pinned int
+		if u := s.usage[p]; u != nil {
+			entries, pinned = u.entries, u.pinned
+		}
+		if old != nil && within(old.cgroup, p) {
+			entries--
+			if old.pinned {
+				pinned--
+			}
+		}
+		l := cfg.NodeLimits(p, p == e.ownerCg)
+		if l.MaxEntries != policy.Unlimited && entries+1 > l.MaxEntries {
+			return proto.Errorf(proto.CodeQuotaExceeded, "cgroup %s holds %d entries, its limit (%s is %d)", p, entries, l.EntriesSource, l.MaxEntries)
+		}
+		if e.pinned && l.MaxPinned != policy.Unlimited && pinned+1 > l.MaxPinned {
+			return proto.Errorf(proto.CodeQuotaExceeded, "cgroup %s holds %d pinned entries, its limit (%s is %d)", p, pinned, l.PinnedSource, l.MaxPinned)
+		}
+	}
+	return nil
+}
+
+// within reports whether cgroup c is p or below it.
+func within(c, p string) bool {
+	return p == "/" || c == p || (strings.HasPrefix(c, p) && c[len(p)] == '/')
+}
+
+func (s *store) insertLocked(e *entry) {
 	s.entries[e.key] = e
 	if !e.expires.IsZero() {
 		heap.Push(&s.exp, e)
@@ -108,7 +178,36 @@ func (s *store) publish(e *entry, replace bool, max int) error {
 			s.timer.Reset(e.expires.Sub(s.now()))
 		}
 	}
-	return nil
+	s.charge(e, 1)
+	if e.watched() {
+		set := s.owned[e.ownerCg]
+		if set == nil {
+			set = make(map[*entry]struct{})
+			s.owned[e.ownerCg] = set
+		}
+		set[e] = struct{}{}
+	}
+}
+
+// charge adds d to the usage of e's cgroup and all its ancestors.
+func (s *store) charge(e *entry, d int) {
+	for p, ok := e.cgroup, true; ok; p, ok = cgroup.Parent(p) {
+		u := s.usage[p]
+		if u == nil {
+			u = &usage{}
+			s.usage[p] = u
+		}
+		u.entries += d
+		if e.pinned {
+			u.pinned += d
+		}
+		if p == e.ownerCg {
+			u.owners += d
+		}
+		if u.entries == 0 {
+			delete(s.usage, p)
+		}
+	}
 }
 
 // acquire returns the entry with a reference held for the caller, who must
@@ -148,7 +247,32 @@ func (s *store) removeLocked(e *entry) *entry {
 	if e.heapIndex >= 0 {
 		heap.Remove(&s.exp, e.heapIndex)
 	}
+	s.charge(e, -1)
+	if e.watched() {
+		set := s.owned[e.ownerCg]
+		delete(set, e)
+		if len(set) == 0 {
+			delete(s.owned, e.ownerCg)
+		}
+		s.watch.Remove(e.ownerCg)
+	}
 	return e
+}
+
+// ownerEmptied drops the unpinned entries of owner cgroup p that were
+// published before the emptying the watcher numbered epoch, and returns
+// how many it dropped.
+func (s *store) ownerEmptied(p string, epoch uint64) int {
+	var dead []*entry
+	s.mu.Lock()
+	for e := range s.owned[p] {
+		if e.epoch < epoch {
+			dead = append(dead, s.removeLocked(e))
+		}
+	}
+	s.mu.Unlock()
+	releaseAll(dead)
+	return len(dead)
 }
 
 func releaseAll(dead []*entry) {
@@ -192,6 +316,27 @@ func less(a, b key) bool {
 		return c < 0
 	}
 	return a.name < b.name
+}
+
+// node is one cgroup's usage, as status reports it.
+type node struct {
+	path string
+	usage
+}
+
+// nodes returns the cgroups that hold entries, sorted by path, after the
+// cursor (all if after is "").
+func (s *store) nodes(after string) []node {
+	s.mu.RLock()
+	out := make([]node, 0, len(s.usage))
+	for p, u := range s.usage {
+		if after == "" || p > after {
+			out = append(out, node{p, *u})
+		}
+	}
+	s.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].path < out[j].path })
+	return out
 }
 
 func (s *store) len() int {

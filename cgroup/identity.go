@@ -19,26 +19,45 @@ import (
 // /user.slice/user-1000.slice/user@1000.service/app.slice/x.service ->
 // user@1000.service; /machine/ctr1 -> cgroup:/machine/ctr1; / -> cgroup:/.
 func IdentityFromPath(p string) string {
+	id, _ := Owner(p)
+	return id
+}
+
+// Owner returns the identity of cgroup v2 path p (see IdentityFromPath) and
+// the owner cgroup: the cgroup whose life is the identity's life. For a
+// unit it is the unit's cgroup (the path up to and including the unit
+// component), so processes in the unit's sub-cgroups count; for a
+// "cgroup:" identity it is p itself. Both are cleaned paths.
+func Owner(p string) (identity, owner string) {
 	p = path.Clean("/" + p)
 	rest := strings.TrimPrefix(p, "/")
 	for rest != "" {
 		comp, tail, _ := strings.Cut(rest, "/")
-		if strings.HasSuffix(comp, ".slice") && validUnitName(comp) {
+		if strings.HasSuffix(comp, ".slice") && ValidUnitName(comp) {
 			rest = tail
 			continue
 		}
-		if (strings.HasSuffix(comp, ".service") || strings.HasSuffix(comp, ".scope")) && validUnitName(comp) {
-			return comp
+		if (strings.HasSuffix(comp, ".service") || strings.HasSuffix(comp, ".scope")) && ValidUnitName(comp) {
+			end := len(p) - len(rest) + len(comp)
+			return comp, p[:end]
 		}
 		break
 	}
-	return "cgroup:" + p
+	return "cgroup:" + p, p
 }
 
-// validUnitName checks systemd's unit name alphabet and length: letters,
+// Parent returns the parent of cleaned cgroup path p, and false for "/".
+func Parent(p string) (string, bool) {
+	if p == "/" {
+		return "", false
+	}
+	return path.Dir(p), true
+}
+
+// ValidUnitName checks systemd's unit name alphabet and length: letters,
 // digits and ":-_.\@", at most 255 bytes, and a non-empty prefix before the
 // type suffix.
-func validUnitName(s string) bool {
+func ValidUnitName(s string) bool {
 	if len(s) > 255 {
 		return false
 	}

@@ -32,3 +32,18 @@ func TestIdentityFromPath(t *testing.T) {
 		}
 	}
 }
+
+func TestOwner(t *testing.T) {
+	for _, tc := range []struct{ path, id, owner string }{
+		{"/system.slice/rpm-ostreed.service", "rpm-ostreed.service", "/system.slice/rpm-ostreed.service"},
+		{"/system.slice/foo.service/sub/x", "foo.service", "/system.slice/foo.service"},
+		{"/a.slice/b.slice/d.scope/", "d.scope", "/a.slice/b.slice/d.scope"},
+		{"/machine/ctr1", "cgroup:/machine/ctr1", "/machine/ctr1"},
+		{"/", "cgroup:/", "/"},
+	} {
+		id, owner := Owner(tc.path)
+		if id != tc.id || owner != tc.owner {
+			t.Errorf("Owner(%q) = %q, %q; want %q, %q", tc.path, id, owner, tc.id, tc.owner)
+		}
+	}
+}

@@ -1,7 +1,6 @@
 package cgroup
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -91,25 +90,15 @@ func (r *Resolver) Abs(p string) string {
 }
 
 // ProcPath reads the cgroup v2 path of pid from /proc/PID/cgroup (the "0::"
-// line). The caller must check afterwards, with a pidfd, that pid still
-// names the same process.
+// line, parsed by containerd/cgroups). The caller must check afterwards,
+// with a pidfd, that pid still names the same process.
 func ProcPath(pid int) (string, error) {
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	_, p, err := cgroups.ParseCgroupFileUnified("/proc/" + strconv.Itoa(pid) + "/cgroup")
 	if err != nil {
 		return "", fmt.Errorf("read cgroup of pid %d: %w", pid, err)
 	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if p, ok := strings.CutPrefix(s.Text(), "0::"); ok {
-			if i := strings.Index(p, " (deleted)"); i >= 0 {
-				p = p[:i]
-			}
-			return p, nil
-		}
+	if p == "" {
+		return "", fmt.Errorf("pid %d: %w", pid, ErrNoV2)
 	}
-	if err := s.Err(); err != nil {
-		return "", fmt.Errorf("read cgroup of pid %d: %w", pid, err)
-	}
-	return "", fmt.Errorf("pid %d: %w", pid, ErrNoV2)
+	return strings.TrimSuffix(p, " (deleted)"), nil
 }

@@ -155,7 +155,7 @@ var (
 )
 
 func readOnly(op proto.Op) bool {
-	return op == proto.OpAcquire || op == proto.OpList || op == proto.OpWhoami
+	return op == proto.OpAcquire || op == proto.OpList || op == proto.OpWhoami || op == proto.OpStatus
 }
 
 // try makes one request on c.fd. Any failure that could leave a reply
@@ -358,6 +358,22 @@ func (c *Client) Revoke(name string) error {
 	c.out = m.Bytes()
 	if _, _, err := c.roundTrip(proto.OpRevoke, -1); err != nil {
 		return fmt.Errorf("revoke %s: %w", name, err)
+	}
+	return nil
+}
+
+// RevokeOwner removes owner's entry name: root's way to remove entries of
+// any owner (a pinned entry whose service is gone, for instance). Other
+// callers may name only their own identity.
+func (c *Client) RevokeOwner(owner, name string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := proto.NewMessage(c.out, proto.OpRevoke, proto.CodeOK)
+	m.String(proto.AttrOwner, owner)
+	m.String(proto.AttrName, name)
+	c.out = m.Bytes()
+	if _, _, err := c.roundTrip(proto.OpRevoke, -1); err != nil {
+		return fmt.Errorf("revoke %s:%s: %w", owner, name, err)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 // Package policy loads the admin's capd configuration (one TOML file plus
-// drop-ins in conf.d/) and answers the one question the agent asks on every
-// acquire: may this consumer identity take this entry?
+// drop-ins in conf.d/) and answers the questions the agent asks: may this
+// consumer identity take this entry (on every acquire), and how many entries
+// and pins may a cgroup hold (on every publish)?
 //
 // Policy is default deny: nothing is granted unless a [[grant]] names it, and
 // root gets no implicit grants. A Config is immutable once loaded, so the
@@ -20,6 +21,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/capd-dev/capd/cgroup"
+
 	"github.com/capd-dev/capd/internal/proto"
 )
 
@@ -33,14 +36,24 @@ const (
 	DefaultIdleTimeout          = 60 * time.Second
 	DefaultSendTimeout          = 5 * time.Second
 	DefaultMaxEntries           = 8192
+	// Limits of an owner cgroup that no [[quota]] names.
+	DefaultCgroupMaxEntries = 1024
+	DefaultCgroupMaxPinned  = 256
 )
+
+// Unlimited is a Limits value that does not limit.
+const Unlimited = -1
 
 // Config is one loaded configuration.
 type Config struct {
 	Agent  AgentConfig `toml:"agent"`
 	Grants []Grant     `toml:"grant"`
+	Quotas []Quota     `toml:"quota"`
 	// Files lists the files this Config was read from, in order.
 	Files []string `toml:"-"`
+
+	byCgroup map[string]Limits // explicit quotas by cgroup path
+	byUnit   map[string]Limits // explicit quotas by unit name
 }
 
 // AgentConfig holds the agent's own limits.
@@ -55,6 +68,69 @@ type AgentConfig struct {
 	SendTimeout Duration `toml:"send_timeout"`
 	// MaxEntries bounds the whole store.
 	MaxEntries int `toml:"max_entries"`
+	// DefaultMaxEntries and DefaultMaxPinned limit an owner cgroup (the
+	// cgroup of a publishing unit, or a plain cgroup identity's own) that
+	// no [[quota]] names.
+	DefaultMaxEntries int `toml:"default_max_entries"`
+	DefaultMaxPinned  int `toml:"default_max_pinned"`
+}
+
+// Quota limits the entries held by a cgroup and everything below it. Cgroup
+// names one cgroup v2 path; Unit names every cgroup called so ("x.service",
+// "machine.slice"), wherever it sits. A limit left out does not limit.
+type Quota struct {
+	Cgroup     string `toml:"cgroup"`
+	Unit       string `toml:"unit"`
+	MaxPinned  *int   `toml:"max_pinned"`
+	MaxEntries *int   `toml:"max_entries"`
+}
+
+// Target is the quota's "cgroup=PATH" or "unit=NAME".
+func (q *Quota) Target() string {
+	if q.Unit != "" {
+		return "unit=" + q.Unit
+	}
+	return "cgroup=" + q.Cgroup
+}
+
+// Limits are the limits on one cgroup node: entries (pinned or not) and
+// pins, counted over the node and all its descendants. Unlimited where no
+// limit applies. Source says where each came from, for messages.
+type Limits struct {
+	MaxEntries, MaxPinned       int
+	EntriesSource, PinnedSource string
+}
+
+func (l *Limits) tighten(o Limits) {
+	if o.MaxEntries != Unlimited && (l.MaxEntries == Unlimited || o.MaxEntries < l.MaxEntries) {
+		l.MaxEntries, l.EntriesSource = o.MaxEntries, o.EntriesSource
+	}
+	if o.MaxPinned != Unlimited && (l.MaxPinned == Unlimited || o.MaxPinned < l.MaxPinned) {
+		l.MaxPinned, l.PinnedSource = o.MaxPinned, o.PinnedSource
+	}
+}
+
+// NodeLimits returns the limits on cgroup path p. Explicit quotas for the
+// path and for its unit name combine, the tightest winning; an owner
+// cgroup that has none gets the defaults. The whole store's max_entries is
+// not included: the agent applies it separately.
+func (c *Config) NodeLimits(p string, owner bool) Limits {
+	l := Limits{MaxEntries: Unlimited, MaxPinned: Unlimited}
+	q, explicit := c.byCgroup[p]
+	if explicit {
+		l.tighten(q)
+	}
+	if u, ok := c.byUnit[path.Base(p)]; ok && p != "/" {
+		l.tighten(u)
+		explicit = true
+	}
+	if !explicit && owner && p != "/" {
+		l = Limits{
+			MaxEntries: c.Agent.DefaultMaxEntries, EntriesSource: "default_max_entries",
+			MaxPinned: c.Agent.DefaultMaxPinned, PinnedSource: "default_max_pinned",
+		}
+	}
+	return l
 }
 
 // Grant lets identities matching Consumer acquire the entries matching
@@ -208,6 +284,16 @@ func (c *Config) setDefaults() {
 	if a.MaxEntries == 0 {
 		a.MaxEntries = DefaultMaxEntries
 	}
+	if a.DefaultMaxEntries == 0 {
+		a.DefaultMaxEntries = DefaultCgroupMaxEntries
+	}
+	if a.DefaultMaxPinned == 0 {
+		a.DefaultMaxPinned = DefaultCgroupMaxPinned
+	}
+	if c.byCgroup == nil {
+		c.byCgroup = map[string]Limits{}
+		c.byUnit = map[string]Limits{}
+	}
 }
 
 // Load reads file and then every *.toml in conf.d/ beside it, in lexical
@@ -258,11 +344,21 @@ func (c *Config) loadFile(file string) error {
 			return fmt.Errorf("%s: grant #%d (consumer %q): missing or empty key \"acquire\"", file, i+1, g.Consumer)
 		}
 	}
+	if c.byCgroup == nil {
+		c.byCgroup = map[string]Limits{}
+		c.byUnit = map[string]Limits{}
+	}
+	for i := range one.Quotas {
+		if err := c.addQuota(&one.Quotas[i]); err != nil {
+			return fmt.Errorf("%s: quota #%d: %w", file, i+1, err)
+		}
+	}
 	a := one.Agent
 	for _, v := range []struct {
 		key string
 		n   int
-	}{{"max_connections", a.MaxConnections}, {"max_connections_per_uid", a.MaxConnectionsPerUID}, {"max_entries", a.MaxEntries}} {
+	}{{"max_connections", a.MaxConnections}, {"max_connections_per_uid", a.MaxConnectionsPerUID}, {"max_entries", a.MaxEntries},
+		{"default_max_entries", a.DefaultMaxEntries}, {"default_max_pinned", a.DefaultMaxPinned}} {
 		if v.n < 0 || (v.n == 0 && md.IsDefined("agent", v.key)) {
 			return fmt.Errorf("%s: line %d: agent.%s must be positive, not %d", file, lineOf(string(data), v.key), v.key, v.n)
 		}
@@ -283,7 +379,50 @@ func (c *Config) loadFile(file string) error {
 	if md.IsDefined("agent", "max_entries") {
 		c.Agent.MaxEntries = a.MaxEntries
 	}
+	if md.IsDefined("agent", "default_max_entries") {
+		c.Agent.DefaultMaxEntries = a.DefaultMaxEntries
+	}
+	if md.IsDefined("agent", "default_max_pinned") {
+		c.Agent.DefaultMaxPinned = a.DefaultMaxPinned
+	}
 	c.Files = append(c.Files, file)
+	return nil
+}
+
+// addQuota validates q and indexes it. A target may be named once across
+// all files.
+func (c *Config) addQuota(q *Quota) error {
+	switch {
+	case q.Cgroup != "" && q.Unit != "":
+		return fmt.Errorf("set either \"cgroup\" or \"unit\", not both")
+	case q.Cgroup == "" && q.Unit == "":
+		return fmt.Errorf("missing key \"cgroup\" or \"unit\"")
+	case q.MaxEntries == nil && q.MaxPinned == nil:
+		return fmt.Errorf("%s: set max_entries, max_pinned or both", q.Target())
+	case q.MaxEntries != nil && *q.MaxEntries < 0, q.MaxPinned != nil && *q.MaxPinned < 0:
+		return fmt.Errorf("%s: limits must be 0 or more", q.Target())
+	}
+	l := Limits{MaxEntries: Unlimited, MaxPinned: Unlimited}
+	src := "quota " + q.Target()
+	if q.MaxEntries != nil {
+		l.MaxEntries, l.EntriesSource = *q.MaxEntries, src
+	}
+	if q.MaxPinned != nil {
+		l.MaxPinned, l.PinnedSource = *q.MaxPinned, src
+	}
+	index, key := c.byCgroup, q.Cgroup
+	if q.Unit != "" {
+		if !cgroup.ValidUnitName(q.Unit) || !(strings.HasSuffix(q.Unit, ".service") || strings.HasSuffix(q.Unit, ".scope") || strings.HasSuffix(q.Unit, ".slice")) {
+			return fmt.Errorf("unit %q is not a .service, .scope or .slice unit name", q.Unit)
+		}
+		index, key = c.byUnit, q.Unit
+	} else if !strings.HasPrefix(q.Cgroup, "/") || path.Clean(q.Cgroup) != q.Cgroup || strings.HasPrefix(q.Cgroup, "/sys/fs/cgroup") {
+		return fmt.Errorf("cgroup %q is not a clean absolute cgroup v2 path (like /system.slice)", q.Cgroup)
+	}
+	if _, dup := index[key]; dup {
+		return fmt.Errorf("%s has a quota already", q.Target())
+	}
+	index[key] = l
 	return nil
 }
 

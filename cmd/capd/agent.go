@@ -37,8 +37,16 @@ missing default file means deny everything), and logs to stderr.
 It refuses to start when another agent answers on the socket, and removes a
 stale socket file left by a dead one. It tells systemd READY=1 when serving.
 
+Entries follow their owners: an unpinned entry is dropped as soon as its
+owner's cgroup (the unit's cgroup, or the plain cgroup) has no processes
+left; a pinned one stays until revoked or expired. Quotas ([[quota]] and the
+per-owner defaults) bound entries and pins per cgroup subtree. At start the
+agent raises its soft RLIMIT_NOFILE to the hard limit and logs how many
+entries fit; it warns, with numbers, when max_entries does not fit.
+
 Signals: SIGTERM or SIGINT stop it (closing every stored fd); SIGHUP re-reads
-the configuration atomically: a bad file is logged and the old policy stays.`,
+the configuration atomically: a bad file is logged and the old policy stays.
+A reload never drops entries, even where a lowered limit is now exceeded.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var level slog.Level
@@ -71,7 +79,11 @@ func runAgent(ctx context.Context, log *slog.Logger, configPath string, missingO
 	if err != nil {
 		return err
 	}
-	defer srv.Close()
+	defer func() {
+		if err := srv.Close(); err != nil {
+			log.Warn("close", "err", err)
+		}
+	}()
 
 	l, err := listener(socketPath)
 	if err != nil {
@@ -84,10 +96,8 @@ func runAgent(ctx context.Context, log *slog.Logger, configPath string, missingO
 	defer signal.Stop(sigs)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
-	var limit unix.Rlimit
-	unix.Getrlimit(unix.RLIMIT_NOFILE, &limit)
 	log.Info("agent serving", "socket", socketPath, "config", cfg.Files, "grants", len(cfg.Grants),
-		"max_entries", cfg.Agent.MaxEntries, "fd_limit", limit.Cur)
+		"quotas", len(cfg.Quotas))
 	daemon.SdNotify(false, daemon.SdNotifyReady)
 
 	var serveErr error
@@ -102,7 +112,7 @@ loop:
 					log.Error("reload failed; keeping the current configuration", "err", err)
 				} else {
 					srv.Reload(next)
-					log.Info("configuration reloaded", "config", next.Files, "grants", len(next.Grants))
+					log.Info("configuration reloaded", "config", next.Files, "grants", len(next.Grants), "quotas", len(next.Quotas))
 				}
 				daemon.SdNotify(false, daemon.SdNotifyReady)
 				continue

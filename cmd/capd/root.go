@@ -90,6 +90,7 @@ cgroup:/path), never from the request.
   capd acquire OWNER:NAME -- CMD      run CMD with the fds (LISTEN_FDS protocol)
   capd revoke NAME                    forget the caller's entry
   capd list                           what the caller may see
+  capd status                         fd usage, cgroups, quotas (root)
   capd whoami                         the identity the agent sees
 
 Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.DefaultSocket + `.
@@ -118,6 +119,7 @@ Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.Defaul
 		newAcquireCmd(),
 		newRevokeCmd(),
 		newListCmd(),
+		newStatusCmd(),
 		newWhoamiCmd(),
 	)
 	for _, c := range root.Commands() {

@@ -172,6 +172,34 @@ func SetNonDumpable() error {
 	return nil
 }
 
+// RaiseNofile raises the soft RLIMIT_NOFILE to the hard limit and returns
+// the new soft limit. (The Go runtime does the same at start-up; doing it
+// explicitly makes the limit the agent plans with the one in force.)
+func RaiseNofile() (int, error) {
+	var l unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &l); err != nil {
+		return 0, os.NewSyscallError("getrlimit", err)
+	}
+	if l.Cur < l.Max {
+		l.Cur = l.Max
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &l); err != nil {
+			return 0, os.NewSyscallError("setrlimit", err)
+		}
+	}
+	return int(min(l.Cur, 1<<30)), nil
+}
+
+// OpenFDs counts the calling process's open fds.
+func OpenFDs() (int, error) {
+	f, err := os.Open("/proc/self/fd")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	return len(names) - 1, err // minus the directory's own fd
+}
+
 // FdKind classifies the open file behind fd for humans: "socket", "pipe",
 // "memfd", "tmpfile", "file", "dir", "chardev", "blockdev", "eventfd",
 // "pidfd", "anon:NAME" or "unknown".

@@ -37,6 +37,7 @@ const (
 	OpRevoke  Op = 3
 	OpAcquire Op = 4
 	OpList    Op = 5
+	OpStatus  Op = 6
 )
 
 func (o Op) String() string {
@@ -51,6 +52,8 @@ func (o Op) String() string {
 		return "acquire"
 	case OpList:
 		return "list"
+	case OpStatus:
+		return "status"
 	}
 	return fmt.Sprintf("op(%d)", uint8(o))
 }
@@ -76,6 +79,18 @@ const (
 	AttrPID       Attr = 15 // u32
 	AttrCgroup    Attr = 16 // string: cgroup v2 path
 	AttrPublished Attr = 17 // u64: publication time, Unix milliseconds
+	// Status (OpStatus).
+	AttrNode          Attr = 18 // nested attributes: one cgroup node
+	AttrEntries       Attr = 19 // u64: entries held (by the agent, or charged to a node)
+	AttrPinned        Attr = 20 // u64: pinned entries charged to a node
+	AttrMaxEntries    Attr = 21 // u64: entries limit; absent: unlimited
+	AttrMaxPinned     Attr = 22 // u64: pins limit; absent: unlimited
+	AttrEntriesSource Attr = 23 // string: where AttrMaxEntries comes from
+	AttrPinnedSource  Attr = 24 // string: where AttrMaxPinned comes from
+	AttrOpenFDs       Attr = 25 // u64: fds the agent has open
+	AttrFDLimit       Attr = 26 // u64: the agent's RLIMIT_NOFILE
+	AttrOwners        Attr = 27 // u64: entries whose owner cgroup is the node
+	AttrWatched       Attr = 28 // u64: owner cgroups watched for emptying
 )
 
 // Publish flags (AttrFlags).

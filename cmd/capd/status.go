@@ -1,0 +1,77 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/capd-dev/capd/client"
+)
+
+func newStatusCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status [--json]",
+		Short: "Show the agent's fd usage and per-cgroup entries and limits (root)",
+		Long: `Show how many fds the agent holds against its RLIMIT_NOFILE, and the cgroup
+tree that holds entries: for each cgroup, the entries and pins charged to it
+(its own and those of every cgroup below it), how many entries it owns, and
+the limits that apply with where they come from ([[quota]], the defaults
+for owner cgroups, or max_entries for the whole agent at /). A "-" limit
+does not limit. Root only.`,
+		Example: `  sudo capd status
+  sudo capd status --json | jq '.cgroups[] | select(.pinned > 0)'`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			st, err := c.Status()
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				if st.Nodes == nil {
+					st.Nodes = []client.Node{}
+				}
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			fmt.Fprintf(out, "agent: %d entries (limit %d), %d of %d fds open, %d owner cgroups watched\n\n",
+				st.Entries, st.MaxEntries, st.OpenFDs, st.FDLimit, st.Watched)
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "CGROUP\tOWNED\tENTRIES\tMAX_ENTRIES\tPINNED\tMAX_PINNED")
+			for _, n := range st.Nodes {
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\t%s\n", tree(n.Cgroup), n.Owned,
+					n.Entries, limit(n.MaxEntries, n.EntriesSource), n.Pinned, limit(n.MaxPinned, n.PinnedSource))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// tree indents a cgroup path by its depth and shows its last component.
+func tree(p string) string {
+	if p == "/" {
+		return "/"
+	}
+	depth := strings.Count(p, "/")
+	return strings.Repeat("  ", depth-1) + p[strings.LastIndexByte(p, '/'):]
+}
+
+func limit(v *uint64, source string) string {
+	if v == nil {
+		return "-"
+	}
+	return strconv.FormatUint(*v, 10) + " (" + source + ")"
+}
