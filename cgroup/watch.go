@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"sync"
 	"unsafe"
 
@@ -38,7 +39,13 @@ func Populated(dir string) (bool, error) {
 // Watcher tells when watched cgroups have no processes left. The kernel
 // signals every change of cgroup.events through inotify (IN_MODIFY; at most
 // one notification per cgroup every 20 ms, the later ones delayed, not
-// lost), and IN_IGNORED when the cgroup is removed. One inotify fd and one
+// lost). That is not enough alone: a notification still delayed when the
+// cgroup is removed is dropped, and removal does not signal cgroup.events
+// watchers (kernfs keeps the watched inode). So the watcher also watches
+// each watched cgroup's parent directory for IN_DELETE: rmdir(2) reports
+// the removed child there, and a removed cgroup was empty. Add re-checks
+// which inode it watches, as a cgroup created again at the same path is a
+// new one. One inotify fd and one
 // goroutine serve every watched cgroup: there is no timer or goroutine per
 // cgroup and no polling.
 //
@@ -55,9 +62,11 @@ type Watcher struct {
 	wake    int // eventfd that stops run
 	done    chan struct{}
 
-	mu    sync.Mutex
-	paths map[string]*watch
-	wds   map[int32]*watch
+	mu      sync.Mutex
+	paths   map[string]*watch
+	wds     map[int32]*watch // cgroup.events watches
+	parents map[string]*parent
+	pwds    map[int32]*parent // parent directory watches
 }
 
 type watch struct {
@@ -65,6 +74,14 @@ type watch struct {
 	wd    int32 // -1 while there is no inotify watch (never added, or cgroup removed)
 	refs  int
 	epoch uint64
+}
+
+// parent is the watch on the directory holding watched cgroups, for the
+// IN_DELETE that rmdir of one of them makes.
+type parent struct {
+	path     string
+	wd       int32
+	children map[string]*watch // by directory name
 }
 
 // NewWatcher starts a watcher on the v2 hierarchy at mount. onEmpty runs on
@@ -88,6 +105,8 @@ func NewWatcher(mount string, onEmpty func(path string, epoch uint64)) (*Watcher
 		done:    make(chan struct{}),
 		paths:   make(map[string]*watch),
 		wds:     make(map[int32]*watch),
+		parents: make(map[string]*parent),
+		pwds:    make(map[int32]*parent),
 	}
 	go w.run()
 	return w, nil
@@ -117,22 +136,30 @@ func (w *Watcher) Add(p string) (epoch uint64, populated bool, err error) {
 	wt := w.paths[p]
 	if wt == nil {
 		wt = &watch{path: p, wd: -1}
+		if err := w.addParentLocked(wt); err != nil {
+			return 0, false, err
+		}
 	}
 	dir := w.dir(p)
-	if wt.wd < 0 {
-		wd, err := unix.InotifyAddWatch(w.fd, dir+"/cgroup.events", unix.IN_MODIFY)
-		switch {
-		case errors.Is(err, unix.ENOENT):
-			// Removed: not populated, and nothing to watch.
-		case err != nil:
-			if wt.refs == 0 {
-				delete(w.paths, p)
-			}
-			return 0, false, fmt.Errorf("watch cgroup %s: %w", p, os.NewSyscallError("inotify_add_watch", err))
-		default:
-			wt.wd = int32(wd)
-			w.wds[wt.wd] = wt
+	// Add the watch every time: on the same inode the kernel returns the
+	// same wd; a new wd means the cgroup at p was removed and created
+	// again since (a restarted service), and the old watch is stale.
+	wd, err := unix.InotifyAddWatch(w.fd, dir+"/cgroup.events", unix.IN_MODIFY)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		// Removed: not populated, and nothing to watch.
+	case err != nil:
+		if wt.refs == 0 {
+			w.dropLocked(wt)
 		}
+		return 0, false, fmt.Errorf("watch cgroup %s: %w", p, os.NewSyscallError("inotify_add_watch", err))
+	case int32(wd) != wt.wd:
+		if wt.wd >= 0 {
+			delete(w.wds, wt.wd)
+			unix.InotifyRmWatch(w.fd, uint32(wt.wd))
+		}
+		wt.wd = int32(wd)
+		w.wds[wt.wd] = wt
 	}
 	populated, err = Populated(dir)
 	if err != nil {
@@ -160,11 +187,46 @@ func (w *Watcher) Remove(p string) {
 }
 
 func (w *Watcher) dropLocked(wt *watch) {
+	w.unwatchLocked(wt)
+	delete(w.paths, wt.path)
+	dir, name := path.Split(wt.path)
+	pp := path.Clean(dir)
+	if pa := w.parents[pp]; pa != nil && pa.children[name] == wt {
+		delete(pa.children, name)
+		if len(pa.children) == 0 {
+			delete(w.pwds, pa.wd)
+			unix.InotifyRmWatch(w.fd, uint32(pa.wd))
+			delete(w.parents, pp)
+		}
+	}
+}
+
+// unwatchLocked removes wt's cgroup.events watch. Its IN_IGNORED then
+// finds no watch and is skipped.
+func (w *Watcher) unwatchLocked(wt *watch) {
 	if wt.wd >= 0 {
 		delete(w.wds, wt.wd)
-		unix.InotifyRmWatch(w.fd, uint32(wt.wd)) // its IN_IGNORED finds no watch and is skipped
+		unix.InotifyRmWatch(w.fd, uint32(wt.wd))
+		wt.wd = -1
 	}
-	delete(w.paths, wt.path)
+}
+
+// addParentLocked registers new watch wt with its parent directory's watch.
+func (w *Watcher) addParentLocked(wt *watch) error {
+	dir, name := path.Split(wt.path)
+	pp := path.Clean(dir)
+	pa := w.parents[pp]
+	if pa == nil {
+		wd, err := unix.InotifyAddWatch(w.fd, w.dir(pp), unix.IN_DELETE|unix.IN_ONLYDIR)
+		if err != nil {
+			return fmt.Errorf("watch cgroup %s: %w", pp, os.NewSyscallError("inotify_add_watch", err))
+		}
+		pa = &parent{path: pp, wd: int32(wd), children: make(map[string]*watch)}
+		w.parents[pp] = pa
+		w.pwds[pa.wd] = pa
+	}
+	pa.children[name] = wt
+	return nil
 }
 
 // Len returns the number of watched cgroups.
@@ -229,13 +291,22 @@ func (w *Watcher) handle(b []byte, out []fired) []fired {
 		if size > len(b) {
 			break
 		}
+		name := string(bytes.TrimRight(b[unix.SizeofInotifyEvent:size], "\x00"))
 		b = b[size:]
 		if ev.Mask&unix.IN_Q_OVERFLOW != 0 {
 			// Events were lost: look at every watched cgroup.
-			for _, wt := range w.wds {
+			for _, wt := range w.paths {
 				if pop, err := Populated(w.dir(wt.path)); err == nil && !pop {
 					emptied(wt)
 				}
+			}
+			continue
+		}
+		if pa := w.pwds[ev.Wd]; pa != nil {
+			// rmdir of a child: if it is watched, it was empty.
+			if wt := pa.children[name]; wt != nil && ev.Mask&unix.IN_DELETE != 0 {
+				w.unwatchLocked(wt)
+				emptied(wt)
 			}
 			continue
 		}
@@ -245,8 +316,8 @@ func (w *Watcher) handle(b []byte, out []fired) []fired {
 		}
 		switch {
 		case ev.Mask&unix.IN_IGNORED != 0:
-			// The cgroup was removed. A cgroup created later at the same
-			// path is another cgroup: the next Add watches it afresh.
+			// The watched inode is gone. A cgroup created later at the
+			// same path is another cgroup: the next Add watches it.
 			delete(w.wds, wt.wd)
 			wt.wd = -1
 			emptied(wt)

@@ -114,3 +114,76 @@ func TestBadConfigNamesFileLineKey(t *testing.T) {
 		}
 	}
 }
+
+func TestQuotas(t *testing.T) {
+	dir := t.TempDir()
+	f := write(t, dir, "capd.toml", `
+[agent]
+default_max_entries = 10
+default_max_pinned = 3
+
+[[quota]]
+cgroup = "/system.slice"
+max_pinned = 1024
+max_entries = 4096
+
+[[quota]]
+unit = "rpm-ostreed.service"
+max_pinned = 16
+
+[[quota]]
+cgroup = "/system.slice/rpm-ostreed.service"
+max_pinned = 20
+max_entries = 30
+`)
+	c, err := Load(f, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path               string
+		owner              bool
+		entries, pinned    int
+		entriesSrc, pinSrc string
+	}{
+		{"/system.slice", false, 4096, 1024, "quota cgroup=/system.slice", "quota cgroup=/system.slice"},
+		{"/system.slice", true, 4096, 1024, "quota cgroup=/system.slice", "quota cgroup=/system.slice"},
+		// Path and unit quotas combine, the tightest winning per limit.
+		{"/system.slice/rpm-ostreed.service", true, 30, 16, "quota cgroup=/system.slice/rpm-ostreed.service", "quota unit=rpm-ostreed.service"},
+		{"/other.slice/rpm-ostreed.service", true, Unlimited, 16, "", "quota unit=rpm-ostreed.service"},
+		// Owner cgroups without a quota get the defaults; others nothing.
+		{"/system.slice/zincati.service", true, 10, 3, "default_max_entries", "default_max_pinned"},
+		{"/system.slice/zincati.service", false, Unlimited, Unlimited, "", ""},
+		// The root's limit is the agent's max_entries, applied elsewhere.
+		{"/", true, Unlimited, Unlimited, "", ""},
+	} {
+		l := c.NodeLimits(tc.path, tc.owner)
+		if l.MaxEntries != tc.entries || l.MaxPinned != tc.pinned || l.EntriesSource != tc.entriesSrc || l.PinnedSource != tc.pinSrc {
+			t.Errorf("NodeLimits(%q, %v) = %+v, want %d (%s) / %d (%s)", tc.path, tc.owner, l, tc.entries, tc.entriesSrc, tc.pinned, tc.pinSrc)
+		}
+	}
+	if d := Default(); d.NodeLimits("/a.service", true).MaxEntries != DefaultCgroupMaxEntries {
+		t.Errorf("default config: %+v", d.NodeLimits("/a.service", true))
+	}
+}
+
+func TestBadQuotas(t *testing.T) {
+	for _, tc := range []struct{ body, want string }{
+		{"[[quota]]\nmax_pinned = 1\n", `quota #1: missing key "cgroup" or "unit"`},
+		{"[[quota]]\ncgroup = \"/a\"\nunit = \"a.service\"\nmax_pinned = 1\n", "not both"},
+		{"[[quota]]\ncgroup = \"/a\"\n", "set max_entries, max_pinned or both"},
+		{"[[quota]]\ncgroup = \"a/b\"\nmax_pinned = 1\n", "clean absolute"},
+		{"[[quota]]\ncgroup = \"/a/../b\"\nmax_pinned = 1\n", "clean absolute"},
+		{"[[quota]]\nunit = \"a.socket\"\nmax_pinned = 1\n", "not a .service, .scope or .slice"},
+		{"[[quota]]\nunit = \"a.service\"\nmax_entries = -1\n", "0 or more"},
+		{"[[quota]]\nunit = \"a.service\"\nmax_pinned = 1\n[[quota]]\nunit = \"a.service\"\nmax_entries = 1\n", "quota #2: unit=a.service has a quota already"},
+		{"[[quota]]\nunit = \"a.service\"\nmax_pined = 1\n", `unknown key "quota.max_pined"`},
+		{"[agent]\ndefault_max_pinned = 0\n", "agent.default_max_pinned must be positive"},
+	} {
+		f := write(t, t.TempDir(), "capd.toml", tc.body)
+		_, err := Load(f, false)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), f) {
+			t.Errorf("config %q: error %v, want it to name the file and say %q", tc.body, err, tc.want)
+		}
+	}
+}

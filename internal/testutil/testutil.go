@@ -16,9 +16,11 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/containerd/cgroups/v3/cgroup2"
 	"golang.org/x/sys/unix"
 
 	"github.com/capd-dev/capd/cgroup"
@@ -97,6 +99,9 @@ type Cgroup struct {
 	Path string // relative to the v2 root, e.g. /capdtest-123.slice/zincati.service
 	Dir  string // absolute directory
 	FD   int    // O_PATH directory fd for SysProcAttr.CgroupFD
+
+	mount  string
+	killed bool // cgroup.kill was used: see Command
 }
 
 // NewCgroup creates rel (e.g. "rpm-ostreed.service") below a slice unique to
@@ -111,19 +116,78 @@ func NewCgroup(t testing.TB, rel string) *Cgroup {
 	slice := fmt.Sprintf("/capdtest-%d-%s.slice", os.Getpid(), sanitize(t.Name()))
 	p := filepath.Join(slice, rel)
 	dir := filepath.Join(mount, p)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if _, err := cgroup2.NewManager(mount, p, &cgroup2.Resources{}); err != nil {
 		t.Fatalf("create cgroup %s: %v", dir, err)
 	}
 	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		t.Fatalf("open cgroup %s: %v", dir, err)
 	}
-	cg := &Cgroup{Path: p, Dir: dir, FD: fd}
+	cg := &Cgroup{Path: p, Dir: dir, FD: fd, mount: mount}
 	t.Cleanup(func() {
-		unix.Close(fd)
+		unix.Close(cg.FD)
 		removeTree(filepath.Join(mount, slice))
 	})
 	return cg
+}
+
+// manager loads cg through containerd/cgroups.
+func (cg *Cgroup) manager(t testing.TB) *cgroup2.Manager {
+	t.Helper()
+	m, err := cgroup2.Load(cg.Path, cgroup2.WithMountpoint(cg.mount))
+	if err != nil {
+		t.Fatalf("load cgroup %s: %v", cg.Path, err)
+	}
+	return m
+}
+
+// Kill kills every process in cg and below (cgroup.kill, through
+// containerd/cgroups) and waits until the cgroup is empty.
+func (cg *Cgroup) Kill(t testing.TB) {
+	t.Helper()
+	m := cg.manager(t)
+	if err := m.Kill(); err != nil {
+		t.Fatalf("kill cgroup %s: %v", cg.Path, err)
+	}
+	cg.killed = true
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		pids, err := m.Procs(true)
+		if err != nil {
+			t.Fatalf("procs of %s: %v", cg.Path, err)
+		}
+		populated, err := cgroup.Populated(cg.Dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pids) == 0 && !populated {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cgroup %s still has processes %v 10s after cgroup.kill", cg.Path, pids)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Recreate kills cg's processes, removes the cgroup and creates a new one
+// at the same path, as systemd does when a service restarts.
+func (cg *Cgroup) Recreate(t testing.TB) {
+	t.Helper()
+	cg.Kill(t)
+	unix.Close(cg.FD)
+	if err := removeTree(cg.Dir); err != nil {
+		t.Fatalf("remove cgroup %s: %v", cg.Path, err)
+	}
+	if _, err := cgroup2.NewManager(cg.mount, cg.Path, &cgroup2.Resources{}); err != nil {
+		t.Fatalf("recreate cgroup %s: %v", cg.Path, err)
+	}
+	fd, err := unix.Open(cg.Dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("open cgroup %s: %v", cg.Dir, err)
+	}
+	cg.FD = fd
+	cg.killed = false
 }
 
 func sanitize(s string) string {
@@ -137,7 +201,7 @@ func sanitize(s string) string {
 
 // removeTree kills every process below dir and removes the cgroups,
 // deepest first.
-func removeTree(dir string) {
+func removeTree(dir string) error {
 	os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
 	var dirs []string
 	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
@@ -146,19 +210,33 @@ func removeTree(dir string) {
 		}
 		return nil
 	})
+	var err error
 	for i := len(dirs) - 1; i >= 0; i-- {
 		for try := 0; try < 100; try++ {
-			if err := unix.Rmdir(dirs[i]); err == nil || !errors.Is(err, unix.EBUSY) {
+			if err = unix.Rmdir(dirs[i]); err == nil || !errors.Is(err, unix.EBUSY) {
 				break
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+		if err != nil {
+			return fmt.Errorf("rmdir %s: %w", dirs[i], err)
+		}
 	}
+	return nil
 }
 
 // Command returns cmd set up to start directly inside cg (clone3 with
 // CLONE_INTO_CGROUP), so it never runs anywhere else.
+//
+// Once cg.Kill has run, Linux 6.18 SIGKILLs every process cloned into the
+// cgroup with CLONE_INTO_CGROUP (its fork-time kill sequence is read from
+// the parent's cgroup, not the target's). After a Kill the command is
+// therefore started through sh, which moves itself into the cgroup through
+// cgroup.procs and then execs name.
 func (cg *Cgroup) Command(name string, args ...string) *exec.Cmd {
+	if cg.killed {
+		return exec.Command("/bin/sh", append([]string{"-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, cg.Dir, name}, args...)...)
+	}
 	cmd := exec.Command(name, args...)
 	cmd.SysProcAttr = &unix.SysProcAttr{UseCgroupFD: true, CgroupFD: cg.FD}
 	return cmd
@@ -182,7 +260,52 @@ type Agent struct {
 	Socket string
 	Config string
 	Cmd    *exec.Cmd
-	Log    *bytes.Buffer
+	Log    *LogBuffer
+}
+
+// LogBuffer collects a process's output; safe to read while it is written.
+type LogBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// WaitLog waits up to 10 s for the agent's log to contain substr more than
+// n times, and returns the new count.
+func (a *Agent) WaitLog(t testing.TB, substr string, n int) int {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c := strings.Count(a.Log.String(), substr); c > n {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent log has no new %q after 10s:\n%s", substr, a.Log)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Reload writes config and sends the agent SIGHUP.
+func (a *Agent) Reload(t testing.TB, config string) {
+	t.Helper()
+	if err := os.WriteFile(a.Config, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Cmd.Process.Signal(unix.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // StartAgent runs "capd agent" with config (TOML text) on a fresh socket in
@@ -195,7 +318,7 @@ func StartAgent(t testing.TB, capd, config string) *Agent {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755) // reachable for tests that run clients as other uids
-	a := &Agent{Socket: filepath.Join(dir, "s"), Config: filepath.Join(dir, "capd.toml"), Log: &bytes.Buffer{}}
+	a := &Agent{Socket: filepath.Join(dir, "s"), Config: filepath.Join(dir, "capd.toml"), Log: &LogBuffer{}}
 	if err := os.WriteFile(a.Config, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -252,12 +375,15 @@ func (a *Agent) Env(extra ...string) []string {
 }
 
 // Keep starts a long sleep inside cg so that the cgroup stays populated (a
-// running service) until the test ends.
+// running service) until the test ends or cg is killed. The sleep is reaped
+// as soon as it dies.
 func (cg *Cgroup) Keep(t testing.TB) {
 	t.Helper()
 	cmd := cg.Command("sleep", "3600")
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start keeper in %s: %v", cg.Path, err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-done })
 }
