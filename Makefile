@@ -32,6 +32,7 @@ test: lint
 # Benchmarks with their baselines, alternating in one run (see BENCHMARKS.md).
 bench:
 	./bench/acquire.sh
+	./bench/drop-delay.sh
 
 clean:
 	rm -rf $(BIN)

@@ -141,15 +141,21 @@ func (cg *Cgroup) manager(t testing.TB) *cgroup2.Manager {
 	return m
 }
 
-// Kill kills every process in cg and below (cgroup.kill, through
-// containerd/cgroups) and waits until the cgroup is empty.
-func (cg *Cgroup) Kill(t testing.TB) {
+// KillAsync sends SIGKILL to every process in cg and below (cgroup.kill,
+// through containerd/cgroups) without waiting for them to exit.
+func (cg *Cgroup) KillAsync(t testing.TB) {
 	t.Helper()
-	m := cg.manager(t)
-	if err := m.Kill(); err != nil {
+	if err := cg.manager(t).Kill(); err != nil {
 		t.Fatalf("kill cgroup %s: %v", cg.Path, err)
 	}
 	cg.killed = true
+}
+
+// Kill is KillAsync, then waits until the cgroup is empty.
+func (cg *Cgroup) Kill(t testing.TB) {
+	t.Helper()
+	cg.KillAsync(t)
+	m := cg.manager(t)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		pids, err := m.Procs(true)
