@@ -364,6 +364,7 @@ func (c *Config) loadFile(file string) error {
 		}
 	}
 	c.Grants = append(c.Grants, one.Grants...)
+	c.Quotas = append(c.Quotas, one.Quotas...)
 	if md.IsDefined("agent", "max_connections") {
 		c.Agent.MaxConnections = a.MaxConnections
 	}

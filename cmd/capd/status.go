@@ -65,8 +65,7 @@ func tree(p string) string {
 	if p == "/" {
 		return "/"
 	}
-	depth := strings.Count(p, "/")
-	return strings.Repeat("  ", depth-1) + p[strings.LastIndexByte(p, '/'):]
+	return strings.Repeat("  ", strings.Count(p, "/")) + p[strings.LastIndexByte(p, '/'):]
 }
 
 func limit(v *uint64, source string) string {
