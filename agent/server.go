@@ -93,6 +93,10 @@ func (s *Server) Reload(cfg *policy.Config) {
 	s.checkCapacity(cfg)
 }
 
+// rootReserve is how many connection slots only root may take, so that an
+// admin can still run status and revoke while other users fill the rest.
+func rootReserve(cfg *policy.Config) int { return min(8, cfg.Agent.MaxConnections/8) }
+
 // fdReserve is how many fds the agent keeps beside its entries: one socket
 // per connection plus the fds a request may carry in flight, and its own.
 func fdReserve(cfg *policy.Config) int { return 2*cfg.Agent.MaxConnections + 64 }
@@ -177,6 +181,8 @@ func (s *Server) admit(nfd int) {
 		reason = "agent is shutting down"
 	case len(s.conns) >= cfg.Agent.MaxConnections:
 		reason = fmt.Sprintf("agent has %d connections, its limit", len(s.conns))
+	case cred.Uid != 0 && len(s.conns) >= cfg.Agent.MaxConnections-rootReserve(cfg):
+		reason = fmt.Sprintf("agent has %d connections; the last %d are kept for root", len(s.conns), rootReserve(cfg))
 	case s.perUID[cred.Uid] >= cfg.Agent.MaxConnectionsPerUID:
 		reason = fmt.Sprintf("uid %d has %d connections, its limit", cred.Uid, s.perUID[cred.Uid])
 	}

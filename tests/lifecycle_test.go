@@ -300,3 +300,24 @@ func TestReloadWhileClientsRun(t *testing.T) {
 		t.Fatalf("after the reloads: %d entries, %v; want 21", len(list), err)
 	}
 }
+
+// A max_entries that the fd limit cannot hold is reported with numbers at
+// start and on reload, and the store is capped at what fits.
+func TestCapacityWarning(t *testing.T) {
+	e := newEnv(t, "[agent]\nmax_entries = 100000000\n")
+	e.agent.WaitLog(t, "configured limits do not fit the fd limit", 0)
+	for _, w := range []string{"max_entries=100000000", "rlimit_nofile=", "entries_that_fit="} {
+		if !strings.Contains(e.agent.Log.String(), w) {
+			t.Errorf("the warning lacks %q:\n%s", w, e.agent.Log)
+		}
+	}
+	var st client.Status
+	if err := json.Unmarshal([]byte(e.mustRun("", nil, "status", "--json").stdout), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.MaxEntries == 0 || st.MaxEntries >= st.FDLimit {
+		t.Fatalf("store limit %d with an fd limit of %d", st.MaxEntries, st.FDLimit)
+	}
+	e.agent.Reload(t, "[agent]\nmax_entries = 100000001\n")
+	e.agent.WaitLog(t, "configured limits do not fit the fd limit", 1)
+}
