@@ -21,9 +21,10 @@ import (
 const maxRecvFDs = 8
 
 type conn struct {
-	srv *Server
-	uid uint32
-	id  Identity
+	srv   *Server
+	uid   uint32
+	id    Identity
+	names []string // id.Names()
 
 	mu sync.Mutex // guards fd against Shutdown
 	fd int
@@ -65,7 +66,11 @@ func (c *conn) serve(cfg *policy.Config) {
 		fdpass.Send(c.fd, m.Bytes())
 		return
 	}
+	if ct := c.srv.reg.lookup(id.Cgroup); ct != nil {
+		id.Name, id.OwnerCgroup, id.Container, id.Aliases = ct.identity, ct.cgroup, ct.id, ct.aliases
+	}
 	c.id = id
+	c.names = id.Names()
 	debug := log.Enabled(context.Background(), slog.LevelDebug)
 	if debug {
 		log.Debug("client connected", "identity", id.Name, "uid", id.UID, "pid", id.PID)
@@ -125,7 +130,7 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (re
 	if err == nil && h.Code != proto.CodeOK {
 		err = proto.Errorf(proto.CodeInvalidRequest, "a request's code field must be 0, not %d", h.Code)
 	}
-	if err == nil && h.Op != proto.OpPublish && reqFD >= 0 {
+	if err == nil && h.Op != proto.OpPublish && h.Op != proto.OpRegister && reqFD >= 0 {
 		err = proto.Errorf(proto.CodeInvalidRequest, "%s takes no fd", h.Op)
 	}
 	if err == nil {
@@ -141,6 +146,15 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (re
 			reqFD = -1
 		case proto.OpRevoke:
 			err = c.revoke(attrs)
+		case proto.OpRegister:
+			var m proto.Builder
+			m, err = c.register(cfg, attrs, reqFD, out)
+			reqFD = -1
+			if err == nil {
+				return m.Bytes(), nil, false
+			}
+		case proto.OpUnregister:
+			err = c.unregister(attrs)
 		case proto.OpStatus:
 			var m proto.Builder
 			if m, err = c.status(cfg, attrs, out); err == nil {
@@ -184,6 +198,17 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (re
 	return m.Bytes(), nil, fatal
 }
 
+// granted reports whether policy lets the caller, by any of its names,
+// acquire owner:name.
+func (c *conn) granted(cfg *policy.Config, owner, name string) bool {
+	for _, n := range c.names {
+		if cfg.Allowed(n, owner, name) {
+			return true
+		}
+	}
+	return false
+}
+
 func badAttr(op proto.Op, t proto.Attr) error {
 	return proto.Errorf(proto.CodeInvalidRequest, "%s: unexpected or repeated attribute %d", op, t)
 }
@@ -209,7 +234,7 @@ func (c *conn) acquire(cfg *policy.Config, attrs []byte, out []byte) (proto.Buil
 		return proto.Builder{}, nil, proto.Errorf(proto.CodeInvalidRequest, "acquire needs an owner and a name")
 	}
 	self := owner == c.id.Name
-	if !self && !cfg.Allowed(c.id.Name, owner, name) {
+	if !self && !c.granted(cfg, owner, name) {
 		c.srv.log.Info("acquire denied", "consumer", c.id.Name, "pid", c.id.PID, "entry", owner+":"+name, "reason", "no grant")
 		return proto.Builder{}, nil, proto.Errorf(proto.CodePermissionDenied, "%s may not acquire %s:%s: no grant in policy", c.id.Name, owner, name)
 	}
@@ -217,7 +242,7 @@ func (c *conn) acquire(cfg *policy.Config, attrs []byte, out []byte) (proto.Buil
 	if e == nil {
 		return proto.Builder{}, nil, proto.Errorf(proto.CodeNotFound, "%s:%s is not published", owner, name)
 	}
-	if !self && !e.admits(c.id.Name) {
+	if !self && !e.admits(c.names) {
 		e.release()
 		c.srv.log.Info("acquire denied", "consumer", c.id.Name, "pid", c.id.PID, "entry", owner+":"+name, "reason", "audience")
 		return proto.Builder{}, nil, proto.Errorf(proto.CodePermissionDenied, "%s may not acquire %s:%s: the owner's allow list excludes it", c.id.Name, owner, name)
@@ -357,6 +382,7 @@ func (c *conn) status(cfg *policy.Config, attrs []byte, out []byte) (proto.Build
 	m.U64(proto.AttrOpenFDs, uint64(open))
 	m.U64(proto.AttrFDLimit, uint64(limit))
 	m.U64(proto.AttrWatched, uint64(s.watcher.Len()))
+	m.U64(proto.AttrContainers, uint64(s.reg.len()))
 	for _, n := range s.store.nodes(after) {
 		mark := m.Len()
 		start := m.Begin(proto.AttrNode)
@@ -414,7 +440,7 @@ func (c *conn) list(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder
 		if haveAfter && !less(after, e.key) {
 			return false
 		}
-		return root || e.owner == me || (cfg.Allowed(me, e.owner, e.name) && e.admits(me))
+		return root || e.owner == me || (c.granted(cfg, e.owner, e.name) && e.admits(c.names))
 	})
 	m := proto.NewMessage(out, proto.OpList, proto.CodeOK)
 	for _, e := range entries {

@@ -24,6 +24,18 @@ type Identity struct {
 	// UID, GID and PID are the peer's credentials when it connected.
 	UID, GID uint32
 	PID      int32
+	// Container is the registered container the peer runs in ("" if
+	// none); Aliases are further names policy matches it by.
+	Container string
+	Aliases   []string
+}
+
+// Names returns every name policy may know the identity by.
+func (id *Identity) Names() []string {
+	if len(id.Aliases) == 0 {
+		return []string{id.Name}
+	}
+	return append([]string{id.Name}, id.Aliases...)
 }
 
 // oldKernel makes resolvePeer act as on a kernel without SO_PEERPIDFD and
@@ -61,31 +73,48 @@ func resolvePeer(sock int, r *cgroup.Resolver) (Identity, error) {
 	}
 	defer linux.Close(pidfd)
 
+	id.Cgroup, err = cgroupOf(pidfd, int(cred.Pid), r)
+	if err != nil {
+		return Identity{}, err
+	}
+	id.Name, id.OwnerCgroup = cgroup.Owner(id.Cgroup)
+	return id, nil
+}
+
+// cgroupOf returns the cgroup v2 path of the process behind pidfd: from
+// PIDFD_GET_INFO (Linux >= 6.13), else from /proc/PID/cgroup, accepted only
+// if the pidfd shows the process still alive after the read. pid is the
+// process's pid, or 0 to take it from the pidfd.
+func cgroupOf(pidfd, pid int, r *cgroup.Resolver) (string, error) {
 	info, err := linux.PidfdGetInfo(pidfd, unix.PIDFD_INFO_CGROUPID)
 	if oldKernel.Load() {
 		info, err = nil, unix.ENOTTY
 	}
 	switch {
 	case err == nil && info.Mask&unix.PIDFD_INFO_CGROUPID != 0:
-		id.Cgroup, err = r.PathByID(info.Cgroupid)
+		p, err := r.PathByID(info.Cgroupid)
 		if err != nil {
-			return Identity{}, fmt.Errorf("cgroup of peer %d: %w", cred.Pid, err)
+			return "", fmt.Errorf("cgroup of pid %d: %w", info.Pid, err)
 		}
+		return p, nil
 	case err == nil, errors.Is(err, unix.ENOTTY), errors.Is(err, unix.EINVAL):
-		id.Cgroup, err = cgroup.ProcPath(int(cred.Pid))
+		if pid == 0 {
+			if pid, err = linux.PidfdPid(pidfd); err != nil {
+				return "", err
+			}
+		}
+		p, err := cgroup.ProcPath(pid)
 		if err != nil {
-			return Identity{}, err
+			return "", err
 		}
 		alive, err := linux.PidfdAlive(pidfd)
 		if err != nil {
-			return Identity{}, err
+			return "", err
 		}
 		if !alive {
-			return Identity{}, fmt.Errorf("peer %d exited during identification: %w", cred.Pid, unix.ESRCH)
+			return "", fmt.Errorf("process %d exited during identification: %w", pid, unix.ESRCH)
 		}
-	default:
-		return Identity{}, fmt.Errorf("identify peer %d: %w", cred.Pid, err)
+		return p, nil
 	}
-	id.Name, id.OwnerCgroup = cgroup.Owner(id.Cgroup)
-	return id, nil
+	return "", fmt.Errorf("identify process %d: %w", pid, err)
 }

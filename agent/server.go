@@ -26,6 +26,7 @@ type Server struct {
 	store    *store
 	resolver *cgroup.Resolver
 	watcher  *cgroup.Watcher
+	reg      *registry
 	wake     int // eventfd that stops Serve
 	fdLimit  int // soft RLIMIT_NOFILE, raised to the hard limit
 
@@ -72,6 +73,13 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.store.watch = s.watcher
+	s.reg, err = newRegistry(s.containerExited)
+	if err != nil {
+		s.watcher.Close()
+		r.Close()
+		linux.Close(wake)
+		return nil, err
+	}
 	s.cfg.Store(cfg)
 	s.checkCapacity(cfg)
 	return s, nil
@@ -253,6 +261,7 @@ func (s *Server) Close() error {
 	if busy > 0 {
 		return fmt.Errorf("%d connections still running; server fds left open", busy)
 	}
+	s.reg.close()
 	s.watcher.Close()
 	s.resolver.Close()
 	return linux.Close(s.wake)

@@ -48,14 +48,17 @@ func (e *entry) release() {
 	}
 }
 
-// admits reports whether the entry's audience lets consumer acquire it.
-func (e *entry) admits(consumer string) bool {
+// admits reports whether the entry's audience lets a consumer known by
+// names acquire it.
+func (e *entry) admits(names []string) bool {
 	if len(e.allow) == 0 {
 		return true
 	}
 	for _, p := range e.allow {
-		if p.Match(consumer) {
-			return true
+		for _, n := range names {
+			if p.Match(n) {
+				return true
+			}
 		}
 	}
 	return false
@@ -257,6 +260,19 @@ func (s *store) removeLocked(e *entry) *entry {
 		s.watch.Remove(e.ownerCg)
 	}
 	return e
+}
+
+// dropOwned drops every unpinned entry of owner cgroup p and returns how
+// many it dropped.
+func (s *store) dropOwned(p string) int {
+	var dead []*entry
+	s.mu.Lock()
+	for e := range s.owned[p] {
+		dead = append(dead, s.removeLocked(e))
+	}
+	s.mu.Unlock()
+	releaseAll(dead)
+	return len(dead)
 }
 
 // ownerEmptied drops the unpinned entries of owner cgroup p that were

@@ -18,6 +18,8 @@ type Status struct {
 	FDLimit uint64 `json:"fd_limit"`
 	// Watched is how many owner cgroups the agent watches for emptying.
 	Watched uint64 `json:"watched_cgroups"`
+	// Containers is how many containers the OCI hook registered.
+	Containers uint64 `json:"containers"`
 	// Nodes are the cgroups that hold entries, sorted by path, so that a
 	// parent comes before its children.
 	Nodes []Node `json:"cgroups"`
@@ -67,6 +69,8 @@ func (c *Client) Status() (*Status, error) {
 				st.FDLimit, err = proto.U64(v)
 			case proto.AttrWatched:
 				st.Watched, err = proto.U64(v)
+			case proto.AttrContainers:
+				st.Containers, err = proto.U64(v)
 			case proto.AttrNode:
 				var n Node
 				if n, err = decodeNode(v); err == nil {

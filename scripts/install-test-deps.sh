@@ -5,6 +5,8 @@ set -euo pipefail
 packages=(
   gcc libc6-dev   # go test -race needs cgo
   util-linux      # setpriv, nsenter
+  runc podman     # real container runtimes for the OCI hook tests
+  busybox-static  # the test containers' rootfs
 )
 missing=()
 for p in "${packages[@]}"; do

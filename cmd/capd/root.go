@@ -91,6 +91,7 @@ cgroup:/path), never from the request.
   capd revoke NAME                    forget the caller's entry
   capd list                           what the caller may see
   capd status                         fd usage, cgroups, quotas (root)
+  capd hook                           OCI hook for containers (see 'capd hook --help')
   capd whoami                         the identity the agent sees
 
 Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.DefaultSocket + `.
@@ -121,6 +122,7 @@ Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.Defaul
 		newListCmd(),
 		newStatusCmd(),
 		newWhoamiCmd(),
+		newHookCmd(),
 	)
 	for _, c := range root.Commands() {
 		c.SetUsageTemplate(c.UsageTemplate() + "\n" + exitCodesHelp + "\n")

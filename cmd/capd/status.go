@@ -45,8 +45,8 @@ does not limit. Root only.`,
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
 			}
-			fmt.Fprintf(out, "agent: %d entries (limit %d), %d of %d fds open, %d owner cgroups watched\n\n",
-				st.Entries, st.MaxEntries, st.OpenFDs, st.FDLimit, st.Watched)
+			fmt.Fprintf(out, "agent: %d entries (limit %d), %d of %d fds open, %d owner cgroups watched, %d containers\n\n",
+				st.Entries, st.MaxEntries, st.OpenFDs, st.FDLimit, st.Watched, st.Containers)
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "CGROUP\tOWNED\tENTRIES\tMAX_ENTRIES\tPINNED\tMAX_PINNED")
 			for _, n := range st.Nodes {

@@ -89,6 +89,29 @@ func PidfdAlive(pidfd int) (bool, error) {
 // KCMP_FILE from <linux/kcmp.h>.
 const kcmpFile = 0
 
+// PidfdPid returns the pid behind pidfd in the caller's pid namespace, from
+// /proc/self/fdinfo (Linux >= 5.10 shows it); ESRCH if the process has
+// exited, EBADF if fd is not a pidfd.
+func PidfdPid(pidfd int) (int, error) {
+	b, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(pidfd))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Pid:"); ok {
+			pid, err := strconv.Atoi(strings.TrimSpace(v))
+			switch {
+			case err != nil:
+				return 0, fmt.Errorf("fdinfo of pidfd %d: %w", pidfd, err)
+			case pid <= 0:
+				return 0, os.NewSyscallError("pidfd", unix.ESRCH)
+			}
+			return pid, nil
+		}
+	}
+	return 0, os.NewSyscallError("pidfd", unix.EBADF)
+}
+
 // Kcmp compares fd1 of pid1 with fd2 of pid2 (kcmp(2), KCMP_FILE). It returns
 // true when both refer to the same open file description.
 func Kcmp(pid1, pid2, fd1, fd2 int) (bool, error) {

@@ -26,18 +26,21 @@ const (
 	MaxName     = 255
 	MaxIdentity = 1024
 	MaxAllow    = 32
+	MaxRefs     = 32 // entries one container may request
 )
 
 // Op is a request type.
 type Op uint8
 
 const (
-	OpWhoami  Op = 1
-	OpPublish Op = 2
-	OpRevoke  Op = 3
-	OpAcquire Op = 4
-	OpList    Op = 5
-	OpStatus  Op = 6
+	OpWhoami     Op = 1
+	OpPublish    Op = 2
+	OpRevoke     Op = 3
+	OpAcquire    Op = 4
+	OpList       Op = 5
+	OpStatus     Op = 6
+	OpRegister   Op = 7
+	OpUnregister Op = 8
 )
 
 func (o Op) String() string {
@@ -54,6 +57,10 @@ func (o Op) String() string {
 		return "list"
 	case OpStatus:
 		return "status"
+	case OpRegister:
+		return "register"
+	case OpUnregister:
+		return "unregister"
 	}
 	return fmt.Sprintf("op(%d)", uint8(o))
 }
@@ -91,12 +98,22 @@ const (
 	AttrFDLimit       Attr = 26 // u64: the agent's RLIMIT_NOFILE
 	AttrOwners        Attr = 27 // u64: entries whose owner cgroup is the node
 	AttrWatched       Attr = 28 // u64: owner cgroups watched for emptying
+	// Containers (OpRegister, OpUnregister).
+	AttrContainerID   Attr = 29 // string: the runtime's container id
+	AttrContainerName Attr = 30 // string: the container's name
+	AttrRef           Attr = 31 // string, repeatable: "OWNER:NAME" the container wants
+	AttrResult        Attr = 32 // nested: OWNER, NAME, CODE, MESSAGE for one requested entry
+	AttrCode          Attr = 33 // u32: a result code
+	AttrContainers    Attr = 34 // u64: registered containers (status)
 )
 
 // Publish flags (AttrFlags).
 const (
 	FlagPin     uint32 = 1 << 0
 	FlagReplace uint32 = 1 << 1
+	// FlagRequired (REGISTER): refuse the registration if any requested
+	// entry could not be acquired.
+	FlagRequired uint32 = 1 << 2
 )
 
 // Code is a stable error code. Zero means success.
@@ -344,4 +361,23 @@ func SplitRef(ref string) (owner, name string, err error) {
 		return "", "", fmt.Errorf("%q: owner longer than %d bytes", ref, MaxIdentity)
 	}
 	return owner, name, nil
+}
+
+// ValidContainerName checks a container id or name: 1 to 128 letters,
+// digits and "_.-", not starting with a dot or dash (what runc and podman
+// accept, minus what would be ambiguous in identities and patterns).
+func ValidContainerName(s string) error {
+	if s == "" || len(s) > 128 {
+		return fmt.Errorf("container name %q: want 1 to 128 characters", s)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_':
+		case (c == '.' || c == '-') && i > 0:
+		default:
+			return fmt.Errorf("container name %q: only letters, digits and _.- (not first) are allowed", s)
+		}
+	}
+	return nil
 }

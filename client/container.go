@@ -1,0 +1,114 @@
+package client
+
+import (
+	"fmt"
+
+	"github.com/capd-dev/capd/internal/proto"
+)
+
+// Registration describes a container to the agent (what the OCI hook
+// sends at createRuntime).
+type Registration struct {
+	ID   string
+	Name string // optional
+	// Refs are the "OWNER:NAME" entries the container asks for; the
+	// agent says for each whether the container may acquire it now.
+	Refs []string
+	// Required refuses the registration if any of Refs is refused.
+	Required bool
+}
+
+// RefResult is the agent's answer for one requested entry: Err is nil, or
+// wraps ErrPermissionDenied or ErrNotFound.
+type RefResult struct {
+	Ref string
+	Err error
+}
+
+// Register registers a container whose init process is behind pidfd (a
+// pidfd the caller keeps; the agent gets a copy). Only root outside
+// containers may. It returns the identity the container's processes will
+// have and the result for each requested entry.
+func (c *Client) Register(r *Registration, pidfd int) (string, []RefResult, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := proto.NewMessage(c.out, proto.OpRegister, proto.CodeOK)
+	m.String(proto.AttrContainerID, r.ID)
+	if r.Name != "" {
+		m.String(proto.AttrContainerName, r.Name)
+	}
+	if r.Required {
+		m.U32(proto.AttrFlags, proto.FlagRequired)
+	}
+	for _, ref := range r.Refs {
+		m.String(proto.AttrRef, ref)
+	}
+	c.out = m.Bytes()
+	if len(c.out) > proto.MaxRequest {
+		return "", nil, fmt.Errorf("register %s: request of %d bytes exceeds %d", r.ID, len(c.out), proto.MaxRequest)
+	}
+	attrs, _, err := c.roundTrip(proto.OpRegister, pidfd)
+	if err != nil {
+		return "", nil, fmt.Errorf("register container %s: %w", r.ID, err)
+	}
+	var identity string
+	var results []RefResult
+	it := proto.Attrs(attrs)
+	for t, v, ok := it.Next(); ok; t, v, ok = it.Next() {
+		switch t {
+		case proto.AttrIdentity:
+			identity = string(v)
+		case proto.AttrResult:
+			res, err := decodeResult(v)
+			if err != nil {
+				return "", nil, fmt.Errorf("register container %s: %w", r.ID, err)
+			}
+			results = append(results, res)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return "", nil, fmt.Errorf("register container %s: %w", r.ID, err)
+	}
+	return identity, results, nil
+}
+
+func decodeResult(b []byte) (RefResult, error) {
+	var owner, name, msg string
+	var code uint32
+	var err error
+	it := proto.Attrs(b)
+	for t, v, ok := it.Next(); ok && err == nil; t, v, ok = it.Next() {
+		switch t {
+		case proto.AttrOwner:
+			owner = string(v)
+		case proto.AttrName:
+			name = string(v)
+		case proto.AttrCode:
+			code, err = proto.U32(v)
+		case proto.AttrMessage:
+			msg = string(v)
+		}
+	}
+	if err == nil {
+		err = it.Err()
+	}
+	res := RefResult{Ref: owner + ":" + name}
+	if code != 0 {
+		res.Err = &proto.Error{Code: proto.Code(code), Message: msg}
+	}
+	return res, err
+}
+
+// Unregister forgets a container (the OCI hook's poststop); the agent drops
+// its unpinned entries.
+func (c *Client) Unregister(id string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := proto.NewMessage(c.out, proto.OpUnregister, proto.CodeOK)
+	m.String(proto.AttrContainerID, id)
+	c.out = m.Bytes()
+	if _, _, err := c.roundTrip(proto.OpUnregister, -1); err != nil {
+		return fmt.Errorf("unregister container %s: %w", id, err)
+	}
+	return nil
+}

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/hooks"
+	"github.com/capd-dev/capd/oci"
+)
+
+// defaultHooksDir is where Debian's podman 4.3 (and CRI-O) read hooks.d;
+// newer podman also reads /etc/containers/oci/hooks.d.
+const defaultHooksDir = "/usr/share/containers/oci/hooks.d"
+
+func newHookCmd() *cobra.Command {
+	var socket string
+	cmd := &cobra.Command{
+		Use:   "hook [--socket PATH]",
+		Short: "OCI hook: give annotated containers their capability fds",
+		Long: `Run as an OCI hook at createRuntime (or prestart, for runtimes without it)
+and poststop. It reads the container's state (runtime-spec State) on stdin
+and acts only on containers annotated
+
+  io.capd.acquire=OWNER:NAME[,OWNER:NAME...]   the entries the container wants
+  io.capd.required=true                        optional: abort creation if the
+                                               agent is unreachable or an entry
+                                               is refused (default: warn, start)
+  io.capd.name=NAME                            optional: the name policy knows
+                                               it by (container:NAME), where the
+                                               runtime sets none
+
+At createRuntime it registers the container with the agent (its cgroup taken
+from its init process through a pidfd) and mounts a read-only tmpfs at
+/run/capd inside it, holding capd.sock (the agent's socket) and capd (this
+binary), so the workload runs
+
+  /run/capd/capd acquire OWNER:NAME -- CMD [ARG...]
+
+Processes in the container are then known as container:NAME (or
+container:ID): policy grants that identity, never the annotation. At
+poststop it unregisters the container; if poststop never runs, the agent
+notices the init process exit. Containers without the annotation are left
+alone at once.
+
+For runc, add to config.json:
+  "hooks": {"createRuntime": [{"path": "/usr/bin/capd", "args": ["capd", "hook"]}],
+            "poststop":      [{"path": "/usr/bin/capd", "args": ["capd", "hook"]}]}
+For podman and CRI-O, see 'capd hook install'.`,
+		Args: exactArgs(0, "no arguments (the state comes on stdin)"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if socket == "" {
+				socket = client.SocketPath()
+			}
+			return hooks.Run(hooks.Options{Socket: socket, Stdin: cmd.InOrStdin(), Stderr: cmd.ErrOrStderr()})
+		},
+	}
+	cmd.Flags().StringVar(&socket, "socket", "", "the agent's socket (default $CAPD_SOCKET or "+client.DefaultSocket+")")
+	cmd.AddCommand(newHookInstallCmd())
+	return cmd
+}
+
+func newHookInstallCmd() *cobra.Command {
+	var dir, socket, path string
+	cmd := &cobra.Command{
+		Use:   "install [--dir DIR] [--socket PATH] [--path BINARY]",
+		Short: "Write the oci-hooks(5) file that makes podman and CRI-O run capd hook",
+		Long: `Write DIR/capd.json, an oci-hooks(5) configuration that runs 'capd hook' at
+createRuntime and poststop for containers annotated io.capd.acquire (the
+annotation key is matched by an anchored regular expression). The default DIR
+is ` + defaultHooksDir + `, which Debian's podman 4.3 and CRI-O
+read; newer podman also reads /etc/containers/oci/hooks.d. podman --hooks-dir
+points elsewhere.`,
+		Example: `  sudo capd hook install
+  sudo capd hook install --dir /etc/containers/oci/hooks.d --socket /run/capd/capd.sock`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if path == "" {
+				exe, err := os.Executable()
+				if err != nil {
+					return fmt.Errorf("find the capd binary: %w (use --path)", err)
+				}
+				path = exe
+			}
+			hookArgs := []string{"capd", "hook"}
+			if socket != "" {
+				hookArgs = append(hookArgs, "--socket", socket)
+			}
+			b, err := oci.HooksD(path, hookArgs, nil)
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return err
+			}
+			file := filepath.Join(dir, "capd.json")
+			tmp := file + ".tmp"
+			if err := os.WriteFile(tmp, b, 0o644); err != nil {
+				return err
+			}
+			if err := os.Rename(tmp, file); err != nil {
+				os.Remove(tmp)
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s\n", file)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", defaultHooksDir, "hooks.d directory")
+	cmd.Flags().StringVar(&socket, "socket", "", "agent socket the hook uses (default: the hook's default, "+client.DefaultSocket+")")
+	cmd.Flags().StringVar(&path, "path", "", "capd binary the runtime runs (default: this one)")
+	return cmd
+}

@@ -1,0 +1,214 @@
+// Package hooks is the OCI hook behind `capd hook`: at createRuntime (or
+// prestart) it registers an annotated container with the agent and makes
+// the agent and a capd binary reachable inside it; at poststop it
+// unregisters it.
+//
+// Inside the container, /run/capd is a small read-only tmpfs holding
+// capd.sock (a bind mount of the agent's socket) and capd (a read-only
+// bind mount of this binary), so the workload runs `/run/capd/capd acquire
+// OWNER:NAME -- CMD` exactly as on the host. The mounts are made in the
+// container's mount namespace, entered through a pidfd of its init
+// process (package nsenter), before the runtime pivots into the root
+// filesystem; paths inside the root are resolved with RESOLVE_IN_ROOT so
+// that symlinks in the image cannot redirect them.
+//
+// Fd ownership: every fd the hook opens (the pidfd, detached mounts, path
+// fds) is closed before Run returns.
+package hooks
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/nsenter"
+	"github.com/capd-dev/capd/oci"
+)
+
+// Inside the container.
+const (
+	Dir    = "/run/capd"
+	Socket = Dir + "/capd.sock"
+	Binary = Dir + "/capd"
+)
+
+// Options configure Run.
+type Options struct {
+	// Socket is the agent's socket on the host.
+	Socket string
+	// Stdin carries the runtime-spec State; Stderr takes warnings, which
+	// runtimes show when a hook fails (and log otherwise).
+	Stdin  io.Reader
+	Stderr io.Writer
+}
+
+// Run handles one hook invocation. Containers without the io.capd.acquire
+// annotation are left alone at once. Errors abort container creation: an
+// unreachable agent or a refused entry only does so for containers
+// annotated io.capd.required=true; otherwise the hook warns and the
+// container starts without them.
+func Run(o Options) error {
+	st, err := oci.ReadState(o.Stdin)
+	if err != nil {
+		return err
+	}
+	req, err := oci.ParseRequest(st.ID, st.Annotations)
+	if errors.Is(err, oci.ErrNotOurs) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("container %s: %w", st.ID, err)
+	}
+	switch st.Status {
+	case "creating", "created":
+		return create(o, req, st.Pid, st.Bundle)
+	case "stopped":
+		return stop(o, req)
+	}
+	return nil // other stages: nothing to do
+}
+
+func (o Options) warn(format string, args ...any) {
+	fmt.Fprintf(o.Stderr, "capd hook: warning: "+format+"\n", args...)
+}
+
+func create(o Options, req *oci.Request, pid int, bundle string) error {
+	if pid <= 0 {
+		return fmt.Errorf("container %s: the state has no pid: run capd hook at createRuntime or prestart", req.ID)
+	}
+	// Hold the init process at once: from here on its pid cannot be
+	// reused under us.
+	pidfd, err := linux.PidfdOpen(pid)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", req.ID, err)
+	}
+	defer linux.Close(pidfd)
+	b, err := oci.ReadBundle(bundle)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", req.ID, err)
+	}
+	// soft reports a failure that aborts creation only when required.
+	soft := func(err error) error {
+		if req.Required {
+			return err
+		}
+		o.warn("%v (the container starts without capd; annotate %s=true to make this fatal)", err, oci.AnnotationRequired)
+		return nil
+	}
+	c, err := client.Dial(o.Socket)
+	if err != nil {
+		return soft(fmt.Errorf("container %s: %w", req.ID, err))
+	}
+	defer c.Close()
+	refs := make([]string, len(req.Refs))
+	for i, r := range req.Refs {
+		refs[i] = r.String()
+	}
+	_, results, err := c.Register(&client.Registration{ID: req.ID, Name: req.Name, Refs: refs, Required: req.Required}, pidfd)
+	if err != nil {
+		return soft(err)
+	}
+	for _, r := range results {
+		if r.Err != nil {
+			o.warn("container %s: %v", req.ID, r.Err)
+		}
+	}
+	if err := expose(pidfd, b.Root, o.Socket); err != nil {
+		err = fmt.Errorf("container %s: make capd reachable at %s: %w", req.ID, Dir, err)
+		if req.Required {
+			c.Unregister(req.ID)
+		}
+		return soft(err)
+	}
+	return nil
+}
+
+func stop(o Options, req *oci.Request) error {
+	c, err := client.Dial(o.Socket)
+	if err != nil {
+		o.warn("container %s: %v", req.ID, err)
+		return nil
+	}
+	defer c.Close()
+	if err := c.Unregister(req.ID); err != nil && !errors.Is(err, client.ErrNotFound) {
+		o.warn("%v", err)
+	}
+	return nil
+}
+
+// expose mounts, in the mount namespace of the process behind pidfd, a
+// tmpfs at root/run/capd with the agent's socket and this binary bound
+// into it.
+func expose(pidfd int, root, socket string) error {
+	// Clone the trees in our own namespace, where the paths make sense.
+	sock, err := linux.CloneTree(socket, false)
+	if err != nil {
+		return err
+	}
+	defer linux.Close(sock)
+	exe, err := linux.CloneTree("/proc/self/exe", true)
+	if err != nil {
+		return err
+	}
+	defer linux.Close(exe)
+	tmpfs, err := linux.NewTmpfs("0755", "64k")
+	if err != nil {
+		return err
+	}
+	defer linux.Close(tmpfs)
+	return nsenter.MountNS(pidfd, func() error {
+		var fds []int
+		defer func() {
+			for _, fd := range fds {
+				linux.Close(fd)
+			}
+		}()
+		open := func(fd int, err error) (int, error) {
+			if err == nil {
+				fds = append(fds, fd)
+			}
+			return fd, err
+		}
+		rootfd, err := open(unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0))
+		if err != nil {
+			return &os.PathError{Op: "open", Path: root, Err: err}
+		}
+		run, err := open(linux.MkdirInRoot(rootfd, "run", 0o755))
+		if err != nil {
+			return err
+		}
+		mnt, err := open(linux.MkdirInRoot(run, "capd", 0o755))
+		if err != nil {
+			if errors.Is(err, unix.EROFS) {
+				return fmt.Errorf("the root filesystem is read-only and has no %s (create it in the image, or mount a tmpfs on /run): %w", Dir, err)
+			}
+			return err
+		}
+		if err := linux.MoveMountTo(tmpfs, mnt); err != nil {
+			return err
+		}
+		dir, err := open(linux.OpenInRoot(run, "capd", unix.O_PATH|unix.O_DIRECTORY))
+		if err != nil {
+			return err
+		}
+		for _, f := range []struct {
+			name string
+			mode uint32
+			tree int
+		}{{"capd.sock", 0o600, sock}, {"capd", 0o755, exe}} {
+			target, err := open(linux.CreateAt(dir, f.name, f.mode))
+			if err != nil {
+				return err
+			}
+			if err := linux.MoveMountTo(f.tree, target); err != nil {
+				return fmt.Errorf("mount %s: %w", f.name, err)
+			}
+		}
+		return linux.SetReadOnly(dir)
+	})
+}
