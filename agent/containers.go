@@ -24,6 +24,8 @@ type container struct {
 	pidfd    int
 }
 
+func (c *container) names() []string { return append([]string{c.identity}, c.aliases...) }
+
 // registry holds the registered containers. One goroutine waits on an
 // epoll set of their pidfds; there is no goroutine or timer per container.
 type registry struct {
@@ -32,7 +34,7 @@ type registry struct {
 	mu       sync.RWMutex
 	byCgroup map[string]*container
 	byID     map[string]*container
-	byName   map[string]*container
+	byIdent  map[string]*container // by identity and aliases
 	byFD     map[int]*container
 
 	ep   int // epoll of pidfds and wake
@@ -60,7 +62,7 @@ func newRegistry(onExit func(*container)) (*registry, error) {
 		onExit:   onExit,
 		byCgroup: make(map[string]*container),
 		byID:     make(map[string]*container),
-		byName:   make(map[string]*container),
+		byIdent:  make(map[string]*container),
 		byFD:     make(map[int]*container),
 		ep:       ep,
 		wake:     wake,
@@ -97,12 +99,15 @@ func (r *registry) add(c *container) error {
 	switch {
 	case old != nil && old.cgroup != c.cgroup:
 		err = proto.Errorf(proto.CodeExists, "container id %s is registered with cgroup %s", c.id, old.cgroup)
-	case c.name != "" && r.byName[c.name] != nil && r.byName[c.name].id != c.id:
-		err = proto.Errorf(proto.CodeExists, "container name %s is registered to container %s", c.name, r.byName[c.name].id)
 	case r.byCgroup[c.cgroup] != nil && r.byCgroup[c.cgroup].id != c.id:
 		err = proto.Errorf(proto.CodeExists, "cgroup %s is registered to container %s", c.cgroup, r.byCgroup[c.cgroup].id)
 	case old != nil && old.name != c.name:
 		err = proto.Errorf(proto.CodeExists, "container %s is registered under the name %q", c.id, old.name)
+	}
+	for _, n := range c.names() {
+		if o := r.byIdent[n]; err == nil && o != nil && o.id != c.id {
+			err = proto.Errorf(proto.CodeExists, "identity %s is registered to container %s", n, o.id)
+		}
 	}
 	if err != nil {
 		linux.Close(c.pidfd)
@@ -119,8 +124,8 @@ func (r *registry) add(c *container) error {
 	r.byID[c.id] = c
 	r.byCgroup[c.cgroup] = c
 	r.byFD[c.pidfd] = c
-	if c.name != "" {
-		r.byName[c.name] = c
+	for _, n := range c.names() {
+		r.byIdent[n] = c
 	}
 	return nil
 }
@@ -140,8 +145,10 @@ func (r *registry) removeLocked(c *container) {
 	delete(r.byID, c.id)
 	delete(r.byCgroup, c.cgroup)
 	delete(r.byFD, c.pidfd)
-	if c.name != "" && r.byName[c.name] == c {
-		delete(r.byName, c.name)
+	for _, n := range c.names() {
+		if r.byIdent[n] == c {
+			delete(r.byIdent, n)
+		}
 	}
 	unix.EpollCtl(r.ep, unix.EPOLL_CTL_DEL, c.pidfd, nil)
 	linux.Close(c.pidfd)

@@ -392,4 +392,16 @@ func (cg *Cgroup) Keep(t testing.TB) {
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
 	t.Cleanup(func() { cmd.Process.Kill(); <-done })
+	// Started through sh (see Command), the keeper moves itself: wait
+	// until it is in, so that the cgroup is populated when Keep returns.
+	for deadline := time.Now().Add(5 * time.Second); cg.killed; {
+		b, _ := os.ReadFile(filepath.Join(cg.Dir, "cgroup.procs"))
+		if strings.Contains("\n"+string(b), "\n"+strconv.Itoa(cmd.Process.Pid)+"\n") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("keeper %d did not enter %s within 5s", cmd.Process.Pid, cg.Path)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
