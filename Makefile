@@ -33,6 +33,7 @@ test: lint
 bench:
 	./bench/acquire.sh
 	./bench/drop-delay.sh
+	./bench/hook.sh
 
 clean:
 	rm -rf $(BIN)

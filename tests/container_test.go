@@ -34,7 +34,7 @@ acquire  = ["container:*:ctr-*"]
 var podmanGlobal = []string{"--runtime", "runc", "--cgroup-manager=cgroupfs", "--events-backend=file"}
 var podmanRun = []string{"--ulimit", "nofile=10000:10000", "--ulimit", "nproc=1000:1000"}
 
-func requireContainers(t *testing.T, tools ...string) {
+func requireContainers(t testing.TB, tools ...string) {
 	t.Helper()
 	testutil.RequireRoot(t)
 	for _, tool := range tools {
@@ -48,7 +48,7 @@ func requireContainers(t *testing.T, tools ...string) {
 }
 
 // newRootfs builds a busybox root filesystem with /data.txt.
-func newRootfs(t *testing.T) string {
+func newRootfs(t testing.TB) string {
 	t.Helper()
 	root := filepath.Join(t.TempDir(), "rootfs")
 	for _, d := range []string{"bin", "proc", "dev", "sys", "run", "tmp", "etc"} {
@@ -80,7 +80,7 @@ type ctrEnv struct {
 	hook  string // the hook as config.json and hooks.d name it
 }
 
-func newCtrEnv(t *testing.T, policy string) *ctrEnv {
+func newCtrEnv(t testing.TB, policy string) *ctrEnv {
 	t.Helper()
 	requireContainers(t, "runc", "podman")
 	e := &ctrEnv{env: newEnv(t, policy, "rpm-ostreed.service", "db.service"), state: t.TempDir(), hook: capd}
@@ -89,8 +89,24 @@ func newCtrEnv(t *testing.T, policy string) *ctrEnv {
 	return e
 }
 
-// bundle writes a runc bundle running args with the capd hook.
+// bundle writes a runc bundle running args with the capd hook at
+// createRuntime and poststop.
 func (e *ctrEnv) bundle(args []string, ann map[string]string, readOnly bool) string {
+	e.t.Helper()
+	if ann == nil {
+		return e.writeBundle(args, nil, "", nil, readOnly)
+	}
+	return e.writeBundle(args, ann, e.hook, []string{"capd", "hook", "--socket", e.agent.Socket}, readOnly, "createRuntime", "poststop")
+}
+
+// bundleHooks writes a runc bundle (read-only root) running args, with the
+// hook path/hookArgs at the given stages.
+func (e *ctrEnv) bundleHooks(args []string, ann map[string]string, path string, hookArgs []string, stages ...string) string {
+	e.t.Helper()
+	return e.writeBundle(args, ann, path, hookArgs, true, stages...)
+}
+
+func (e *ctrEnv) writeBundle(args []string, ann map[string]string, path string, hookArgs []string, readOnly bool, stages ...string) string {
 	e.t.Helper()
 	dir := e.t.TempDir()
 	if out, err := exec.Command("runc", "spec", "--bundle", dir).CombinedOutput(); err != nil {
@@ -105,8 +121,11 @@ func (e *ctrEnv) bundle(args []string, ann map[string]string, readOnly bool) str
 	proc := spec["process"].(map[string]any)
 	proc["terminal"] = false
 	proc["args"] = args
-	hook := map[string]any{"path": e.hook, "args": []string{"capd", "hook", "--socket", e.agent.Socket}}
-	spec["hooks"] = map[string]any{"createRuntime": []any{hook}, "poststop": []any{hook}}
+	hooks := map[string]any{}
+	for _, st := range stages {
+		hooks[st] = []any{map[string]any{"path": path, "args": hookArgs}}
+	}
+	spec["hooks"] = hooks
 	spec["annotations"] = ann
 	b, _ = json.MarshalIndent(spec, "", " ")
 	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o644); err != nil {

@@ -29,12 +29,12 @@ acquire  = ["rpm-ostreed.service:*"]
 
 // env is one test's agent plus service cgroups.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	agent *testutil.Agent
 	cgs   map[string]*testutil.Cgroup
 }
 
-func newEnv(t *testing.T, policy string, units ...string) *env {
+func newEnv(t testing.TB, policy string, units ...string) *env {
 	t.Helper()
 	testutil.RequireRoot(t)
 	e := &env{t: t, agent: testutil.StartAgent(t, capd, policy), cgs: map[string]*testutil.Cgroup{}}
@@ -103,7 +103,7 @@ func (e *env) publishFile(unit, name, content string, flags ...string) {
 	e.mustRun(unit, []*os.File{f}, append([]string{"publish", name, "--fd", "3"}, flags...)...)
 }
 
-func tempFile(t *testing.T, content string) *os.File {
+func tempFile(t testing.TB, content string) *os.File {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "f")
 	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
