@@ -2,8 +2,8 @@ package tests
 
 import (
 	"os/exec"
-	"strings"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 )
