@@ -45,6 +45,9 @@ type Options struct {
 	// runtimes show when a hook fails (and log otherwise).
 	Stdin  io.Reader
 	Stderr io.Writer
+	// HardenAll gives every container, annotated or not, the hidden-process
+	// /proc (hooks.d then runs the hook for all containers).
+	HardenAll bool
 }
 
 // Run handles one hook invocation. Containers without the io.capd.acquire
@@ -59,6 +62,9 @@ func Run(o Options) error {
 	}
 	req, err := oci.ParseRequest(st.ID, st.Annotations)
 	if errors.Is(err, oci.ErrNotOurs) {
+		if o.HardenAll && (st.Status == "creating" || st.Status == "created") && st.Pid > 0 {
+			return hardenOnly(st.ID, st.Pid, st.Bundle)
+		}
 		return nil
 	}
 	if err != nil {
@@ -118,7 +124,7 @@ func create(o Options, req *oci.Request, pid int, bundle string) error {
 			o.warn("container %s: %v", req.ID, r.Err)
 		}
 	}
-	if err := expose(pidfd, b.Root, o.Socket); err != nil {
+	if err := expose(pidfd, b, o.Socket); err != nil {
 		err = fmt.Errorf("container %s: make capd reachable at %s: %w", req.ID, Dir, err)
 		if req.Required {
 			c.Unregister(req.ID)
@@ -141,10 +147,51 @@ func stop(o Options, req *oci.Request) error {
 	return nil
 }
 
+// hardenOnly gives an unannotated container the hidden-process /proc.
+func hardenOnly(id string, pid int, bundle string) error {
+	pidfd, err := linux.PidfdOpen(pid)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	defer linux.Close(pidfd)
+	b, err := oci.ReadBundle(bundle)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	return nsenter.MountNS(pidfd, func() error {
+		rootfd, err := unix.Open(b.Root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return &os.PathError{Op: "open", Path: b.Root, Err: err}
+		}
+		defer linux.Close(rootfd)
+		if err := hideProcesses(rootfd, b); err != nil {
+			return fmt.Errorf("container %s: %w", id, err)
+		}
+		return nil
+	})
+}
+
+// hideProcesses reconfigures the container's procfs (already mounted at
+// root/proc by the runtime, in the container's pid namespace) with
+// hidepid=invisible, and subset=pid unless the runtime still has sysctls
+// to write (runc writes them after the hooks, through /proc/sys).
+func hideProcesses(rootfd int, b *oci.Bundle) error {
+	proc, err := linux.OpenInRoot(rootfd, "proc", unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return fmt.Errorf("the container has no /proc: %w", err)
+	}
+	defer linux.Close(proc)
+	if err := linux.HideProcesses(proc, !b.Sysctls); err != nil {
+		return fmt.Errorf("hide processes in /proc: %w", err)
+	}
+	return nil
+}
+
 // expose mounts, in the mount namespace of the process behind pidfd, a
 // tmpfs at root/run/capd with the agent's socket and this binary bound
-// into it.
-func expose(pidfd int, root, socket string) error {
+// into it, and hides other users' processes in the container's /proc.
+func expose(pidfd int, b *oci.Bundle, socket string) error {
+	root := b.Root
 	// Clone the trees in our own namespace, where the paths make sense.
 	sock, err := linux.CloneTree(socket, false)
 	if err != nil {
@@ -209,6 +256,9 @@ func expose(pidfd int, root, socket string) error {
 				return fmt.Errorf("mount %s: %w", f.name, err)
 			}
 		}
-		return linux.SetReadOnly(dir)
+		if err := linux.SetReadOnly(dir); err != nil {
+			return err
+		}
+		return hideProcesses(rootfd, b)
 	})
 }

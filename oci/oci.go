@@ -132,6 +132,9 @@ type Bundle struct {
 	// the runtime's mount namespace sees it.
 	Root     string
 	ReadOnly bool
+	// Sysctls says the runtime writes sysctls after the hooks run (it then
+	// needs /proc/sys, which procfs subset=pid would hide).
+	Sysctls bool
 }
 
 // ReadBundle reads bundle/config.json.
@@ -142,7 +145,10 @@ func ReadBundle(bundle string) (*Bundle, error) {
 	}
 	defer f.Close()
 	var spec struct {
-		Root *specs.Root `json:"root"`
+		Root  *specs.Root `json:"root"`
+		Linux *struct {
+			Sysctl map[string]string `json:"sysctl"`
+		} `json:"linux"`
 	}
 	if err := json.NewDecoder(io.LimitReader(f, 16<<20)).Decode(&spec); err != nil {
 		return nil, fmt.Errorf("bundle %s config.json: %w", bundle, err)
@@ -154,7 +160,9 @@ func ReadBundle(bundle string) (*Bundle, error) {
 	if !filepath.IsAbs(root) {
 		root = filepath.Join(bundle, root)
 	}
-	return &Bundle{Root: filepath.Clean(root), ReadOnly: spec.Root.Readonly}, nil
+	b := &Bundle{Root: filepath.Clean(root), ReadOnly: spec.Root.Readonly}
+	b.Sysctls = spec.Linux != nil && len(spec.Linux.Sysctl) > 0
+	return b, nil
 }
 
 // HookConfig is one oci-hooks(5) file.
@@ -167,14 +175,16 @@ type HookConfig struct {
 
 // HookWhen is the condition of an oci-hooks(5) file.
 type HookWhen struct {
-	Annotations map[string]string `json:"annotations"`
+	Always      bool              `json:"always,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // HooksD returns the oci-hooks(5) JSON that runs the hook at path (with
 // args, args[0] being the program name) at createRuntime and poststop for
 // containers annotated io.capd.acquire. hooks.d matches annotation keys and
-// values with unanchored regular expressions, so the key is anchored.
-func HooksD(path string, args []string, env []string) ([]byte, error) {
+// values with unanchored regular expressions, so the key is anchored. With
+// always set, the hook runs for every container instead.
+func HooksD(path string, args []string, env []string, always bool) ([]byte, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("hook path %q is not absolute", path)
 	}
@@ -183,6 +193,9 @@ func HooksD(path string, args []string, env []string) ([]byte, error) {
 		Hook:    specs.Hook{Path: path, Args: args, Env: env},
 		When:    HookWhen{Annotations: map[string]string{`^io\.capd\.acquire$`: `.+`}},
 		Stages:  []string{"createRuntime", "poststop"},
+	}
+	if always {
+		c.When = HookWhen{Always: true}
 	}
 	b, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {

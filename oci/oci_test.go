@@ -80,7 +80,7 @@ func TestReadBundle(t *testing.T) {
 // The hooks.d file matches exactly the io.capd.acquire key, as podman
 // applies it: unanchored regular expressions on keys and values.
 func TestHooksD(t *testing.T) {
-	b, err := HooksD("/usr/bin/capd", []string{"capd", "hook"}, nil)
+	b, err := HooksD("/usr/bin/capd", []string{"capd", "hook"}, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestHooksD(t *testing.T) {
 			t.Errorf("annotation %q matched = %v, want %v", key, matched, want)
 		}
 	}
-	if _, err := HooksD("capd", nil, nil); err == nil {
+	if _, err := HooksD("capd", nil, nil, false); err == nil {
 		t.Error("a relative hook path was accepted")
 	}
 }

@@ -5,6 +5,7 @@ package tests
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -41,6 +42,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+func errnoErr(e unix.Errno) error {
+	if e == 0 {
+		return nil
+	}
+	return e
+}
+
 // runRole runs the test binary as a helper program.
 func runRole(role string) int {
 	switch role {
@@ -72,6 +80,52 @@ func runRole(role string) int {
 			"nonblock":       nonblock,
 		}
 		json.NewEncoder(os.Stdout).Encode(out)
+		return 0
+	case "attack":
+		// Try every way to another process's fds; print what each gave.
+		pid, _ := strconv.Atoi(os.Getenv("CAPD_TEST_PID"))
+		fd, _ := strconv.Atoi(os.Getenv("CAPD_TEST_FD"))
+		res := map[string]string{}
+		errno := func(err error) string {
+			if err == nil {
+				return "ok"
+			}
+			var e unix.Errno
+			if errors.As(err, &e) {
+				return unix.ErrnoName(e)
+			}
+			return err.Error()
+		}
+		dir := fmt.Sprintf("/proc/%d/fd", pid)
+		_, err := os.ReadDir(dir)
+		res["readdir"] = errno(err)
+		_, err = os.Readlink(fmt.Sprintf("%s/%d", dir, fd))
+		res["readlink"] = errno(err)
+		f, err := os.Open(fmt.Sprintf("%s/%d", dir, fd))
+		if err == nil {
+			f.Close()
+		}
+		res["reopen"] = errno(err)
+		pidfd, err := unix.PidfdOpen(pid, 0)
+		res["pidfd_open"] = errno(err)
+		if err == nil {
+			got, err := unix.PidfdGetfd(pidfd, fd, 0)
+			if err == nil {
+				unix.Close(got)
+			}
+			res["pidfd_getfd"] = errno(err)
+			unix.Close(pidfd)
+		}
+		_, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(os.Getpid()), uintptr(pid), 0 /* KCMP_FILE */, 0, uintptr(fd), 0)
+		res["kcmp"] = errno(errnoErr(e))
+		if os.Getenv("CAPD_TEST_PTRACE") == "1" {
+			err = unix.PtraceSeize(pid)
+			if err == nil {
+				unix.PtraceDetach(pid)
+			}
+			res["ptrace"] = errno(err)
+		}
+		json.NewEncoder(os.Stdout).Encode(res)
 		return 0
 	case "sendback":
 		// Send fd 3 (a capability from capd acquire) to $CAPD_TEST_BACK.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
@@ -17,6 +18,7 @@ import (
 	"github.com/capd-dev/capd/agent"
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/linux"
 )
 
 func newAgentCmd() *cobra.Command {
@@ -54,6 +56,9 @@ A reload never drops entries, even where a lowered limit is now exceeded.`,
 				return usageErr("--log-level: %v", err)
 			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			if err := privateMountNS(); err != nil {
+				log.Warn("running in the caller's mount namespace", "err", err)
+			}
 			missingOK := !cmd.Flags().Changed("config")
 			if socketPath == "" {
 				socketPath = client.SocketPath()
@@ -65,6 +70,30 @@ A reload never drops entries, even where a lowered limit is now exceeded.`,
 	cmd.Flags().StringVar(&socketPath, "socket", "", "socket path (default $CAPD_SOCKET or "+client.DefaultSocket+")")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
+}
+
+// nsMarker tells the re-executed agent that it already runs in its own
+// mount namespace. Its value is the pid, which exec keeps, so that a marker
+// inherited from elsewhere does not count.
+const nsMarker = "CAPD_AGENT_PRIVATE_NS"
+
+// privateMountNS re-executes the agent in a mount namespace of its own
+// with private propagation (see linux.ExecInNewMountNS), unless it already
+// is. It returns only if that is not possible (no CAP_SYS_ADMIN).
+func privateMountNS() error {
+	pid := strconv.Itoa(os.Getpid())
+	if os.Getenv(nsMarker) == pid {
+		return nil
+	}
+	env := append(os.Environ(), nsMarker+"="+pid)
+	entered, err := linux.ExecInNewMountNS(os.Args, env)
+	if !entered {
+		return err
+	}
+	// Past the unshare: this thread is in a half-set-up namespace.
+	fmt.Fprintf(os.Stderr, "capd: agent: %v\n", err)
+	os.Exit(exitFailure)
+	return nil
 }
 
 func runAgent(ctx context.Context, log *slog.Logger, configPath string, missingOK bool, socketPath string) error {

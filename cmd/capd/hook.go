@@ -18,6 +18,7 @@ const defaultHooksDir = "/usr/share/containers/oci/hooks.d"
 
 func newHookCmd() *cobra.Command {
 	var socket string
+	var hardenAll bool
 	cmd := &cobra.Command{
 		Use:   "hook [--socket PATH]",
 		Short: "OCI hook: give annotated containers their capability fds",
@@ -44,7 +45,14 @@ Processes in the container are then known as container:NAME (or
 container:ID): policy grants that identity, never the annotation. At
 poststop it unregisters the container; if poststop never runs, the agent
 notices the init process exit. Containers without the annotation are left
-alone at once.
+alone at once (unless --harden-all).
+
+It also hides other users' processes in the container's /proc: the procfs
+the runtime mounted is reconfigured with hidepid=invisible, and subset=pid
+(only process directories) unless the runtime still writes sysctls through
+/proc/sys after the hooks (podman does: it sets net.ipv4.ping_group_range).
+A process of another uid in the container, and its /proc/PID/fd, are then
+invisible; root in the container still sees everything.
 
 For runc, add to config.json:
   "hooks": {"createRuntime": [{"path": "/usr/bin/capd", "args": ["capd", "hook"]}],
@@ -55,16 +63,18 @@ For podman and CRI-O, see 'capd hook install'.`,
 			if socket == "" {
 				socket = client.SocketPath()
 			}
-			return hooks.Run(hooks.Options{Socket: socket, Stdin: cmd.InOrStdin(), Stderr: cmd.ErrOrStderr()})
+			return hooks.Run(hooks.Options{Socket: socket, Stdin: cmd.InOrStdin(), Stderr: cmd.ErrOrStderr(), HardenAll: hardenAll})
 		},
 	}
 	cmd.Flags().StringVar(&socket, "socket", "", "the agent's socket (default $CAPD_SOCKET or "+client.DefaultSocket+")")
+	cmd.Flags().BoolVar(&hardenAll, "harden-all", false, "give every container, not only annotated ones, a /proc that hides other users' processes")
 	cmd.AddCommand(newHookInstallCmd())
 	return cmd
 }
 
 func newHookInstallCmd() *cobra.Command {
 	var dir, socket, path string
+	var hardenAll bool
 	cmd := &cobra.Command{
 		Use:   "install [--dir DIR] [--socket PATH] [--path BINARY]",
 		Short: "Write the oci-hooks(5) file that makes podman and CRI-O run capd hook",
@@ -89,7 +99,10 @@ points elsewhere.`,
 			if socket != "" {
 				hookArgs = append(hookArgs, "--socket", socket)
 			}
-			b, err := oci.HooksD(path, hookArgs, nil)
+			if hardenAll {
+				hookArgs = append(hookArgs, "--harden-all")
+			}
+			b, err := oci.HooksD(path, hookArgs, nil, hardenAll)
 			if err != nil {
 				return usageErr("%v", err)
 			}
@@ -112,5 +125,6 @@ points elsewhere.`,
 	cmd.Flags().StringVar(&dir, "dir", defaultHooksDir, "hooks.d directory")
 	cmd.Flags().StringVar(&socket, "socket", "", "agent socket the hook uses (default: the hook's default, "+client.DefaultSocket+")")
 	cmd.Flags().StringVar(&path, "path", "", "capd binary the runtime runs (default: this one)")
+	cmd.Flags().BoolVar(&hardenAll, "harden-all", false, "run the hook for every container, to hide other users' processes in every container's /proc")
 	return cmd
 }

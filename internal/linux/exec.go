@@ -46,3 +46,26 @@ func ExecWithFDs(path string, argv, env []string, fds []int) error {
 	}
 	return os.NewSyscallError("execve "+path, unix.Exec(path, argv, env))
 }
+
+// ExecInNewMountNS re-executes the running binary with argv and env in a
+// new mount namespace whose mounts are all private (no propagation to or
+// from the one it came from). The pid stays the same, and so do fds
+// without FD_CLOEXEC (socket activation survives).
+//
+// A Go process cannot move all its threads into a new mount namespace, but
+// execve(2) keeps only the calling thread: so the thread is locked, given
+// its own filesystem context and mount namespace (unshare), the namespace
+// is made private, and that thread execs. ExecInNewMountNS only returns on
+// failure. entered reports whether the calling thread had already left its
+// mount namespace: it is then never unlocked, and the caller should exit.
+func ExecInNewMountNS(argv, env []string) (entered bool, err error) {
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNS | unix.CLONE_FS); err != nil {
+		runtime.UnlockOSThread() // nothing changed on this thread
+		return false, os.NewSyscallError("unshare CLONE_NEWNS", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return true, os.NewSyscallError("mount --make-rprivate /", err)
+	}
+	return true, os.NewSyscallError("execve /proc/self/exe", unix.Exec("/proc/self/exe", argv, env))
+}

@@ -106,3 +106,28 @@ func SetReadOnly(dir int) error {
 	}
 	return nil
 }
+
+// HideProcesses reconfigures the procfs mounted at the O_PATH fd proc
+// (fspick, fsconfig reconfigure): hidepid=invisible hides the processes of
+// other users from everyone without CAP_SYS_PTRACE, and with subsetPID
+// only the per-process directories remain (no /proc/sys, /proc/kcore, ...).
+// Options of a procfs instance apply to every mount of it.
+func HideProcesses(proc int, subsetPID bool) error {
+	fs, err := unix.Fspick(proc, "", unix.FSPICK_EMPTY_PATH|unix.FSPICK_CLOEXEC)
+	if err != nil {
+		return os.NewSyscallError("fspick /proc", err)
+	}
+	defer Close(fs)
+	if err := unix.FsconfigSetString(fs, "hidepid", "invisible"); err != nil {
+		return os.NewSyscallError("fsconfig hidepid=invisible", err)
+	}
+	if subsetPID {
+		if err := unix.FsconfigSetString(fs, "subset", "pid"); err != nil {
+			return os.NewSyscallError("fsconfig subset=pid", err)
+		}
+	}
+	if err := unix.FsconfigReconfigure(fs); err != nil {
+		return os.NewSyscallError("fsconfig reconfigure /proc", err)
+	}
+	return nil
+}
