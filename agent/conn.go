@@ -155,6 +155,24 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (re
 			}
 		case proto.OpUnregister:
 			err = c.unregister(attrs)
+		case proto.OpAudit:
+			if len(attrs) > 0 {
+				err = proto.Errorf(proto.CodeInvalidRequest, "audit takes no attributes")
+				break
+			}
+			if c.id.UID != 0 {
+				err = proto.Errorf(proto.CodePermissionDenied, "audit reads every process's fds: root only")
+				break
+			}
+			var rep *proto.AuditReport
+			var fd int
+			if rep, err = c.srv.audit(); err == nil {
+				fd, err = auditFD(rep)
+			}
+			if err == nil {
+				m := proto.NewMessage(out, proto.OpAudit, proto.CodeOK)
+				return m.Bytes(), newEntry("", "", fd), false
+			}
 		case proto.OpStatus:
 			var m proto.Builder
 			if m, err = c.status(cfg, attrs, out); err == nil {
@@ -307,6 +325,7 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {
 	}
 	e.pinned = flags&proto.FlagPin != 0
 	e.kind = linux.FdKind(fd)
+	e.dev, e.ino, _ = linux.FileID(fd)
 	e.cgroup = c.id.Cgroup
 	e.ownerCg = c.id.OwnerCgroup
 	e.uid = c.id.UID

@@ -30,6 +30,7 @@ type entry struct {
 	ownerCg   string // the owner cgroup (cgroup.Owner): the entry lives while it has processes, unless pinned
 	epoch     uint64 // the owner cgroup's watch epoch at publish (unpinned entries)
 	uid       uint32 // the publisher's uid: only it or root may replace or revoke
+	dev, ino  uint64 // the file's identity, for audit after the fd is gone
 	published time.Time
 	expires   time.Time // zero: never
 	heapIndex int       // index in the expiry heap, -1 when absent
@@ -74,6 +75,19 @@ type usage struct {
 	owners          int // entries whose owner cgroup is this node
 }
 
+// maxTombs bounds the removed entries audit remembers.
+const maxTombs = 1024
+
+// tombstone is a removed entry: audit reports processes that still hold
+// the same file. Its fd is closed, so an open file description can no
+// longer be compared; the file's inode is.
+type tombstone struct {
+	key
+	kind     string
+	dev, ino uint64
+	removed  time.Time
+}
+
 // store maps (owner, name) to entries, and keeps the per-cgroup accounting
 // that quotas and lifecycle need. Every change to entries, usage and owned
 // happens under mu, so a quota check and the insert it allows are atomic.
@@ -84,6 +98,7 @@ type store struct {
 	timer   *time.Timer
 	closed  bool
 	now     func() time.Time
+	tombs   []tombstone // the last removed entries, oldest first, at most maxTombs
 	usage   map[string]*usage              // cgroup path -> usage of the subtree
 	owned   map[string]map[*entry]struct{} // owner cgroup -> its watched entries
 	watch   *cgroup.Watcher                // nil: entries do not follow their owners
@@ -251,6 +266,11 @@ func (s *store) removeLocked(e *entry) *entry {
 		heap.Remove(&s.exp, e.heapIndex)
 	}
 	s.charge(e, -1)
+	if len(s.tombs) == maxTombs {
+		copy(s.tombs, s.tombs[1:])
+		s.tombs = s.tombs[:maxTombs-1]
+	}
+	s.tombs = append(s.tombs, tombstone{key: e.key, kind: e.kind, dev: e.dev, ino: e.ino, removed: s.now()})
 	if e.watched() {
 		set := s.owned[e.ownerCg]
 		delete(set, e)

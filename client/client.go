@@ -155,7 +155,7 @@ var (
 )
 
 func readOnly(op proto.Op) bool {
-	return op == proto.OpAcquire || op == proto.OpList || op == proto.OpWhoami || op == proto.OpStatus || op == proto.OpRegister
+	return op == proto.OpAcquire || op == proto.OpList || op == proto.OpWhoami || op == proto.OpStatus || op == proto.OpRegister || op == proto.OpAudit
 }
 
 // try makes one request on c.fd. Any failure that could leave a reply
@@ -214,11 +214,11 @@ func (c *Client) try(op proto.Op, sendFD int) ([]byte, int, error) {
 		closeAll(fds)
 		return nil, -1, &proto.Error{Code: h.Code, Message: message(attrs)}
 	}
-	if op != proto.OpAcquire || len(fds) != 1 {
+	if (op != proto.OpAcquire && op != proto.OpAudit) || len(fds) != 1 {
 		closeAll(fds)
-		if op == proto.OpAcquire {
+		if op == proto.OpAcquire || op == proto.OpAudit {
 			c.broken = true
-			return nil, -1, fmt.Errorf("%w: acquire reply carries %d fds", ErrProtocol, len(fds))
+			return nil, -1, fmt.Errorf("%w: %s reply carries %d fds", ErrProtocol, op, len(fds))
 		}
 		return attrs, -1, nil
 	}

@@ -1,7 +1,10 @@
 package client
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
+	"os"
 
 	"github.com/capd-dev/capd/internal/proto"
 )
@@ -111,4 +114,33 @@ func (c *Client) Unregister(id string) error {
 		return fmt.Errorf("unregister container %s: %w", id, err)
 	}
 	return nil
+}
+
+// AuditReport is what Audit returns (see docs/PROTOCOL.md, AUDIT).
+type AuditReport = proto.AuditReport
+
+// AuditEntryReport and AuditHolderReport are the parts of an AuditReport.
+type (
+	AuditEntryReport  = proto.AuditEntry
+	AuditHolderReport = proto.AuditHolder
+)
+
+// Audit asks the agent (root only) which processes hold copies of its
+// entries, and of recently removed ones, and how exposed they are.
+func (c *Client) Audit() (*AuditReport, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := proto.NewMessage(c.out, proto.OpAudit, proto.CodeOK)
+	c.out = m.Bytes()
+	_, fd, err := c.roundTrip(proto.OpAudit, -1)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "capd-audit")
+	defer f.Close()
+	var rep AuditReport
+	if err := json.NewDecoder(io.NewSectionReader(f, 0, 1<<40)).Decode(&rep); err != nil {
+		return nil, fmt.Errorf("audit: report: %w", err)
+	}
+	return &rep, nil
 }

@@ -92,6 +92,7 @@ cgroup:/path), never from the request.
   capd list                           what the caller may see
   capd status                         fd usage, cgroups, quotas (root)
   capd hook                           OCI hook for containers (see 'capd hook --help')
+  capd audit                          who holds copies of capabilities (root)
   capd whoami                         the identity the agent sees
 
 Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.DefaultSocket + `.
@@ -123,6 +124,7 @@ Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.Defaul
 		newStatusCmd(),
 		newWhoamiCmd(),
 		newHookCmd(),
+		newAuditCmd(),
 	)
 	for _, c := range root.Commands() {
 		c.SetUsageTemplate(c.UsageTemplate() + "\n" + exitCodesHelp + "\n")

@@ -223,6 +223,15 @@ func OpenFDs() (int, error) {
 	return len(names) - 1, err // minus the directory's own fd
 }
 
+// FileID returns the device and inode of the file open at fd.
+func FileID(fd int) (dev, ino uint64, err error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, 0, os.NewSyscallError("fstat", err)
+	}
+	return st.Dev, st.Ino, nil
+}
+
 // FdKind classifies the open file behind fd for humans: "socket", "pipe",
 // "memfd", "tmpfile", "file", "dir", "chardev", "blockdev", "eventfd",
 // "pidfd", "anon:NAME" or "unknown".

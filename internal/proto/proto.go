@@ -41,6 +41,7 @@ const (
 	OpStatus     Op = 6
 	OpRegister   Op = 7
 	OpUnregister Op = 8
+	OpAudit      Op = 9
 )
 
 func (o Op) String() string {
@@ -61,6 +62,8 @@ func (o Op) String() string {
 		return "register"
 	case OpUnregister:
 		return "unregister"
+	case OpAudit:
+		return "audit"
 	}
 	return fmt.Sprintf("op(%d)", uint8(o))
 }

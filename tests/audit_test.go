@@ -1,0 +1,200 @@
+package tests
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/testutil"
+)
+
+func (e *env) audit() *client.AuditReport {
+	e.t.Helper()
+	var rep client.AuditReport
+	if err := json.Unmarshal([]byte(e.mustRun("", nil, "audit", "--json").stdout), &rep); err != nil {
+		e.t.Fatal(err)
+	}
+	return &rep
+}
+
+// holders returns the pids holding owner:name, and their uids and fds.
+func holders(entries []client.AuditEntryReport, owner, name string) map[int]client.AuditHolderReport {
+	out := map[int]client.AuditHolderReport{}
+	for _, en := range entries {
+		if en.Owner == owner && en.Name == name {
+			for _, h := range en.Holders {
+				out[h.PID] = h
+			}
+		}
+	}
+	return out
+}
+
+// audit finds exactly the processes holding an entry's open file
+// description (not a process that opened the same file anew), says who
+// they are and whether they are exposed, and after a revoke lists the
+// stale copies.
+func TestAudit(t *testing.T) {
+	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
+	f := tempFile(t, "secret")
+	defer f.Close()
+	// The publisher keeps its copy at fd 3 while it runs.
+	pub := e.cgs["rpm-ostreed.service"].Command("sh", "-c", `"$0" publish zincati-fd --fd 3 && exec sleep 30`, capd)
+	pub.Env, pub.ExtraFiles = e.agent.Env(), []*os.File{f}
+	if err := pub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { pub.Process.Kill(); pub.Wait() }()
+	e.waitNames("", "rpm-ostreed.service:zincati-fd")
+	// A consumer as uid 65534 holds an acquired copy.
+	cons := e.cgs["zincati.service"].Command(capd, "acquire", "rpm-ostreed.service:zincati-fd", "--", "sleep", "30")
+	cons.Env = e.agent.Env()
+	cons.SysProcAttr.Credential = &syscall.Credential{Uid: 65534, Gid: 65534}
+	if err := cons.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cons.Process.Kill(); cons.Wait() }()
+	// Another process opens the same file itself: same inode, another
+	// open file description, not a copy.
+	other := exec.Command("sleep", "30")
+	g, _ := os.Open(f.Name())
+	other.ExtraFiles = []*os.File{g}
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	g.Close()
+	defer func() { other.Process.Kill(); other.Wait() }()
+
+	var h map[int]client.AuditHolderReport
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		h = holders(e.audit().Entries, "rpm-ostreed.service", "zincati-fd")
+		if len(h) >= 3 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// This test process holds the original too.
+	if _, me := h[os.Getpid()]; len(h) != 3 || !me {
+		t.Fatalf("holders %+v, want this process, the publisher %d and the consumer %d", h, pub.Process.Pid, cons.Process.Pid)
+	}
+	p, c := h[pub.Process.Pid], h[cons.Process.Pid]
+	if p.Identity != "rpm-ostreed.service" || p.FD != 3 || p.UID != 0 || p.Exposed {
+		t.Errorf("publisher %+v", p)
+	}
+	if c.Identity != "zincati.service" || c.FD != 3 || c.UID != 65534 || !c.Exposed || c.Dumpable == nil || !*c.Dumpable {
+		t.Errorf("consumer %+v", c)
+	}
+	if _, ok := h[other.Process.Pid]; ok {
+		t.Error("a process that opened the same file anew was reported as a holder")
+	}
+
+	e.mustRun("rpm-ostreed.service", nil, "revoke", "zincati-fd")
+	rep := e.audit()
+	if len(holders(rep.Entries, "rpm-ostreed.service", "zincati-fd")) != 0 {
+		t.Fatal("a revoked entry is still live")
+	}
+	stale := holders(rep.Removed, "rpm-ostreed.service", "zincati-fd")
+	if _, ok := stale[cons.Process.Pid]; !ok {
+		t.Fatalf("after revoke, stale holders %+v lack the consumer", stale)
+	}
+	expectFail(t, e.runAs("", 65534, nil, "audit"), 4, "root only")
+}
+
+// BenchmarkAudit audits a host with 2,000 extra processes holding 10,000
+// extra fds (5 each), with 10 entries, one of them held by every process.
+// Baseline in the same run: a bare walk of /proc/*/fd stating every fd,
+// in this process.
+func BenchmarkAudit(b *testing.B) {
+	testutil.RequireRoot(b)
+	e := newEnv(b, "[[grant]]\nconsumer = \"cgroup:/\"\nacquire = [\"cgroup:/:*\"]\n")
+	c, err := client.Dial(e.agent.Socket)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	files := make([]*os.File, 5)
+	for i := range files {
+		files[i] = tempFile(b, strconv.Itoa(i))
+		defer files[i].Close()
+		if i < 5 {
+			if err := c.Publish("e"+strconv.Itoa(i), files[i], nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	for i := 5; i < 10; i++ {
+		if err := c.Publish("e"+strconv.Itoa(i), files[0], &client.PublishOptions{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var procs []*exec.Cmd
+	defer func() {
+		for _, p := range procs {
+			p.Process.Kill()
+			p.Wait()
+		}
+	}()
+	for i := 0; i < 2000; i++ {
+		p := exec.Command("sleep", "600")
+		p.ExtraFiles = files
+		if err := p.Start(); err != nil {
+			b.Fatalf("start process %d: %v", i, err)
+		}
+		procs = append(procs, p)
+	}
+	var audit, walk []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		rep, err := c.Audit()
+		if err != nil {
+			b.Fatal(err)
+		}
+		audit = append(audit, time.Since(start))
+		if rep.Processes < 2000 || rep.FDs < 10000 {
+			b.Fatalf("audited %d processes, %d fds", rep.Processes, rep.FDs)
+		}
+		start = time.Now()
+		bareWalk()
+		walk = append(walk, time.Since(start))
+	}
+	b.StopTimer()
+	sort.Slice(audit, func(i, j int) bool { return audit[i] < audit[j] })
+	sort.Slice(walk, func(i, j int) bool { return walk[i] < walk[j] })
+	b.ReportMetric(float64(audit[len(audit)/2].Milliseconds()), "audit-ms")
+	b.ReportMetric(float64(audit[len(audit)-1].Milliseconds()), "audit-max-ms")
+	b.ReportMetric(float64(walk[len(walk)/2].Milliseconds()), "bare-walk-ms")
+}
+
+func bareWalk() (n int) {
+	d, _ := os.Open("/proc")
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	var st unix.Stat_t
+	for _, name := range names {
+		if _, err := strconv.Atoi(name); err != nil {
+			continue
+		}
+		dfd, err := unix.Open("/proc/"+name+"/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		f := os.NewFile(uintptr(dfd), "")
+		fds, _ := f.Readdirnames(-1)
+		for _, fd := range fds {
+			if unix.Fstatat(dfd, fd, &st, 0) == nil {
+				n++
+			}
+		}
+		f.Close()
+	}
+	return n
+}
