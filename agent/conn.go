@@ -342,20 +342,31 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {
 
 func (c *conn) revoke(attrs []byte) error {
 	owner, name := c.id.Name, ""
-	var haveName, haveOwner bool
+	var flags uint32
+	var haveName, haveOwner, haveFlags bool
+	var err error
 	it := proto.Attrs(attrs)
-	for t, v, ok := it.Next(); ok; t, v, ok = it.Next() {
+	for t, v, ok := it.Next(); ok && err == nil; t, v, ok = it.Next() {
 		switch {
 		case t == proto.AttrName && !haveName:
 			name, haveName = string(v), true
 		case t == proto.AttrOwner && !haveOwner:
 			owner, haveOwner = string(v), true
+		case t == proto.AttrFlags && !haveFlags:
+			flags, err = proto.U32(v)
+			haveFlags = true
 		default:
 			return badAttr(proto.OpRevoke, t)
 		}
 	}
-	if err := it.Err(); err != nil {
+	if err == nil {
+		err = it.Err()
+	}
+	if err != nil {
 		return err
+	}
+	if flags&^proto.FlagShutdown != 0 {
+		return proto.Errorf(proto.CodeInvalidRequest, "unknown revoke flags %#x", flags)
 	}
 	if !haveName {
 		return proto.Errorf(proto.CodeInvalidRequest, "revoke needs a name")
@@ -363,10 +374,10 @@ func (c *conn) revoke(attrs []byte) error {
 	if owner != c.id.Name && c.id.UID != 0 {
 		return proto.Errorf(proto.CodePermissionDenied, "only root may revoke another owner's entries (%s:%s)", owner, name)
 	}
-	if err := c.srv.store.revoke(owner, name, c.id.UID); err != nil {
+	if err := c.srv.store.revoke(owner, name, c.id.UID, flags&proto.FlagShutdown != 0); err != nil {
 		return err
 	}
-	c.srv.log.Info("revoked", "owner", owner, "name", name, "by", c.id.Name, "uid", c.id.UID, "pid", c.id.PID)
+	c.srv.log.Info("revoked", "owner", owner, "name", name, "by", c.id.Name, "uid", c.id.UID, "pid", c.id.PID, "shutdown", flags&proto.FlagShutdown != 0)
 	return nil
 }
 

@@ -2,11 +2,16 @@ package agent
 
 import (
 	"container/heap"
+	"errors"
+	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/cgroup"
@@ -98,7 +103,7 @@ type store struct {
 	timer   *time.Timer
 	closed  bool
 	now     func() time.Time
-	tombs   []tombstone // the last removed entries, oldest first, at most maxTombs
+	tombs   []tombstone                    // the last removed entries, oldest first, at most maxTombs
 	usage   map[string]*usage              // cgroup path -> usage of the subtree
 	owned   map[string]map[*entry]struct{} // owner cgroup -> its watched entries
 	watch   *cgroup.Watcher                // nil: entries do not follow their owners
@@ -241,7 +246,9 @@ func (s *store) acquire(owner, name string) *entry {
 }
 
 // revoke removes owner:name on behalf of uid: the publishing uid or root.
-func (s *store) revoke(owner, name string, uid uint32) error {
+// With shutdown, a socket entry is first shut down for reading and writing,
+// which every holder's copy shares; other kinds are refused unchanged.
+func (s *store) revoke(owner, name string, uid uint32, shutdown bool) error {
 	s.mu.Lock()
 	e := s.entries[key{owner, name}]
 	switch {
@@ -251,6 +258,15 @@ func (s *store) revoke(owner, name string, uid uint32) error {
 	case e.uid != uid && uid != 0:
 		s.mu.Unlock()
 		return proto.Errorf(proto.CodePermissionDenied, "%s:%s was published by uid %d; only that uid or root may revoke it", owner, name, e.uid)
+	case shutdown && e.kind != "socket":
+		s.mu.Unlock()
+		return proto.Errorf(proto.CodeInvalidRequest, "%s:%s is a %s, not a socket: shutdown cannot reach its other holders (revoke without it)", owner, name, e.kind)
+	}
+	if shutdown {
+		if err := unix.Shutdown(e.fd, unix.SHUT_RDWR); err != nil && !errors.Is(err, unix.ENOTCONN) {
+			s.mu.Unlock()
+			return fmt.Errorf("shutdown %s:%s: %w", owner, name, os.NewSyscallError("shutdown", err))
+		}
 	}
 	s.removeLocked(e)
 	s.mu.Unlock()

@@ -364,15 +364,35 @@ func (c *Client) Revoke(name string) error {
 
 // RevokeOwner removes owner's entry name: root's way to remove entries of
 // any owner (a pinned entry whose service is gone, for instance). Other
-// callers may name only their own identity.
+// callers may name only their own identity ("" means the caller's).
 func (c *Client) RevokeOwner(owner, name string) error {
+	return c.revoke(owner, name, 0)
+}
+
+// RevokeShutdown revokes a socket entry after shutting the socket down
+// (SHUT_RDWR): every copy handed out, in every holder, stops working, which
+// closing the agent's copy alone cannot do. Entries of other kinds are
+// refused with ErrInvalidRequest. owner "" means the caller's.
+func (c *Client) RevokeShutdown(owner, name string) error {
+	return c.revoke(owner, name, proto.FlagShutdown)
+}
+
+func (c *Client) revoke(owner, name string, flags uint32) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m := proto.NewMessage(c.out, proto.OpRevoke, proto.CodeOK)
-	m.String(proto.AttrOwner, owner)
+	if owner != "" {
+		m.String(proto.AttrOwner, owner)
+	}
 	m.String(proto.AttrName, name)
+	if flags != 0 {
+		m.U32(proto.AttrFlags, flags)
+	}
 	c.out = m.Bytes()
 	if _, _, err := c.roundTrip(proto.OpRevoke, -1); err != nil {
+		if owner == "" {
+			return fmt.Errorf("revoke %s: %w", name, err)
+		}
 		return fmt.Errorf("revoke %s:%s: %w", owner, name, err)
 	}
 	return nil

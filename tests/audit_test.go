@@ -198,3 +198,49 @@ func bareWalk() (n int) {
 	}
 	return n
 }
+
+// revoke --shutdown reaches the copies already handed out for a socket
+// entry: a consumer blocked reading its copy sees end-of-file. Other kinds
+// are refused and stay published.
+func TestRevokeShutdown(t *testing.T) {
+	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine, theirs := os.NewFile(uintptr(fds[0]), "a"), os.NewFile(uintptr(fds[1]), "b")
+	defer mine.Close()
+	e.mustRun("rpm-ostreed.service", []*os.File{theirs}, "publish", "zincati-fd", "--fd", "3")
+	theirs.Close()
+	e.publishFile("rpm-ostreed.service", "foo-op-fd", "x")
+	cons := e.cgs["zincati.service"].Command(capd, "acquire", "rpm-ostreed.service:zincati-fd", "--", "sh", "-c", "cat <&3; echo eof-seen")
+	cons.Env = e.agent.Env()
+	out := &testutil.LogBuffer{}
+	cons.Stdout = out
+	if err := cons.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cons.Process.Kill(); cons.Wait() }()
+	mine.Write([]byte("hello\n"))
+	for deadline := time.Now().Add(5 * time.Second); out.String() != "hello\n"; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer output %q", out)
+		}
+	}
+	expectFail(t, e.run("rpm-ostreed.service", nil, "revoke", "--shutdown", "foo-op-fd"), 1, "not a socket")
+	e.mustRun("rpm-ostreed.service", nil, "revoke", "--shutdown", "zincati-fd")
+	done := make(chan error, 1)
+	go func() { done <- cons.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the consumer's copy still works after revoke --shutdown")
+	}
+	if out.String() != "hello\neof-seen\n" {
+		t.Fatalf("consumer output %q", out)
+	}
+	if _, err := mine.Write([]byte("x")); err == nil {
+		t.Error("the publisher's peer end can still write into the shut down socket")
+	}
+	e.waitNames("", "rpm-ostreed.service:foo-op-fd")
+}

@@ -8,8 +8,9 @@ import (
 
 func newRevokeCmd() *cobra.Command {
 	var owner string
+	var shutdown bool
 	cmd := &cobra.Command{
-		Use:   "revoke [--owner IDENTITY] NAME",
+		Use:   "revoke [--owner IDENTITY] [--shutdown] NAME",
 		Short: "Remove one of the caller's entries (root: anyone's)",
 		Long: `Remove the entry NAME owned by the caller's identity. The agent closes its
 copy and forgets the name: later acquires fail with not-found. Copies handed
@@ -18,8 +19,15 @@ with kcmp (client.Token) stops accepting them once it closes its own copy.
 
 Only the uid that published an entry, or root, may revoke it. Root may name
 another owner with --owner, e.g. to remove the pinned entries of a service
-that is gone for good.`,
+that is gone for good.
+
+--shutdown makes revocation reach the copies already handed out, where
+Linux allows it: for a socket entry the agent first calls shutdown(2) with
+SHUT_RDWR, which acts on the socket itself, so every holder's copy reads
+end-of-file and fails to write. Other kinds are refused with --shutdown
+(see docs/SECURITY.md for what revocation means per fd kind).`,
 		Example: `  capd revoke foo-op-fd
+  capd revoke --shutdown zincati-fd
   sudo capd revoke --owner rpm-ostreed.service foo-op-fd`,
 		Args: exactArgs(1, "exactly one NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -34,12 +42,16 @@ that is gone for good.`,
 				return err
 			}
 			defer c.Close()
-			if owner != "" {
+			switch {
+			case shutdown:
+				return c.RevokeShutdown(owner, args[0])
+			case owner != "":
 				return c.RevokeOwner(owner, args[0])
 			}
 			return c.Revoke(args[0])
 		},
 	}
 	cmd.Flags().StringVar(&owner, "owner", "", "revoke an entry of this owner identity (root only)")
+	cmd.Flags().BoolVar(&shutdown, "shutdown", false, "shut a socket entry down first, so that every copy stops working")
 	return cmd
 }

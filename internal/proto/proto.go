@@ -117,6 +117,9 @@ const (
 	// FlagRequired (REGISTER): refuse the registration if any requested
 	// entry could not be acquired.
 	FlagRequired uint32 = 1 << 2
+	// FlagShutdown (REVOKE): shut a socket entry down before dropping it,
+	// so that every copy handed out stops working.
+	FlagShutdown uint32 = 1 << 3
 )
 
 // Code is a stable error code. Zero means success.
