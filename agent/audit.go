@@ -194,6 +194,8 @@ func (s *Server) holder(pid, pidfd int, hidden map[string]bool, scope int) proto
 		}
 		if !h.ProcHidden {
 			h.Exposure = append(h.Exposure, "/proc without hidepid: visible to every uid in its mount namespace")
+		} else {
+			h.Exposure = append(h.Exposure, "its /proc has hidepid: only processes outside its mount namespace (or sharing its uid) find it")
 		}
 	}
 	return h
@@ -218,22 +220,23 @@ func procUID(pid int) (int, bool) {
 	return 0, false
 }
 
-// procHasHidepid reports whether the /proc mount in pid's mount namespace
-// hides other processes.
+// procHasHidepid reports whether the /proc in pid's mount namespace (the
+// last mount on /proc, which hides those below it) hides other processes.
 func procHasHidepid(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/mountinfo")
 	if err != nil {
 		return false
 	}
+	hidden := false
 	for _, l := range strings.Split(string(b), "\n") {
 		f := strings.Fields(l)
 		if len(f) < 5 || f[4] != "/proc" {
 			continue
 		}
-		return strings.Contains(l, "hidepid=invisible") || strings.Contains(l, "hidepid=noaccess") ||
+		hidden = strings.Contains(l, "hidepid=invisible") || strings.Contains(l, "hidepid=noaccess") ||
 			strings.Contains(l, "hidepid=2") || strings.Contains(l, "hidepid=4") || strings.Contains(l, "hidepid=ptraceable")
 	}
-	return false
+	return hidden
 }
 
 // ptraceScope reads Yama's ptrace_scope, -1 without Yama.

@@ -69,3 +69,12 @@ func verifyFDs(a, b int) (bool, error) {
 	}
 	return same, err
 }
+
+// Harden makes the calling process non-dumpable (PR_SET_DUMPABLE 0): other
+// processes of its uid can then no longer ptrace it, pidfd_getfd its fds or
+// open /proc/PID/fd; only CAP_SYS_PTRACE can. A consumer started by `capd
+// acquire` calls it first thing: the flag does not survive execve, so capd
+// cannot set it for the consumer. Core dumps are disabled too.
+func Harden() error {
+	return linux.SetNonDumpable()
+}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"sort"
+	"strings"
 	"strconv"
 	"syscall"
 	"testing"
@@ -243,4 +244,33 @@ func TestRevokeShutdown(t *testing.T) {
 		t.Error("the publisher's peer end can still write into the shut down socket")
 	}
 	e.waitNames("", "rpm-ostreed.service:foo-op-fd")
+}
+
+// capd acquire --private-proc gives the consumer a /proc that hides other
+// users' processes, which survives exec; audit sees it.
+func TestAcquirePrivateProc(t *testing.T) {
+	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
+	e.publishFile("rpm-ostreed.service", "zincati-fd", "x")
+	cons := e.cgs["zincati.service"].Command(capd, "acquire", "--private-proc", "rpm-ostreed.service:zincati-fd", "--",
+		"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "sh", "-c",
+		`test -e /proc/1; echo "see-1: $?"; exec sleep 30`)
+	cons.Env = e.agent.Env()
+	out := &testutil.LogBuffer{}
+	cons.Stdout, cons.Stderr = out, out
+	if err := cons.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cons.Process.Kill(); cons.Wait() }()
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(out.String(), "see-1:"); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer output %q", out)
+		}
+	}
+	if !strings.Contains(out.String(), "see-1: 1") {
+		t.Fatalf("uid 65534 under --private-proc sees pid 1: %q", out)
+	}
+	h := holders(e.audit().Entries, "rpm-ostreed.service", "zincati-fd")[cons.Process.Pid]
+	if h.PID == 0 || !h.ProcHidden || !h.Exposed {
+		t.Fatalf("audit of the consumer: %+v", h)
+	}
 }

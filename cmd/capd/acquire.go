@@ -17,7 +17,7 @@ import (
 )
 
 func newAcquireCmd() *cobra.Command {
-	var optional bool
+	var optional, privateProc bool
 	cmd := &cobra.Command{
 		Use:   "acquire [--optional] OWNER:NAME... -- COMMAND [ARG...]",
 		Short: "Run COMMAND with acquired fds, socket-activation style",
@@ -36,7 +36,18 @@ the caller's environment are replaced.
 An entry that is absent (not-found) or not granted (permission-denied) makes
 capd fail before COMMAND runs, naming the entry and the reason. With
 --optional such entries are skipped with a warning and the rest delivered;
-with no fd left, LISTEN_* are unset.`,
+with no fd left, LISTEN_* are unset.
+
+Exposure. Whoever may ptrace COMMAND can take its fds (pidfd_getfd) or
+reopen /proc/PID/fd/N. What capd can set before exec and what survives it:
+  - non-dumpable (PR_SET_DUMPABLE 0): reset by execve, so COMMAND must set
+    it itself (client.Harden in Go) once it started;
+  - --private-proc: COMMAND gets a mount namespace of its own with a /proc
+    mounted hidepid=invisible (needs CAP_SYS_ADMIN); namespaces survive
+    execve, so processes of other users that share it cannot see COMMAND;
+  - a uid of its own (setpriv, systemd's DynamicUser=): the strongest
+    separation short of CAP_SYS_PTRACE, and it survives execve.
+See docs/SECURITY.md and 'capd audit'.`,
 		Example: `  capd acquire rpm-ostreed.service:zincati-fd -- zincati agent
   capd acquire --optional a.service:x b.service:y -- ./server`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -53,14 +64,15 @@ with no fd left, LISTEN_* are unset.`,
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dash := cmd.ArgsLenAtDash()
-			return acquireExec(cmd, args[:dash], args[dash:], optional)
+			return acquireExec(cmd, args[:dash], args[dash:], optional, privateProc)
 		},
 	}
 	cmd.Flags().BoolVar(&optional, "optional", false, "skip entries that are absent or not granted instead of failing")
+	cmd.Flags().BoolVar(&privateProc, "private-proc", false, "run COMMAND in its own mount namespace with a /proc that hides other users' processes (hidepid=invisible)")
 	return cmd
 }
 
-func acquireExec(cmd *cobra.Command, refs, command []string, optional bool) error {
+func acquireExec(cmd *cobra.Command, refs, command []string, optional, privateProc bool) error {
 	type ref struct{ owner, name string }
 	parsed := make([]ref, len(refs))
 	for i, r := range refs {
@@ -120,7 +132,7 @@ func acquireExec(cmd *cobra.Command, refs, command []string, optional bool) erro
 			"LISTEN_FDNAMES="+strings.Join(names, ":"),
 			"LISTEN_PID="+strconv.Itoa(os.Getpid()))
 	}
-	err = linux.ExecWithFDs(path, command, env, fds)
+	err = linux.ExecWithFDs(path, command, env, fds, privateProc)
 	// Only reached on failure, on a thread whose fd table was rearranged:
 	// report on fd 2 (untouched) and exit at once.
 	fmt.Fprintf(os.Stderr, "capd: acquire: %v\n", err)

@@ -20,10 +20,25 @@ import (
 // ExecWithFDs only returns on failure, and then the calling thread's fd
 // table no longer matches the rest of the process: the caller must report
 // the error on fd 2 and exit without doing anything else.
-func ExecWithFDs(path string, argv, env []string, fds []int) error {
+//
+// With privateProc the program also gets a mount namespace of its own
+// (private propagation) with a new /proc mounted hidepid=invisible, so that
+// other users' processes that share it cannot see it in /proc.
+func ExecWithFDs(path string, argv, env []string, fds []int, privateProc bool) error {
 	runtime.LockOSThread() // never unlocked: this thread execs or dies
 	if err := unix.Unshare(unix.CLONE_FILES); err != nil {
 		return os.NewSyscallError("unshare CLONE_FILES", err)
+	}
+	if privateProc {
+		if err := unix.Unshare(unix.CLONE_NEWNS | unix.CLONE_FS); err != nil {
+			return os.NewSyscallError("unshare CLONE_NEWNS", err)
+		}
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			return os.NewSyscallError("mount --make-rprivate /", err)
+		}
+		if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "hidepid=invisible"); err != nil {
+			return os.NewSyscallError("mount /proc hidepid=invisible", err)
+		}
 	}
 	n := len(fds)
 	// Park every fd above the target range first, so that no dup3 below can
