@@ -34,6 +34,7 @@ bench:
 	./bench/acquire.sh
 	./bench/drop-delay.sh
 	./bench/hook.sh
+	./bench/audit.sh
 
 clean:
 	rm -rf $(BIN)
