@@ -336,6 +336,7 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {
 	if err := c.srv.store.publish(e, flags&proto.FlagReplace != 0, cfg, c.srv.maxEntries(cfg)); err != nil {
 		return err
 	}
+	c.srv.store.synced() // acknowledged only once systemd holds it
 	c.srv.log.Info("published", "owner", e.owner, "name", e.name, "kind", e.kind, "pin", e.pinned, "ttl", time.Duration(ttl)*time.Millisecond, "pid", c.id.PID)
 	return nil
 }
@@ -377,6 +378,7 @@ func (c *conn) revoke(attrs []byte) error {
 	if err := c.srv.store.revoke(owner, name, c.id.UID, flags&proto.FlagShutdown != 0); err != nil {
 		return err
 	}
+	c.srv.store.synced()
 	c.srv.log.Info("revoked", "owner", owner, "name", name, "by", c.id.Name, "uid", c.id.UID, "pid", c.id.PID, "shutdown", flags&proto.FlagShutdown != 0)
 	return nil
 }

@@ -90,13 +90,19 @@ func cgroupOf(pidfd, pid int, r *cgroup.Resolver) (string, error) {
 	if oldKernel.Load() {
 		info, err = nil, unix.ENOTTY
 	}
-	switch {
-	case err == nil && info.Mask&unix.PIDFD_INFO_CGROUPID != 0:
-		p, err := r.PathByID(info.Cgroupid)
-		if err != nil {
-			return "", fmt.Errorf("cgroup of pid %d: %w", info.Pid, err)
+	if err == nil && info.Mask&unix.PIDFD_INFO_CGROUPID != 0 {
+		p, perr := r.PathByID(info.Cgroupid)
+		if perr == nil {
+			return p, nil
 		}
-		return p, nil
+		// open_by_handle_at needs CAP_DAC_READ_SEARCH in the initial user
+		// namespace, which a containerized agent (systemd-nspawn) lacks:
+		// fall back to /proc, checked against the pidfd below.
+		if !errors.Is(perr, unix.EPERM) {
+			return "", fmt.Errorf("cgroup of pid %d: %w", info.Pid, perr)
+		}
+	}
+	switch {
 	case err == nil, errors.Is(err, unix.ENOTTY), errors.Is(err, unix.EINVAL):
 		if pid == 0 {
 			if pid, err = linux.PidfdPid(pidfd); err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/internal/fdpass"
+	"github.com/capd-dev/capd/internal/fdstore"
 	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/proto"
 )
@@ -73,6 +74,12 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.store.watch = s.watcher
+	fs, err := fdstore.Open()
+	if err != nil {
+		log.Warn("systemd's notification socket is unusable; entries will not survive a restart", "err", err)
+	} else if fs != nil {
+		s.store.persist = &persist{fs: fs, log: log, st: s.store}
+	}
 	s.reg, err = newRegistry(s.containerExited)
 	if err != nil {
 		s.watcher.Close()
@@ -262,6 +269,9 @@ func (s *Server) Close() error {
 		return fmt.Errorf("%d connections still running; server fds left open", busy)
 	}
 	s.reg.close()
+	if s.store.persist != nil {
+		s.store.persist.fs.Close()
+	}
 	s.watcher.Close()
 	s.resolver.Close()
 	return linux.Close(s.wake)

@@ -36,6 +36,7 @@ type entry struct {
 	epoch     uint64 // the owner cgroup's watch epoch at publish (unpinned entries)
 	uid       uint32 // the publisher's uid: only it or root may replace or revoke
 	dev, ino  uint64 // the file's identity, for audit after the fd is gone
+	sid       string // its name in systemd's fd store ("" without systemd)
 	published time.Time
 	expires   time.Time // zero: never
 	heapIndex int       // index in the expiry heap, -1 when absent
@@ -107,6 +108,7 @@ type store struct {
 	usage   map[string]*usage              // cgroup path -> usage of the subtree
 	owned   map[string]map[*entry]struct{} // owner cgroup -> its watched entries
 	watch   *cgroup.Watcher                // nil: entries do not follow their owners
+	persist *persist                       // nil: not run by systemd with an fd store
 }
 
 func newStore() *store {
@@ -194,6 +196,13 @@ func within(c, p string) bool {
 }
 
 func (s *store) insertLocked(e *entry) {
+	s.insertLockedNoPersist(e)
+	if s.persist != nil {
+		s.persist.added(e)
+	}
+}
+
+func (s *store) insertLockedNoPersist(e *entry) {
 	s.entries[e.key] = e
 	if !e.expires.IsZero() {
 		heap.Push(&s.exp, e)
@@ -282,6 +291,9 @@ func (s *store) removeLocked(e *entry) *entry {
 		heap.Remove(&s.exp, e.heapIndex)
 	}
 	s.charge(e, -1)
+	if s.persist != nil && !s.closed {
+		s.persist.removed(e)
+	}
 	if len(s.tombs) == maxTombs {
 		copy(s.tombs, s.tombs[1:])
 		s.tombs = s.tombs[:maxTombs-1]
@@ -308,6 +320,9 @@ func (s *store) dropOwned(p string) int {
 	}
 	s.mu.Unlock()
 	releaseAll(dead)
+	if len(dead) > 0 {
+		s.synced()
+	}
 	return len(dead)
 }
 
@@ -324,6 +339,9 @@ func (s *store) ownerEmptied(p string, epoch uint64) int {
 	}
 	s.mu.Unlock()
 	releaseAll(dead)
+	if len(dead) > 0 {
+		s.synced()
+	}
 	return len(dead)
 }
 
@@ -346,6 +364,18 @@ func (s *store) expire() {
 	}
 	s.mu.Unlock()
 	releaseAll(dead)
+	if len(dead) > 0 {
+		s.synced()
+	}
+}
+
+// synced brings systemd's copy of the metadata up to date, if there is one.
+func (s *store) synced() {
+	if s.persist != nil {
+		if err := s.persist.sync(); err != nil {
+			s.persist.log.Error("cannot update the stored metadata", "err", err)
+		}
+	}
 }
 
 // snapshot returns the entries that visible admits, sorted by owner then

@@ -7,6 +7,7 @@ packages=(
   util-linux      # setpriv, nsenter
   runc podman     # real container runtimes for the OCI hook tests
   busybox-static  # the test containers' rootfs
+  systemd-container  # systemd-nspawn: a real systemd PID 1 for the fd store tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
@@ -114,11 +115,18 @@ func runAgent(ctx context.Context, log *slog.Logger, configPath string, missingO
 		}
 	}()
 
-	l, err := listener(socketPath)
+	l, stored, err := listener(socketPath)
 	if err != nil {
+		for _, fd := range stored {
+			unix.Close(fd)
+		}
 		return err
 	}
 	defer l.Close()
+	if len(stored) > 0 {
+		n := srv.Restore(stored)
+		log.Info("restored entries from systemd's fd store", "entries", n)
+	}
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
@@ -167,27 +175,37 @@ loop:
 }
 
 // listener returns the socket-activated listener if systemd passed one,
-// else binds socketPath.
-func listener(socketPath string) (*agent.Listener, error) {
-	files := activation.Files(true)
-	switch len(files) {
+// else binds socketPath. It also returns the fds systemd kept in the
+// service's fd store (entries and their metadata), by name, for Restore.
+func listener(socketPath string) (*agent.Listener, map[string]int, error) {
+	stored := map[string]int{}
+	var socks []int
+	for _, f := range activation.Files(true) {
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 3)
+		name := f.Name()
+		f.Close()
+		if err != nil {
+			return nil, nil, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", err)
+		}
+		if strings.HasPrefix(name, "e-") || strings.HasPrefix(name, "capd-meta-") {
+			stored[name] = fd
+		} else {
+			socks = append(socks, fd)
+		}
+	}
+	switch len(socks) {
 	case 0:
 		l, err := agent.Listen(socketPath)
 		if errors.Is(err, agent.ErrAgentRunning) {
-			return nil, &exitError{code: exitBusy, err: err}
+			err = &exitError{code: exitBusy, err: err}
 		}
-		return l, err
+		return l, stored, err
 	case 1:
-		fd, err := unix.Dup(int(files[0].Fd()))
-		files[0].Close()
-		if err != nil {
-			return nil, os.NewSyscallError("dup", err)
-		}
-		return agent.FileListener(fd)
-	default:
-		for _, f := range files {
-			f.Close()
-		}
-		return nil, fmt.Errorf("systemd passed %d sockets; capd takes exactly one", len(files))
+		l, err := agent.FileListener(socks[0])
+		return l, stored, err
 	}
+	for _, fd := range socks {
+		unix.Close(fd)
+	}
+	return nil, stored, fmt.Errorf("systemd passed %d sockets; capd takes exactly one", len(socks))
 }

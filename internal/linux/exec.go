@@ -3,6 +3,7 @@ package linux
 import (
 	"os"
 	"runtime"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -82,5 +83,11 @@ func ExecInNewMountNS(argv, env []string) (entered bool, err error) {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return true, os.NewSyscallError("mount --make-rprivate /", err)
 	}
-	return true, os.NewSyscallError("execve /proc/self/exe", unix.Exec("/proc/self/exe", argv, env))
+	// Exec the file behind /proc/self/exe by its path, so that the process
+	// keeps its name (comm) rather than becoming "exe".
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil || strings.HasSuffix(exe, " (deleted)") {
+		exe = "/proc/self/exe"
+	}
+	return true, os.NewSyscallError("execve "+exe, unix.Exec(exe, argv, env))
 }
