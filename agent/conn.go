@@ -160,8 +160,8 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (re
 				err = proto.Errorf(proto.CodeInvalidRequest, "audit takes no attributes")
 				break
 			}
-			if c.id.UID != 0 {
-				err = proto.Errorf(proto.CodePermissionDenied, "audit reads every process's fds: root only")
+			if !c.hostRoot() {
+				err = proto.Errorf(proto.CodePermissionDenied, "audit reads every process's fds: root outside containers only")
 				break
 			}
 			var rep *proto.AuditReport
@@ -215,6 +215,10 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (re
 	fatal = perr.Code == proto.CodeInvalidRequest || perr.Code == proto.CodeUnsupportedVersion
 	return m.Bytes(), nil, fatal
 }
+
+// hostRoot reports whether the caller is root outside registered
+// containers: only it may act on other owners' entries or see them all.
+func (c *conn) hostRoot() bool { return c.id.UID == 0 && c.id.Container == "" }
 
 // granted reports whether policy lets the caller, by any of its names,
 // acquire owner:name.
@@ -372,10 +376,14 @@ func (c *conn) revoke(attrs []byte) error {
 	if !haveName {
 		return proto.Errorf(proto.CodeInvalidRequest, "revoke needs a name")
 	}
-	if owner != c.id.Name && c.id.UID != 0 {
-		return proto.Errorf(proto.CodePermissionDenied, "only root may revoke another owner's entries (%s:%s)", owner, name)
+	if owner != c.id.Name && !c.hostRoot() {
+		return proto.Errorf(proto.CodePermissionDenied, "only root outside containers may revoke another owner's entries (%s:%s)", owner, name)
 	}
-	if err := c.srv.store.revoke(owner, name, c.id.UID, flags&proto.FlagShutdown != 0); err != nil {
+	uid := c.id.UID
+	if uid == 0 && !c.hostRoot() {
+		uid = ^uint32(0) // root in a container: only what it published itself
+	}
+	if err := c.srv.store.revoke(owner, name, uid, flags&proto.FlagShutdown != 0); err != nil {
 		return err
 	}
 	c.srv.store.synced()
@@ -399,8 +407,8 @@ func (c *conn) status(cfg *policy.Config, attrs []byte, out []byte) (proto.Build
 	if err := it.Err(); err != nil {
 		return proto.Builder{}, err
 	}
-	if c.id.UID != 0 {
-		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "status shows every cgroup's entries: root only")
+	if !c.hostRoot() {
+		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "status shows every cgroup's entries: root outside containers only")
 	}
 	s := c.srv
 	limit, _ := s.Capacity(cfg)
@@ -467,7 +475,7 @@ func (c *conn) list(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder
 		return proto.Builder{}, err
 	}
 	me := c.id.Name
-	root := c.id.UID == 0
+	root := c.hostRoot()
 	entries := c.srv.store.snapshot(func(e *entry) bool {
 		if haveAfter && !less(after, e.key) {
 			return false

@@ -181,7 +181,12 @@ func (r *registry) run() {
 				r.mu.Unlock()
 				return
 			}
+			// The fd number may belong to a newer registration by now:
+			// act only on an init that really exited.
 			if c := r.byFD[int(ev.Fd)]; c != nil {
+				if alive, err := linux.PidfdAlive(c.pidfd); err == nil && alive {
+					continue
+				}
 				r.removeLocked(c)
 				exited = append(exited, c)
 			}

@@ -262,7 +262,7 @@ func (s *store) restore(e *entry, now time.Time) error {
 		return drop(errors.New("expired"))
 	}
 	if e.watched() {
-		epoch, populated, err := s.watch.Add(e.ownerCg)
+		epoch, populated, _, err := s.watch.Add(e.ownerCg)
 		if err != nil {
 			return drop(err)
 		}

@@ -113,8 +113,9 @@ func (s *Server) Reload(cfg *policy.Config) {
 func rootReserve(cfg *policy.Config) int { return min(8, cfg.Agent.MaxConnections/8) }
 
 // fdReserve is how many fds the agent keeps beside its entries: one socket
-// per connection plus the fds a request may carry in flight, and its own.
-func fdReserve(cfg *policy.Config) int { return 2*cfg.Agent.MaxConnections + 64 }
+// per connection plus the fds a request may carry in flight (up to
+// maxRecvFDs before the surplus is closed), and its own.
+func fdReserve(cfg *policy.Config) int { return (1+maxRecvFDs)*cfg.Agent.MaxConnections + 64 }
 
 // Capacity returns the soft RLIMIT_NOFILE and how many entries fit in it
 // under cfg.

@@ -135,8 +135,17 @@ func (s *store) publish(e *entry, replace bool, cfg *policy.Config, max int) err
 	old := s.entries[e.key]
 	err := s.admitLocked(e, old, replace, cfg, max)
 	if err == nil && e.watched() {
-		var populated bool
-		e.epoch, populated, err = s.watch.Add(e.ownerCg)
+		var populated, recreated bool
+		e.epoch, populated, recreated, err = s.watch.Add(e.ownerCg)
+		if err == nil && recreated {
+			// The owner cgroup was removed and created again: the
+			// unpinned entries of the old one go now.
+			for o := range s.owned[e.ownerCg] {
+				if o.epoch < e.epoch && o != old {
+					dead = append(dead, s.removeLocked(o))
+				}
+			}
+		}
 		if err == nil && !populated {
 			s.watch.Remove(e.ownerCg)
 			err = proto.Errorf(proto.CodePermissionDenied, "owner cgroup %s has no processes left: an unpinned entry would be dropped at once (publish with pin to outlive the service)", e.ownerCg)

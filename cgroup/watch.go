@@ -49,8 +49,11 @@ func Populated(dir string) (bool, error) {
 // goroutine serve every watched cgroup: there is no timer or goroutine per
 // cgroup and no polling.
 //
-// Each watched path has an epoch that grows every time the cgroup is seen
-// empty (or removed). Add returns the current epoch together with the
+// Each watched path has an epoch, taken from one counter for the whole
+// watcher, that grows every time the cgroup is seen empty (or removed); a
+// watch created anew starts at the counter's current value, so a report
+// still in flight for an earlier watch of the same path can never concern
+// holders of the new one. Add returns the current epoch together with the
 // populated state it read under the same lock as the watcher's own reads,
 // so a caller that records the epoch can tell whether an emptying reported
 // later happened before or after its Add: OnEmpty(path, epoch) concerns
@@ -63,6 +66,7 @@ type Watcher struct {
 	done    chan struct{}
 
 	mu      sync.Mutex
+	epoch   uint64 // the last epoch handed out, for every path
 	paths   map[string]*watch
 	wds     map[int32]*watch // cgroup.events watches
 	parents map[string]*parent
@@ -71,7 +75,8 @@ type Watcher struct {
 
 type watch struct {
 	path  string
-	wd    int32 // -1 while there is no inotify watch (never added, or cgroup removed)
+	wd    int32  // -1 while there is no inotify watch (never added, or cgroup removed)
+	ino   uint64 // inode of the cgroup directory the watch is on
 	refs  int
 	epoch uint64
 }
@@ -125,19 +130,23 @@ func Watchable(p string) bool { return p != "/" }
 
 // Add takes a reference on the watch of cgroup path p, creating it on first
 // use, and returns the path's epoch and whether the cgroup has processes
-// now. A cgroup that does not exist reads as not populated. Each Add must
-// be balanced by one Remove, whatever it returned, unless it failed.
-func (w *Watcher) Add(p string) (epoch uint64, populated bool, err error) {
+// now. A cgroup that does not exist reads as not populated. If the watch
+// was on a cgroup that has since been removed and created again at p,
+// that earlier cgroup counts as emptied: the epoch returned is a new one,
+// and recreated says that holders with an older epoch belong to the old
+// cgroup (no report is sent for it). Each Add must be balanced by one
+// Remove, whatever it returned, unless it failed.
+func (w *Watcher) Add(p string) (epoch uint64, populated, recreated bool, err error) {
 	if !Watchable(p) {
-		return 0, false, fmt.Errorf("cgroup %s cannot be watched", p)
+		return 0, false, false, fmt.Errorf("cgroup %s cannot be watched", p)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	wt := w.paths[p]
 	if wt == nil {
-		wt = &watch{path: p, wd: -1}
+		wt = &watch{path: p, wd: -1, epoch: w.epoch}
 		if err := w.addParentLocked(wt); err != nil {
-			return 0, false, err
+			return 0, false, false, err
 		}
 	}
 	dir := w.dir(p)
@@ -152,25 +161,34 @@ func (w *Watcher) Add(p string) (epoch uint64, populated bool, err error) {
 		if wt.refs == 0 {
 			w.dropLocked(wt)
 		}
-		return 0, false, fmt.Errorf("watch cgroup %s: %w", p, os.NewSyscallError("inotify_add_watch", err))
+		return 0, false, false, fmt.Errorf("watch cgroup %s: %w", p, os.NewSyscallError("inotify_add_watch", err))
 	case int32(wd) != wt.wd:
 		if wt.wd >= 0 {
 			delete(w.wds, wt.wd)
 			unix.InotifyRmWatch(w.fd, uint32(wt.wd))
+			if wt.refs > 0 {
+				w.epoch++
+				wt.epoch = w.epoch
+				recreated = true
+			}
 		}
 		wt.wd = int32(wd)
 		w.wds[wt.wd] = wt
+		var st unix.Stat_t
+		if unix.Stat(dir, &st) == nil {
+			wt.ino = st.Ino
+		}
 	}
 	populated, err = Populated(dir)
 	if err != nil {
 		if wt.refs == 0 {
 			w.dropLocked(wt)
 		}
-		return 0, false, err
+		return 0, false, false, err
 	}
 	wt.refs++
 	w.paths[p] = wt
-	return wt.epoch, populated, nil
+	return wt.epoch, populated, recreated, nil
 }
 
 // Remove drops one reference on p's watch; the last one removes it.
@@ -282,7 +300,8 @@ func (w *Watcher) handle(b []byte, out []fired) []fired {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	emptied := func(wt *watch) {
-		wt.epoch++
+		w.epoch++
+		wt.epoch = w.epoch
 		out = append(out, fired{wt.path, wt.epoch})
 	}
 	for len(b) >= unix.SizeofInotifyEvent {
@@ -303,8 +322,15 @@ func (w *Watcher) handle(b []byte, out []fired) []fired {
 			continue
 		}
 		if pa := w.pwds[ev.Wd]; pa != nil {
-			// rmdir of a child: if it is watched, it was empty.
+			// rmdir of a child: if it is watched, it was empty. A cgroup
+			// at that path now, with the inode the watch is on, was
+			// created again and Add already moved the watch to it: the
+			// event is about the old one, which Add accounted for.
 			if wt := pa.children[name]; wt != nil && ev.Mask&unix.IN_DELETE != 0 {
+				var st unix.Stat_t
+				if unix.Stat(w.dir(wt.path), &st) == nil && st.Ino == wt.ino && wt.wd >= 0 {
+					continue
+				}
 				w.unwatchLocked(wt)
 				emptied(wt)
 			}

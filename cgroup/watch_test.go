@@ -2,6 +2,7 @@ package cgroup_test
 
 import (
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -68,7 +69,7 @@ func TestWatcherFollowsARealCgroup(t *testing.T) {
 	}
 	defer w.Close()
 
-	if _, pop, err := w.Add(cg.Path); err != nil || pop {
+	if _, pop, _, err := w.Add(cg.Path); err != nil || pop {
 		t.Fatalf("Add on an empty cgroup = %v, %v; want not populated", pop, err)
 	}
 	w.Remove(cg.Path)
@@ -77,11 +78,11 @@ func TestWatcherFollowsARealCgroup(t *testing.T) {
 	}
 
 	child.Keep(t) // a process below the owner cgroup populates it
-	epoch, pop, err := w.Add(cg.Path)
+	epoch, pop, _, err := w.Add(cg.Path)
 	if err != nil || !pop || epoch != 0 {
 		t.Fatalf("Add = %d, %v, %v; want epoch 0, populated", epoch, pop, err)
 	}
-	if _, _, err := w.Add(cg.Path); err != nil { // a second holder
+	if _, _, _, err := w.Add(cg.Path); err != nil { // a second holder
 		t.Fatal(err)
 	}
 	expectQuiet(t, ch)
@@ -96,7 +97,7 @@ func TestWatcherFollowsARealCgroup(t *testing.T) {
 	cg.Recreate(t)
 	last := expectReport(t, ch, cg.Path, 0)
 	cg.Keep(t)
-	epoch, pop, err = w.Add(cg.Path)
+	epoch, pop, _, err = w.Add(cg.Path)
 	if err != nil || !pop || epoch != last {
 		t.Fatalf("Add on the new cgroup = %d, %v, %v; want epoch %d, populated", epoch, pop, err, last)
 	}
@@ -108,7 +109,57 @@ func TestWatcherFollowsARealCgroup(t *testing.T) {
 	if w.Len() != 0 {
 		t.Fatalf("watching %d cgroups after every Remove", w.Len())
 	}
-	if _, _, err := w.Add("/"); err == nil {
+	if _, _, _, err := w.Add("/"); err == nil {
 		t.Fatal("the root cgroup was accepted for watching")
+	}
+}
+
+// A cgroup removed and created again while still watched, with the
+// watcher's reports held up: the next Add hands the new holder an epoch
+// past the old cgroup's, and no report delivered afterwards reaches it.
+func TestWatcherRecreatedBeforeEvents(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.NewCgroup(t, "re.service")
+	mount, err := cgroup.V2Mountpoint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan report, 16)
+	block := make(chan struct{})
+	w, err := cgroup.NewWatcher(mount, func(p string, epoch uint64) { <-block; ch <- report{p, epoch} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var once sync.Once
+	release := func() { once.Do(func() { close(block) }) }
+	defer release() // before Close, even when the test fails
+	cg.Keep(t)
+	e1, pop, _, err := w.Add(cg.Path)
+	if err != nil || !pop {
+		t.Fatal(pop, err)
+	}
+	cg.Recreate(t) // the watcher goroutine is (or will be) stuck in the callback
+	cg.Keep(t)
+	// Either the watcher already saw the old cgroup go (its report waits
+	// in the callback) or Add finds the watch on a removed cgroup
+	// (recreated): both ways the new holder's epoch is past the old one.
+	e2, pop, recreated, err := w.Add(cg.Path)
+	if err != nil || !pop || e2 <= e1 {
+		t.Fatalf("Add after recreation = %d, %v, %v, %v; first epoch %d", e2, pop, recreated, err, e1)
+	}
+	release()
+	// Whatever comes for the old cgroup must not reach the new one.
+	for {
+		select {
+		case r := <-ch:
+			if r.epoch > e2 {
+				t.Fatalf("report %+v after the new watch at epoch %d", r, e2)
+			}
+		case <-time.After(300 * time.Millisecond):
+			w.Remove(cg.Path)
+			w.Remove(cg.Path)
+			return
+		}
 	}
 }

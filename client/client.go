@@ -188,7 +188,8 @@ func (c *Client) try(op proto.Op, sendFD int) ([]byte, int, error) {
 		if err != nil {
 			c.broken = true
 			if errors.Is(err, unix.ECONNRESET) {
-				return nil, -1, errMaybeDone
+				// The agent closed the socket with the request unread.
+				return nil, -1, errStale
 			}
 			return nil, -1, fmt.Errorf("%s: receive reply: %w", op, err)
 		}

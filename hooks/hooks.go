@@ -87,8 +87,8 @@ func create(o Options, req *oci.Request, pid int, bundle string) error {
 	if pid <= 0 {
 		return fmt.Errorf("container %s: the state has no pid: run capd hook at createRuntime or prestart", req.ID)
 	}
-	// Hold the init process at once: from here on its pid cannot be
-	// reused under us.
+	// Hold the init process at once: from here on a reuse of its pid
+	// cannot go unnoticed (the agent reads the cgroup through the pidfd).
 	pidfd, err := linux.PidfdOpen(pid)
 	if err != nil {
 		return fmt.Errorf("container %s: %w", req.ID, err)
@@ -158,13 +158,17 @@ func hardenOnly(id string, pid int, bundle string) error {
 	if err != nil {
 		return fmt.Errorf("container %s: %w", id, err)
 	}
+	hostProc, err := procDev()
+	if err != nil {
+		return err
+	}
 	return nsenter.MountNS(pidfd, func() error {
 		rootfd, err := unix.Open(b.Root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return &os.PathError{Op: "open", Path: b.Root, Err: err}
 		}
 		defer linux.Close(rootfd)
-		if err := hideProcesses(rootfd, b); err != nil {
+		if err := hideProcesses(rootfd, b, hostProc); err != nil {
 			return fmt.Errorf("container %s: %w", id, err)
 		}
 		return nil
@@ -175,16 +179,36 @@ func hardenOnly(id string, pid int, bundle string) error {
 // root/proc by the runtime, in the container's pid namespace) with
 // hidepid=invisible, and subset=pid unless the runtime still has sysctls
 // to write (runc writes them after the hooks, through /proc/sys).
-func hideProcesses(rootfd int, b *oci.Bundle) error {
+//
+// procfs options belong to the procfs instance, which every mount of it
+// shares: a container whose /proc is a bind of the host's (or shares the
+// host's instance otherwise) is refused rather than changing the host.
+func hideProcesses(rootfd int, b *oci.Bundle, hostProc uint64) error {
 	proc, err := linux.OpenInRoot(rootfd, "proc", unix.O_PATH|unix.O_DIRECTORY)
 	if err != nil {
 		return fmt.Errorf("the container has no /proc: %w", err)
 	}
 	defer linux.Close(proc)
+	var st unix.Stat_t
+	if err := unix.Fstat(proc, &st); err != nil {
+		return os.NewSyscallError("fstat /proc", err)
+	}
+	if st.Dev == hostProc {
+		return errors.New("the container's /proc is the host's procfs: not hiding processes there (it would hide them on the host)")
+	}
 	if err := linux.HideProcesses(proc, !b.Sysctls); err != nil {
 		return fmt.Errorf("hide processes in /proc: %w", err)
 	}
 	return nil
+}
+
+// procDev returns the device of the runtime's own /proc.
+func procDev() (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc", &st); err != nil {
+		return 0, os.NewSyscallError("stat /proc", err)
+	}
+	return st.Dev, nil
 }
 
 // expose mounts, in the mount namespace of the process behind pidfd, a
@@ -192,6 +216,10 @@ func hideProcesses(rootfd int, b *oci.Bundle) error {
 // into it, and hides other users' processes in the container's /proc.
 func expose(pidfd int, b *oci.Bundle, socket string) error {
 	root := b.Root
+	hostProc, err := procDev()
+	if err != nil {
+		return err
+	}
 	// Clone the trees in our own namespace, where the paths make sense.
 	sock, err := linux.CloneTree(socket, false)
 	if err != nil {
@@ -259,6 +287,6 @@ func expose(pidfd int, b *oci.Bundle, socket string) error {
 		if err := linux.SetReadOnly(dir); err != nil {
 			return err
 		}
-		return hideProcesses(rootfd, b)
+		return hideProcesses(rootfd, b, hostProc)
 	})
 }

@@ -300,7 +300,9 @@ func TestRuncRequired(t *testing.T) {
 
 // A second container cannot act as the first: its processes have its own
 // identity, a registration from inside it is refused even as root, and a
-// second container claiming the first one's name is refused.
+// second container claiming the first one's name is refused. Root inside a
+// container is not host root: no revoking others' entries, no audit, no
+// status.
 func TestSecondContainerCannotActAsFirst(t *testing.T) {
 	e := newCtrEnv(t, `
 [[grant]]
@@ -321,10 +323,14 @@ acquire  = ["rpm-ostreed.service:zincati-fd"]
 	script := capdIn + ` whoami
 ` + capdIn + ` acquire rpm-ostreed.service:zincati-fd -- true; echo "acquire: $?"
 mkdir -p /tmp/b && echo '{"root":{"path":"/"}}' > /tmp/b/config.json
-echo '` + forged + `' | ` + capdIn + ` hook 2>&1; echo "hook: $?"`
+echo '` + forged + `' | ` + capdIn + ` hook 2>&1; echo "hook: $?"
+` + capdIn + ` revoke --owner rpm-ostreed.service zincati-fd; echo "revoke: $?"
+` + capdIn + ` audit >/dev/null; echo "audit: $?"
+` + capdIn + ` status >/dev/null; echo "status: $?"`
 	out := e.mustRunc("web-b", e.bundle([]string{"sh", "-c", script},
 		map[string]string{"io.capd.acquire": "rpm-ostreed.service:zincati-fd"}, false))
-	for _, want := range []string{"container:web-b\n", "acquire: 4", "may not register containers: it runs in one", "hook: 4"} {
+	for _, want := range []string{"container:web-b\n", "acquire: 4", "may not register containers: it runs in one", "hook: 4",
+		"revoke: 4", "audit: 4", "status: 4"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output of web-b lacks %q:\n%s", want, out)
 		}

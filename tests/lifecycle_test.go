@@ -209,7 +209,7 @@ func TestQuotas(t *testing.T) {
 			t.Errorf("status table lacks %q:\n%s", w, table)
 		}
 	}
-	expectFail(t, e.runAs("", 65534, nil, "status"), 4, "root only")
+	expectFail(t, e.runAs("", 65534, nil, "status"), 4, "root outside containers only")
 }
 
 // SIGHUP while clients publish and acquire: a good config takes effect at

@@ -43,8 +43,9 @@ reopen /proc/PID/fd/N. What capd can set before exec and what survives it:
   - non-dumpable (PR_SET_DUMPABLE 0): reset by execve, so COMMAND must set
     it itself (client.Harden in Go) once it started;
   - --private-proc: COMMAND gets a mount namespace of its own with a /proc
-    mounted hidepid=invisible (needs CAP_SYS_ADMIN); namespaces survive
-    execve, so processes of other users that share it cannot see COMMAND;
+    mounted hidepid=invisible (needs CAP_SYS_ADMIN; survives execve): what
+    COMMAND and its children see is limited to their own uid's processes.
+    It does not hide COMMAND from processes outside that namespace;
   - a uid of its own (setpriv, systemd's DynamicUser=): the strongest
     separation short of CAP_SYS_PTRACE, and it survives execve.
 See docs/SECURITY.md and 'capd audit'.`,

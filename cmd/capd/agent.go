@@ -86,7 +86,13 @@ func privateMountNS() error {
 	if os.Getenv(nsMarker) == pid {
 		return nil
 	}
-	env := append(os.Environ(), nsMarker+"="+pid)
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, nsMarker+"=") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, nsMarker+"="+pid)
 	entered, err := linux.ExecInNewMountNS(os.Args, env)
 	if !entered {
 		return err
