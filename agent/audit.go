@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -258,21 +257,5 @@ func auditFD(rep *proto.AuditReport) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	fd, err := linux.MemfdCreate("capd-audit")
-	if err != nil {
-		return -1, err
-	}
-	for off := 0; off < len(b); {
-		n, err := unix.Write(fd, b[off:])
-		if err != nil {
-			linux.Close(fd)
-			return -1, fmt.Errorf("write audit report: %w", err)
-		}
-		off += n
-	}
-	if err := linux.SealAll(fd); err != nil {
-		linux.Close(fd)
-		return -1, err
-	}
-	return fd, nil
+	return sealedMemfd("capd-audit", b)
 }
