@@ -445,14 +445,24 @@ func (c *conn) status(cfg *policy.Config, attrs []byte, out []byte) (proto.Build
 			m.U64(proto.AttrMaxPinned, uint64(l.MaxPinned))
 			m.String(proto.AttrPinnedSource, l.PinnedSource)
 		}
-		m.End(start)
-		if m.Len() > proto.MaxResponse-4 {
-			m.Truncate(mark)
-			m.Empty(proto.AttrMore)
+		if !endPaged(&m, start, mark) {
 			break
 		}
 	}
 	return m, nil
+}
+
+// endPaged closes the nested attribute begun at start. If the response no
+// longer fits, it drops that attribute (back to mark), adds AttrMore and
+// returns false: the client continues from the last one it got.
+func endPaged(m *proto.Builder, start, mark int) bool {
+	m.End(start)
+	if m.Len() <= proto.MaxResponse-4 {
+		return true
+	}
+	m.Truncate(mark)
+	m.Empty(proto.AttrMore)
+	return false
 }
 
 // list answers with the entries the caller may see, after the optional
@@ -503,10 +513,7 @@ func (c *conn) list(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder
 		for _, a := range e.allow {
 			m.String(proto.AttrAllow, string(a))
 		}
-		m.End(start)
-		if m.Len() > proto.MaxResponse-4 {
-			m.Truncate(mark)
-			m.Empty(proto.AttrMore)
+		if !endPaged(&m, start, mark) {
 			break
 		}
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -40,9 +39,7 @@ the walk is never reported. Root only.`,
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
+				return printJSON(out, rep)
 			}
 			fmt.Fprintf(out, "audited %d processes, %d fds; yama ptrace_scope %d\n\n", rep.Processes, rep.FDs, rep.PtraceScope)
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -31,12 +30,10 @@ field for scripts.`,
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
 				if entries == nil {
-					return enc.Encode([]struct{}{})
+					return printJSON(out, []struct{}{})
 				}
-				return enc.Encode(entries)
+				return printJSON(out, entries)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "OWNER\tNAME\tKIND\tPINNED\tEXPIRES\tACQUIRED")

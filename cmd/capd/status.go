@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -41,9 +40,7 @@ does not limit. Root only.`,
 				if st.Nodes == nil {
 					st.Nodes = []client.Node{}
 				}
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
+				return printJSON(out, st)
 			}
 			fmt.Fprintf(out, "agent: %d entries (limit %d), %d of %d fds open, %d owner cgroups watched, %d containers\n\n",
 				st.Entries, st.MaxEntries, st.OpenFDs, st.FDLimit, st.Watched, st.Containers)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -28,9 +27,7 @@ matches when it acquires. --json adds the cgroup, uid and pid.`,
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(id)
+				return printJSON(cmd.OutOrStdout(), id)
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), id.Name)
 			return nil
