@@ -114,6 +114,10 @@ func removeStale(path string) error {
 	}
 }
 
+// FD returns the listening socket, which the Listener still owns (for a
+// hand-off to the next agent process).
+func (l *Listener) FD() int { return l.fd }
+
 // Close closes the socket and removes its file if it is still ours.
 func (l *Listener) Close() error {
 	if l.path != "" {

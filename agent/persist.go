@@ -27,6 +27,7 @@ import (
 // store from them.
 const (
 	entryPrefix = "e-"
+	ctrPrefix   = "c-" // a container's init pidfd, in a hand-off only
 	metaPrefix  = "capd-meta-"
 	maxMeta     = 64 << 20
 )
@@ -40,6 +41,23 @@ type persist struct {
 	mu  sync.Mutex // serializes metadata uploads
 	gen uint64
 	st  *store
+}
+
+// meta is the stored metadata: the entries, and (in a hand-off) the
+// registered containers.
+type meta struct {
+	Entries    []record    `json:"entries"`
+	Containers []ctrRecord `json:"containers,omitempty"`
+}
+
+// ctrRecord is a registered container; its init's pidfd travels as "c-N".
+type ctrRecord struct {
+	FD       string   `json:"fd"`
+	ID       string   `json:"id"`
+	Name     string   `json:"name,omitempty"`
+	Identity string   `json:"identity"`
+	Aliases  []string `json:"aliases,omitempty"`
+	Cgroup   string   `json:"cgroup"`
 }
 
 // record is one entry's metadata.
@@ -82,17 +100,9 @@ func (p *persist) sync() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.st.mu.RLock()
-	recs := make([]record, 0, len(p.st.entries))
-	for _, e := range p.st.entries {
-		recs = append(recs, record{
-			ID: e.sid, Owner: e.owner, Name: e.name, Pinned: e.pinned, Allow: e.allow, Kind: e.kind,
-			Cgroup: e.cgroup, OwnerCg: e.ownerCg, UID: e.uid, Published: e.published, Expires: e.expires,
-			Dev: e.dev, Ino: e.ino,
-		})
-	}
+	recs := records(p.st.entries)
 	p.st.mu.RUnlock()
-	sort.Slice(recs, func(i, j int) bool { return recs[i].ID < recs[j].ID })
-	b, err := json.Marshal(recs)
+	b, err := json.Marshal(meta{Entries: recs})
 	if err != nil {
 		return err
 	}
@@ -111,6 +121,20 @@ func (p *persist) sync() error {
 		}
 	}
 	return p.fs.Barrier(5 * time.Second)
+}
+
+// records describes entries, sorted by id.
+func records(entries map[key]*entry) []record {
+	recs := make([]record, 0, len(entries))
+	for _, e := range entries {
+		recs = append(recs, record{
+			ID: e.sid, Owner: e.owner, Name: e.name, Pinned: e.pinned, Allow: e.allow, Kind: e.kind,
+			Cgroup: e.cgroup, OwnerCg: e.ownerCg, UID: e.uid, Published: e.published, Expires: e.expires,
+			Dev: e.dev, Ino: e.ino,
+		})
+	}
+	sort.Slice(recs, func(i, j int) bool { return recs[i].ID < recs[j].ID })
+	return recs
 }
 
 func sealedMemfd(name string, b []byte) (int, error) {
@@ -134,7 +158,7 @@ func sealedMemfd(name string, b []byte) (int, error) {
 }
 
 // readMeta reads a metadata memfd, which must be sealed against writes.
-func readMeta(fd int) ([]record, error) {
+func readMeta(fd int) (*meta, error) {
 	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
 	if err != nil {
 		return nil, fmt.Errorf("not a memfd: %w", os.NewSyscallError("fcntl F_GET_SEALS", err))
@@ -154,11 +178,11 @@ func readMeta(fd int) ([]record, error) {
 	if _, err := unix.Pread(fd, b, 0); err != nil {
 		return nil, os.NewSyscallError("pread", err)
 	}
-	var recs []record
-	if err := json.Unmarshal(b, &recs); err != nil {
+	var m meta
+	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("corrupt metadata: %w", err)
 	}
-	return recs, nil
+	return &m, nil
 }
 
 // Restore rebuilds the store from the fds systemd passed back (name -> fd,
@@ -185,20 +209,42 @@ func (s *Server) Restore(fds map[string]int) int {
 			}
 		}
 	}
-	var recs []record
+	m := &meta{}
 	if metaName != "" {
 		var err error
-		if recs, err = readMeta(fds[metaName]); err != nil {
+		if m, err = readMeta(fds[metaName]); err != nil {
 			s.log.Error("discarding the stored metadata", "name", metaName, "err", err)
-			recs = nil
+			m = &meta{}
 		}
 	}
 	for name, fd := range fds {
 		if strings.HasPrefix(name, metaPrefix) {
-			closeDrop(name, fd)
+			if name == metaName {
+				// Kept in the fd store until a newer one replaces it.
+				linux.Close(fd)
+			} else {
+				closeDrop(name, fd)
+			}
 			delete(fds, name)
 		}
 	}
+	for _, c := range m.Containers {
+		fd, ok := fds[c.FD]
+		if !ok {
+			s.log.Warn("handed-over container has no pidfd; skipped", "id", c.ID)
+			continue
+		}
+		delete(fds, c.FD)
+		ct := &container{id: c.ID, name: c.Name, identity: c.Identity, aliases: c.Aliases, cgroup: c.Cgroup, pidfd: fd}
+		if alive, err := linux.PidfdAlive(fd); err != nil || !alive {
+			linux.Close(fd)
+			continue
+		}
+		if err := s.reg.add(ct); err != nil {
+			s.log.Warn("handed-over container not registered", "id", c.ID, "err", err)
+		}
+	}
+	recs := m.Entries
 	if p != nil {
 		p.gen = metaGen
 	}
@@ -225,7 +271,7 @@ func (s *Server) Restore(fds map[string]int) int {
 		restored++
 	}
 	for name, fd := range fds {
-		if strings.HasPrefix(name, entryPrefix) {
+		if strings.HasPrefix(name, entryPrefix) || strings.HasPrefix(name, ctrPrefix) {
 			s.log.Warn("stored fd has no metadata; dropped", "name", name)
 		} else {
 			s.log.Warn("unexpected fd passed at start; closed", "name", name)
@@ -276,4 +322,52 @@ func (s *store) restore(e *entry, now time.Time) error {
 	s.insertLockedNoPersist(e)
 	e.sid = sid
 	return nil
+}
+
+// Handoff prepares a graceful restart without losing anything: it freezes
+// the store (expiry and drops stop; connections must be drained first) and
+// returns fds and their names in the socket-activation protocol's form:
+// every entry's fd ("e-N"), every registered container's init pidfd
+// ("c-N") and the metadata ("capd-meta-G", a sealed memfd), for a new agent
+// process to Restore. The fds stay open until the process execs; if it
+// does not, it must exit.
+func (s *Server) Handoff() (names []string, fds []int, err error) {
+	st := s.store
+	st.mu.Lock()
+	st.closed = true // no more publishes, no expiry, no drops
+	st.timer.Stop()
+	var gen uint64 = 1
+	if st.persist != nil {
+		gen = st.persist.gen
+	}
+	var n uint64
+	for _, e := range st.entries {
+		e.refs.Add(1) // never released: exec closes the agent's copies
+		if e.sid == "" {
+			n++
+			e.sid = entryPrefix + strconv.FormatUint(n, 10)
+		}
+		names, fds = append(names, e.sid), append(fds, e.fd)
+	}
+	m := meta{Entries: records(st.entries)}
+	st.mu.Unlock()
+
+	s.reg.mu.Lock()
+	for _, c := range s.reg.byID {
+		name := ctrPrefix + strconv.Itoa(len(m.Containers)+1)
+		m.Containers = append(m.Containers, ctrRecord{FD: name, ID: c.id, Name: c.name, Identity: c.identity, Aliases: c.aliases, Cgroup: c.cgroup})
+		names, fds = append(names, name), append(fds, c.pidfd)
+	}
+	s.reg.mu.Unlock()
+
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, nil, err
+	}
+	mfd, err := sealedMemfd("capd-meta", b)
+	if err != nil {
+		return nil, nil, err
+	}
+	names, fds = append(names, metaPrefix+strconv.FormatUint(gen, 10)), append(fds, mfd)
+	return names, fds, nil
 }

@@ -234,6 +234,15 @@ func (s *Server) forget(c *conn) {
 // Shutdown stops Serve, wakes and ends every connection, waits for them and
 // closes every stored fd. ctx bounds the wait for connections.
 func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.Drain(ctx)
+	s.store.close()
+	return err
+}
+
+// Drain stops Serve and ends every connection (their clients reconnect),
+// waiting for them up to ctx, but keeps the store: for Handoff. A second
+// Drain or Shutdown does nothing more.
+func (s *Server) Drain(ctx context.Context) error {
 	s.mu.Lock()
 	if s.stopping {
 		s.mu.Unlock()
@@ -255,7 +264,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		err = fmt.Errorf("connections still open at shutdown: %w", ctx.Err())
 	}
-	s.store.close()
 	return err
 }
 

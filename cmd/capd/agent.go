@@ -48,7 +48,13 @@ agent raises its soft RLIMIT_NOFILE to the hard limit and logs how many
 entries fit; it warns, with numbers, when max_entries does not fit.
 
 Signals: SIGTERM or SIGINT stop it (closing every stored fd); SIGHUP re-reads
-the configuration atomically: a bad file is logged and the old policy stays.
+the configuration atomically: a bad file is logged and the old policy stays;
+SIGUSR2 restarts the agent in place (same pid) from its binary on disk, for
+upgrades without systemd: entries, container registrations and the listening
+socket are handed to the new process, and clients see at most one failed
+request, which the Go client retries. Under systemd every entry also lives
+in the service's fd store, so a crash loses nothing; without systemd a crash
+loses the store.
 A reload never drops entries, even where a lowered limit is now exceeded.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -131,11 +137,15 @@ func runAgent(ctx context.Context, log *slog.Logger, configPath string, missingO
 	defer l.Close()
 	if len(stored) > 0 {
 		n := srv.Restore(stored)
-		log.Info("restored entries from systemd's fd store", "entries", n)
+		if os.Getenv(handoffMarker) == strconv.Itoa(os.Getpid()) {
+			log.Info("restored entries from the previous agent process", "entries", n)
+		} else {
+			log.Info("restored entries from systemd's fd store", "entries", n)
+		}
 	}
 
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGUSR2)
 	defer signal.Stop(sigs)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
@@ -160,6 +170,15 @@ loop:
 				daemon.SdNotify(false, daemon.SdNotifyReady)
 				continue
 			}
+			if sig == unix.SIGUSR2 {
+				exe, err := os.Executable()
+				if err != nil {
+					log.Error("no hand-off: cannot find the agent binary; still serving", "err", err)
+					continue
+				}
+				serveErr = handoff(log, srv, l, served, exe)
+				break loop // only when the hand-off failed before exec
+			}
 			log.Info("stopping", "signal", sig.String())
 			break loop
 		case serveErr = <-served:
@@ -180,6 +199,52 @@ loop:
 	return serveErr
 }
 
+// handoffMarker tells the new agent process that its fds come from the
+// previous one (its value is the pid, which exec keeps).
+const handoffMarker = "CAPD_HANDOFF"
+
+// handoff restarts the agent in place without losing anything: it stops
+// serving, ends every connection (clients reconnect; a request in flight
+// may fail once), freezes the store and execs the agent binary again with
+// the listening socket, every entry, every container registration and the
+// metadata passed as in socket activation. The listening socket stays open
+// throughout, so connection attempts wait in its backlog. It returns only
+// if the hand-off could not begin; after the exec failed it exits, as the
+// store is frozen and this thread's fd table rearranged.
+func handoff(log *slog.Logger, srv *agent.Server, l *agent.Listener, served <-chan error, exe string) error {
+	log.Info("handing over to a new agent process", "binary", exe)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Drain(ctx); err != nil {
+		log.Warn("hand-off: connections still open", "err", err)
+	}
+	if err := <-served; err != nil {
+		log.Warn("hand-off: serve loop", "err", err)
+	}
+	names, fds, err := srv.Handoff()
+	if err != nil {
+		log.Error("hand-off failed; stopping (entries are lost without systemd)", "err", err)
+		return err
+	}
+	names, fds = append([]string{"capd.sock"}, names...), append([]int{l.FD()}, fds...)
+	pid := strconv.Itoa(os.Getpid())
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", "LISTEN_PIDFDID", handoffMarker:
+		default:
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "LISTEN_FDS="+strconv.Itoa(len(fds)), "LISTEN_FDNAMES="+strings.Join(names, ":"),
+		"LISTEN_PID="+pid, handoffMarker+"="+pid)
+	err = linux.ExecWithFDs(exe, os.Args, env, fds, false)
+	fmt.Fprintf(os.Stderr, "capd: agent: hand-off: %v\n", err)
+	os.Exit(exitFailure)
+	return nil
+}
+
 // listener returns the socket-activated listener if systemd passed one,
 // else binds socketPath. It also returns the fds systemd kept in the
 // service's fd store (entries and their metadata), by name, for Restore.
@@ -193,7 +258,7 @@ func listener(socketPath string) (*agent.Listener, map[string]int, error) {
 		if err != nil {
 			return nil, nil, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", err)
 		}
-		if strings.HasPrefix(name, "e-") || strings.HasPrefix(name, "capd-meta-") {
+		if strings.HasPrefix(name, "e-") || strings.HasPrefix(name, "c-") || strings.HasPrefix(name, "capd-meta-") {
 			stored[name] = fd
 		} else {
 			socks = append(socks, fd)
