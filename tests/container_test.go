@@ -398,3 +398,30 @@ acquire  = ["rpm-ostreed.service:zincati-fd"]
 		t.Fatal("a container without the annotation was registered")
 	}
 }
+
+// An in-place hand-off (SIGUSR2) keeps container registrations: the
+// workload keeps its identity and its socket, and the new agent process
+// still notices the container's end.
+func TestHandoffKeepsContainers(t *testing.T) {
+	e := newCtrEnv(t, containerPolicy)
+	b := e.bundle([]string{"sleep", "30"}, map[string]string{"io.capd.acquire": "rpm-ostreed.service:zincati-fd"}, true)
+	cmd := exec.Command("runc", "--root", e.state, "run", "--bundle", b, "web-h")
+	t.Cleanup(func() { exec.Command("runc", "--root", e.state, "delete", "-f", "web-h").Run() })
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	e.waitContainers(1)
+	before := strings.Count(e.agent.Log.String(), "restored entries from the previous agent process")
+	e.agent.Cmd.Process.Signal(syscall.SIGUSR2)
+	e.agent.WaitLog(t, "restored entries from the previous agent process", before)
+	r := e.exec(exec.Command("runc", "--root", e.state, "exec", "web-h", "/run/capd/capd", "acquire",
+		"rpm-ostreed.service:zincati-fd", "--", "sh", "-c", `/run/capd/capd whoami; cat /proc/self/fd/3`))
+	if r.code != 0 || r.stdout != "container:web-h\nsecret" {
+		t.Fatalf("in the container after the hand-off: %+v\nagent log:\n%s", r, e.agent.Log)
+	}
+	exec.Command("runc", "--root", e.state, "kill", "web-h", "KILL").Run()
+	<-done
+	e.waitContainers(0)
+}

@@ -118,7 +118,8 @@ func (m *machine) mainPID() int {
 }
 
 // Under a real systemd: an entry survives kill -9 of the agent (systemd
-// restarts it and hands the fd store back) and a reload; the seed's pair
+// restarts it and hands the fd store back), systemctl restart, an in-place
+// hand-off (SIGUSR2) followed by kill -9, and a reload; the seed's pair
 // runs as real units, the consumer through ExecStart=capd acquire.
 func TestSystemdKeepsEntries(t *testing.T) {
 	m := bootMachine(t)
@@ -143,6 +144,32 @@ func TestSystemdKeepsEntries(t *testing.T) {
 	}
 	if !strings.Contains(m.must("journalctl", "-u", "capd", "--no-pager"), "restored entries from systemd's fd store\" entries=1") {
 		t.Error("the journal does not say the entry was restored")
+	}
+	// systemctl restart: systemd keeps the fd store across a restart job.
+	m.must("systemctl", "restart", "capd.service")
+	if got := read(); got != "precious\n" {
+		t.Fatalf("after systemctl restart: %q", got)
+	}
+	// An upgrade in place: SIGUSR2 to the main process, same pid; then
+	// kill -9 again, which must find the store the new process keeps.
+	pid := m.mainPID()
+	m.must("systemctl", "kill", "--kill-whom=main", "--signal=SIGUSR2", "capd.service")
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(m.must("journalctl", "-u", "capd", "--no-pager"), "restored entries from the previous agent process"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no hand-off after SIGUSR2")
+		}
+	}
+	if got := read(); got != "precious\n" || m.mainPID() != pid {
+		t.Fatalf("after the hand-off: %q, main pid %d (was %d)", got, m.mainPID(), pid)
+	}
+	m.must("kill", "-9", strconv.Itoa(pid))
+	for deadline := time.Now().Add(20 * time.Second); m.mainPID() == 0 || m.mainPID() == pid; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("systemd did not restart the agent after the hand-off")
+		}
+	}
+	if got := read(); got != "precious\n" {
+		t.Fatalf("after hand-off and kill -9: %q", got)
 	}
 
 	// The seed scenario as units, policy through a reload.
