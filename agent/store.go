@@ -108,6 +108,7 @@ type store struct {
 	usage   map[string]*usage              // cgroup path -> usage of the subtree
 	owned   map[string]map[*entry]struct{} // owner cgroup -> its watched entries
 	watch   *cgroup.Watcher                // nil: entries do not follow their owners
+	closer  closer
 	persist *persist                       // nil: not run by systemd with an fd store
 }
 
@@ -120,7 +121,63 @@ func newStore() *store {
 	}
 	s.timer = time.AfterFunc(time.Hour, s.expire)
 	s.timer.Stop()
+	s.closer.start()
 	return s
+}
+
+// closer releases dropped entries on a goroutine of its own, so that a
+// close(2) that blocks (a socket lingering on unsent data, a stuck FUSE
+// file) stalls neither the watcher's nor the registry's nor the expiry
+// timer's goroutine, and with it every other owner's drops. Its queue is
+// bounded: when full, the caller releases inline.
+type closer struct {
+	mu      sync.Mutex
+	stopped bool
+	q       chan []*entry
+	done    chan struct{}
+}
+
+func (c *closer) start() {
+	c.q = make(chan []*entry, 256)
+	c.done = make(chan struct{})
+	go func() {
+		defer close(c.done)
+		for dead := range c.q {
+			releaseAll(dead)
+		}
+	}()
+}
+
+// release hands dead to the closer goroutine, or releases it inline when
+// the queue is full or the store is closed.
+func (c *closer) release(dead []*entry) {
+	if len(dead) == 0 {
+		return
+	}
+	c.mu.Lock()
+	if !c.stopped {
+		select {
+		case c.q <- dead:
+			c.mu.Unlock()
+			return
+		default:
+		}
+	}
+	c.mu.Unlock()
+	releaseAll(dead)
+}
+
+// stop releases what is queued and ends the goroutine.
+func (c *closer) stop() {
+	c.mu.Lock()
+	if c.stopped {
+		c.mu.Unlock()
+		return
+	}
+	c.stopped = true
+	close(c.q)
+	c.mu.Unlock()
+	<-c.done
 }
 
 // publish inserts e, taking ownership of its fd whatever the outcome. max
@@ -328,7 +385,7 @@ func (s *store) dropOwned(p string) int {
 		dead = append(dead, s.removeLocked(e))
 	}
 	s.mu.Unlock()
-	releaseAll(dead)
+	s.closer.release(dead)
 	if len(dead) > 0 {
 		s.synced()
 	}
@@ -347,7 +404,7 @@ func (s *store) ownerEmptied(p string, epoch uint64) int {
 		}
 	}
 	s.mu.Unlock()
-	releaseAll(dead)
+	s.closer.release(dead)
 	if len(dead) > 0 {
 		s.synced()
 	}
@@ -372,7 +429,7 @@ func (s *store) expire() {
 		s.timer.Reset(s.exp[0].expires.Sub(now))
 	}
 	s.mu.Unlock()
-	releaseAll(dead)
+	s.closer.release(dead)
 	if len(dead) > 0 {
 		s.synced()
 	}
@@ -447,6 +504,7 @@ func (s *store) close() {
 	}
 	s.mu.Unlock()
 	releaseAll(dead)
+	s.closer.stop()
 }
 
 // expiryHeap orders entries by deadline (container/heap).

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path"
 	"strings"
@@ -320,4 +321,49 @@ func TestCapacityWarning(t *testing.T) {
 	}
 	e.agent.Reload(t, "[agent]\nmax_entries = 100000001\n")
 	e.agent.WaitLog(t, "configured limits do not fit the fd limit", 1)
+}
+
+// A close that blocks (a TCP socket lingering on unsent data its peer
+// never reads) must not hold up other owners' drops.
+func TestBlockingCloseDoesNotStallDrops(t *testing.T) {
+	e := newEnv(t, seedPolicy, "linger.service", "other.service")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	conn, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := l.Accept() // never reads
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	tc := conn.(*net.TCPConn)
+	tc.SetLinger(5)
+	tc.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+	chunk := make([]byte, 1<<16)
+	for {
+		if _, err := tc.Write(chunk); err != nil {
+			break // send buffer and the peer's receive buffer are full
+		}
+	}
+	f, err := tc.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	e.mustRun("linger.service", []*os.File{f}, "publish", "stuck", "--fd", "3")
+	f.Close() // the agent now holds the last copy
+	e.publishFile("other.service", "plain", "x")
+
+	e.cgs["linger.service"].Kill(t) // its drop closes the lingering socket: up to 5 s
+	e.cgs["other.service"].Kill(t)
+	start := time.Now()
+	e.waitNames("", "")
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("drops took %v: a blocking close held them up", d)
+	}
 }
