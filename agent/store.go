@@ -109,7 +109,7 @@ type store struct {
 	owned   map[string]map[*entry]struct{} // owner cgroup -> its watched entries
 	watch   *cgroup.Watcher                // nil: entries do not follow their owners
 	closer  closer
-	persist *persist                       // nil: not run by systemd with an fd store
+	persist *persist // nil: not run by systemd with an fd store
 }
 
 func newStore() *store {
