@@ -264,6 +264,13 @@ func expose(pidfd int, b *oci.Bundle, socket string) error {
 			}
 			return err
 		}
+		// A mount on a shared mount would propagate to its peers, outside
+		// the container (a volume mounted shared over /run).
+		if shared, err := linux.MountShared(mnt); err != nil {
+			return err
+		} else if shared {
+			return errors.New("/run/capd lies on a mount with shared propagation (a shared volume, or rootfsPropagation shared): mounting there would reach outside the container")
+		}
 		if err := linux.MoveMountTo(tmpfs, mnt); err != nil {
 			return err
 		}

@@ -425,3 +425,39 @@ func TestHandoffKeepsContainers(t *testing.T) {
 	<-done
 	e.waitContainers(0)
 }
+
+// The hook never mounts where the mount would propagate out of the
+// container: an image whose /run leads into a volume mounted with shared
+// propagation gets no /run/capd (a required container is not created), and
+// nothing appears on the host.
+func TestHookRefusesSharedPropagation(t *testing.T) {
+	e := newCtrEnv(t, containerPolicy)
+	vol := t.TempDir()
+	for _, args := range [][]string{{"--bind", vol, vol}, {"--make-shared", vol}} {
+		if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
+			t.Fatalf("mount %v: %v\n%s", args, err, out)
+		}
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", vol).Run() })
+	ann := map[string]string{"io.capd.acquire": "rpm-ostreed.service:zincati-fd", "io.capd.required": "true"}
+	b := e.bundle([]string{"echo", "started"}, ann, false)
+	cfg := filepath.Join(b, "config.json")
+	raw, _ := os.ReadFile(cfg)
+	var spec map[string]any
+	json.Unmarshal(raw, &spec)
+	root := spec["root"].(map[string]any)["path"].(string)
+	os.Remove(filepath.Join(root, "run"))
+	os.Symlink("/vol", filepath.Join(root, "run"))
+	os.Mkdir(filepath.Join(root, "vol"), 0o755)
+	spec["mounts"] = append(spec["mounts"].([]any), map[string]any{
+		"destination": "/vol", "type": "bind", "source": vol, "options": []string{"rbind", "rshared"}})
+	raw, _ = json.Marshal(spec)
+	os.WriteFile(cfg, raw, 0o644)
+	r := e.runc("web-shared", b)
+	if r.code == 0 || !strings.Contains(r.stderr, "shared propagation") {
+		t.Fatalf("required container with /run on a shared volume: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), vol+"/capd") {
+		t.Fatalf("the hook's mounts reached the host:\n%s", mi)
+	}
+}

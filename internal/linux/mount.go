@@ -2,7 +2,10 @@ package linux
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -130,4 +133,35 @@ func HideProcesses(proc int, subsetPID bool) error {
 		return os.NewSyscallError("fsconfig reconfigure /proc", err)
 	}
 	return nil
+}
+
+// MountShared reports whether the mount that fd lies on propagates mount
+// events to peers (shared propagation), as the calling thread's mount
+// namespace sees it.
+func MountShared(fd int) (bool, error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx); err != nil {
+		return false, os.NewSyscallError("statx", err)
+	}
+	b, err := os.ReadFile("/proc/thread-self/mountinfo")
+	if err != nil {
+		return false, err
+	}
+	id := strconv.FormatUint(stx.Mnt_id, 10)
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 7 || f[0] != id {
+			continue
+		}
+		for _, opt := range f[6:] {
+			if opt == "-" {
+				break
+			}
+			if strings.HasPrefix(opt, "shared:") {
+				return true, nil
+			}
+		}
+		return false, nil
+	}
+	return false, fmt.Errorf("mount %s not in mountinfo", id)
 }
