@@ -87,6 +87,19 @@ func (r *registry) lookup(p string) *container {
 	return nil
 }
 
+// overlapping returns the id of a registered container whose cgroup is an
+// ancestor or a descendant of p (not p itself), or "".
+func (r *registry) overlapping(p string) string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for cg, c := range r.byCgroup {
+		if cg != p && (within(cg, p) || within(p, cg)) {
+			return c.id
+		}
+	}
+	return ""
+}
+
 // add registers c, taking ownership of c.pidfd whatever the outcome. The
 // same id registered again from the same cgroup (prestart and createRuntime
 // both configured, a retried hook) keeps one registration with the newer

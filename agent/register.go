@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/capd-dev/capd/agent/policy"
+	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/proto"
 )
@@ -81,6 +82,9 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, pidfd int, out []byte)
 		// caller and everything beside it.
 		return fail(proto.Errorf(proto.CodePermissionDenied, "container %s: its cgroup %s holds the registering process too; the runtime must give the container a cgroup of its own", ct.id, ct.cgroup))
 	}
+	if err := c.containerCgroupOK(ct.cgroup, pidfd); err != nil {
+		return fail(proto.Errorf(proto.CodePermissionDenied, "container %s: %v", ct.id, err))
+	}
 	ct.identity = "container:" + ct.id
 	if ct.name != "" {
 		ct.identity = "container:" + ct.name
@@ -115,6 +119,31 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, pidfd int, out []byte)
 	}
 	c.srv.log.Info("container registered", "id", ct.id, "identity", ct.identity, "cgroup", ct.cgroup, "requested", len(refs), "denied", len(denied))
 	return m, nil
+}
+
+// containerCgroupOK refuses cgroups that are not a fresh container's: one
+// inside a systemd service (its processes are the service), one with any
+// process but the container's init (createRuntime runs before the workload
+// starts), or one above or below another registered container.
+func (c *conn) containerCgroupOK(p string, pidfd int) error {
+	if id, _ := cgroup.Owner(p); strings.HasSuffix(id, ".service") {
+		return fmt.Errorf("cgroup %s belongs to %s: a service cannot be registered as a container", p, id)
+	}
+	pid, err := linux.PidfdPid(pidfd)
+	if err != nil {
+		return err
+	}
+	procs, err := cgroup.Procs(c.srv.resolver.Abs(p))
+	if err != nil {
+		return err
+	}
+	if len(procs) != 1 || procs[0] != pid {
+		return fmt.Errorf("cgroup %s holds processes %v besides the container's init %d", p, procs, pid)
+	}
+	if o := c.srv.reg.overlapping(p); o != "" {
+		return fmt.Errorf("cgroup %s is above or below the cgroup of registered container %s", p, o)
+	}
+	return nil
 }
 
 // canAcquire answers, without handing out anything, whether a consumer

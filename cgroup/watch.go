@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -34,6 +37,31 @@ func Populated(dir string) (bool, error) {
 		}
 	}
 	return false, fmt.Errorf("%s/cgroup.events has no populated key", dir)
+}
+
+// Procs lists the processes in the cgroup v2 directory dir and every
+// cgroup below it.
+func Procs(dir string) ([]int, error) {
+	var pids []int
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		b, err := os.ReadFile(filepath.Join(p, "cgroup.procs"))
+		if err != nil {
+			return err
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+		return nil
+	})
+	return pids, err
 }
 
 // Watcher tells when watched cgroups have no processes left. The kernel

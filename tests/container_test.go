@@ -461,3 +461,41 @@ func TestHookRefusesSharedPropagation(t *testing.T) {
 		t.Fatalf("the hook's mounts reached the host:\n%s", mi)
 	}
 }
+
+// Registration takes only a fresh container's cgroup: not a service's, not
+// one holding other processes besides the init, even from host root.
+func TestRegistrationRefusesServicesAndCrowdedCgroups(t *testing.T) {
+	e := newCtrEnv(t, containerPolicy)
+	crowd := testutil.NewCgroup(t, "crowd")
+	crowd.Keep(t)
+	crowd.Keep(t)
+	bundle := t.TempDir()
+	os.MkdirAll(filepath.Join(bundle, "rootfs"), 0o755)
+	os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{"root":{"path":"rootfs"}}`), 0o644)
+	firstPID := func(cg *testutil.Cgroup) string {
+		b, err := os.ReadFile(filepath.Join(cg.Dir, "cgroup.procs"))
+		if err != nil || len(strings.Fields(string(b))) == 0 {
+			t.Fatalf("procs of %s: %q %v", cg.Path, b, err)
+		}
+		return strings.Fields(string(b))[0]
+	}
+	for _, tc := range []struct {
+		cg   *testutil.Cgroup
+		want string
+	}{
+		{e.cgs["db.service"], "belongs to db.service"},
+		{crowd, "besides the container's init"},
+	} {
+		state := `{"ociVersion":"1.0.2","id":"fake","status":"creating","pid":` + firstPID(tc.cg) + `,"bundle":"` + bundle +
+			`","annotations":{"io.capd.acquire":"rpm-ostreed.service:zincati-fd","io.capd.name":"web-1","io.capd.required":"true"}}`
+		cmd := exec.Command(capd, "hook", "--socket", e.agent.Socket)
+		cmd.Stdin = strings.NewReader(state)
+		r := e.exec(cmd)
+		if r.code == 0 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("registering %s: exit %d, stderr %q, want %q", tc.cg.Path, r.code, r.stderr, tc.want)
+		}
+	}
+	if e.status().Containers != 0 {
+		t.Fatal("a refused registration was kept")
+	}
+}
