@@ -177,24 +177,29 @@ func (s *Server) holder(pid, pidfd int, hidden map[string]bool, scope int) proto
 		}
 		h.ProcHidden = hid
 	}
+	uid := strconv.Itoa(h.UID)
 	switch {
 	case h.UID == 0:
-		// Only CAP_SYS_PTRACE reaches a root process's fds.
+		// Only root holding the holder's capabilities, or CAP_SYS_PTRACE,
+		// reaches a root process's fds.
+		h.Exposure = append(h.Exposure, "uid 0: reachable by root holding its capabilities or CAP_SYS_PTRACE")
 	case h.Dumpable != nil && !*h.Dumpable:
-	case scope >= 2:
+		h.Exposure = append(h.Exposure, "non-dumpable: only CAP_SYS_PTRACE reaches its fds")
 	default:
+		// Yama restricts ptrace attach (pidfd_getfd), never the read
+		// access that reopening /proc/PID/fd/N needs.
 		h.Exposed = true
-		h.Exposure = append(h.Exposure, "dumpable")
-		switch scope {
-		case 1:
-			h.Exposure = append(h.Exposure, "yama ptrace_scope 1: its ancestors of uid "+strconv.Itoa(h.UID)+" may pidfd_getfd")
-		default:
-			h.Exposure = append(h.Exposure, "any process of uid "+strconv.Itoa(h.UID)+" may pidfd_getfd or reopen /proc/"+strconv.Itoa(pid)+"/fd")
+		h.Exposure = append(h.Exposure, "dumpable: any process of uid "+uid+" may reopen /proc/"+strconv.Itoa(pid)+"/fd/N")
+		switch {
+		case scope <= 0:
+			h.Exposure = append(h.Exposure, "and pidfd_getfd it (no Yama restriction)")
+		case scope == 1:
+			h.Exposure = append(h.Exposure, "its ancestors of uid "+uid+" may also pidfd_getfd it (yama ptrace_scope 1)")
 		}
 		if !h.ProcHidden {
 			h.Exposure = append(h.Exposure, "/proc without hidepid: visible to every uid in its mount namespace")
 		} else {
-			h.Exposure = append(h.Exposure, "its /proc has hidepid: only processes outside its mount namespace (or sharing its uid) find it")
+			h.Exposure = append(h.Exposure, "its /proc has hidepid: other uids there cannot see it")
 		}
 	}
 	return h
