@@ -153,7 +153,7 @@ func (s *Server) scanProcess(pid int, live []*entry, byFile, tombByFile map[file
 // holder describes process pid (held by pidfd) and its exposure.
 func (s *Server) holder(pid, pidfd int, hidden map[string]bool, scope int) proto.AuditHolder {
 	h := proto.AuditHolder{PID: pid, UID: -1}
-	if p, err := cgroupOf(pidfd, pid, s.resolver); err == nil {
+	if p, _, err := cgroupOf(pidfd, pid, s.resolver); err == nil {
 		h.Cgroup = p
 		h.Identity, _ = cgroup.Owner(p)
 		if ct := s.reg.lookup(p); ct != nil {

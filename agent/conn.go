@@ -21,10 +21,10 @@ import (
 const maxRecvFDs = 8
 
 type conn struct {
-	srv   *Server
-	uid   uint32
-	id    Identity
-	names []string // id.Names()
+	srv  *Server
+	acct uint32       // the accounting uid admission counted the connection against
+	log  *slog.Logger // rate-limited per accounting uid
+	peer peer
 
 	mu sync.Mutex // guards fd against Shutdown
 	fd int
@@ -46,6 +46,22 @@ func (c *conn) close() {
 	c.mu.Unlock()
 }
 
+// authorize asks the one decision whether the caller may act on t, and
+// turns a refusal into a permission-denied error carrying the reason,
+// which it also logs.
+func (c *conn) authorize(cfg *policy.Config, act policy.Action, t *policy.Target) error {
+	d := cfg.Authorize(&c.peer.Caller, act, t)
+	if d.Allowed {
+		return nil
+	}
+	args := []any{"action", act.String(), "identity", c.peer.Identity, "uid", c.peer.UID, "pid", c.peer.PID, "reason", d.Reason}
+	if t != nil {
+		args = append(args, "entry", t.Owner+":"+t.Name)
+	}
+	c.log.Info("denied", args...)
+	return &proto.Error{Code: proto.CodePermissionDenied, Message: d.Reason}
+}
+
 func (c *conn) serve(cfg *policy.Config) {
 	defer c.srv.forget(c)
 	defer c.close()
@@ -58,7 +74,7 @@ func (c *conn) serve(cfg *policy.Config) {
 	oob := make([]byte, fdpass.OOBSize(maxRecvFDs))
 	var fdbuf [maxRecvFDs]int
 
-	id, err := resolvePeer(c.fd, c.srv.resolver)
+	id, err := resolvePeer(c.fd, c.srv.resolver, c.srv.host)
 	if err != nil {
 		log.Warn("cannot identify client; closing", "err", err)
 		m := proto.NewMessage(out, 0, proto.CodePermissionDenied)
@@ -66,14 +82,14 @@ func (c *conn) serve(cfg *policy.Config) {
 		fdpass.Send(c.fd, m.Bytes())
 		return
 	}
+	id.Acct = c.acct
 	if ct := c.srv.reg.lookup(id.Cgroup); ct != nil {
-		id.Name, id.OwnerCgroup, id.Container, id.Aliases = ct.identity, ct.cgroup, ct.id, ct.aliases
+		id.Identity, id.OwnerCgroup, id.Container, id.Aliases = ct.identity, ct.cgroup, ct.id, ct.aliases
 	}
-	c.id = id
-	c.names = id.Names()
+	c.peer = id
 	debug := log.Enabled(context.Background(), slog.LevelDebug)
 	if debug {
-		log.Debug("client connected", "identity", id.Name, "uid", id.UID, "pid", id.PID)
+		log.Debug("client connected", "identity", id.Identity, "uid", id.UID, "pid", id.PID, "host_admin", id.HostAdmin())
 	}
 
 	for {
@@ -83,7 +99,7 @@ func (c *conn) serve(cfg *policy.Config) {
 			switch {
 			case errors.Is(err, unix.EAGAIN):
 				if debug {
-					log.Debug("closing idle connection", "identity", id.Name, "pid", id.PID)
+					log.Debug("closing idle connection", "identity", id.Identity, "pid", id.PID)
 				}
 				return
 			case errors.Is(err, fdpass.ErrTruncated):
@@ -95,7 +111,7 @@ func (c *conn) serve(cfg *policy.Config) {
 			default:
 				return // peer vanished or connection shut down
 			}
-			log.Info("bad request; closing connection", "identity", id.Name, "pid", id.PID, "reason", reason)
+			log.Info("bad request; closing connection", "identity", id.Identity, "pid", id.PID, "reason", reason)
 			m := proto.NewMessage(out, 0, proto.CodeInvalidRequest)
 			m.String(proto.AttrMessage, reason)
 			fdpass.Send(c.fd, m.Bytes())
@@ -111,7 +127,7 @@ func (c *conn) serve(cfg *policy.Config) {
 		resp, e, fatal := c.handle(c.srv.cfg.Load(), in[:n], reqFD, out[:0])
 		if e != nil {
 			err = fdpass.Send(c.fd, resp, e.fd)
-			e.release()
+			c.srv.store.release(e)
 		} else {
 			err = fdpass.Send(c.fd, resp)
 		}
@@ -145,7 +161,7 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (re
 			err = c.publish(cfg, attrs, reqFD)
 			reqFD = -1
 		case proto.OpRevoke:
-			err = c.revoke(attrs)
+			err = c.revoke(cfg, attrs)
 		case proto.OpRegister:
 			var m proto.Builder
 			m, err = c.register(cfg, attrs, reqFD, out)
@@ -154,14 +170,13 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (re
 				return m.Bytes(), nil, false
 			}
 		case proto.OpUnregister:
-			err = c.unregister(attrs)
+			err = c.unregister(cfg, attrs)
 		case proto.OpAudit:
 			if len(attrs) > 0 {
 				err = proto.Errorf(proto.CodeInvalidRequest, "audit takes no attributes")
 				break
 			}
-			if !c.hostRoot() {
-				err = proto.Errorf(proto.CodePermissionDenied, "audit reads every process's fds: root outside containers only")
+			if err = c.authorize(cfg, policy.Audit, nil); err != nil {
 				break
 			}
 			var rep *proto.AuditReport
@@ -185,10 +200,10 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (re
 			}
 		case proto.OpWhoami:
 			m := proto.NewMessage(out, h.Op, proto.CodeOK)
-			m.String(proto.AttrIdentity, c.id.Name)
-			m.String(proto.AttrCgroup, c.id.Cgroup)
-			m.U32(proto.AttrUID, c.id.UID)
-			m.U32(proto.AttrPID, uint32(c.id.PID))
+			m.String(proto.AttrIdentity, c.peer.Identity)
+			m.String(proto.AttrCgroup, c.peer.Cgroup)
+			m.U32(proto.AttrUID, c.peer.UID)
+			m.U32(proto.AttrPID, uint32(c.peer.PID))
 			return m.Bytes(), nil, false
 		default:
 			err = proto.Errorf(proto.CodeInvalidRequest, "unknown operation %d", h.Op)
@@ -206,7 +221,7 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (re
 		if errors.Is(err, proto.ErrMalformed) {
 			perr = &proto.Error{Code: proto.CodeInvalidRequest, Message: err.Error()}
 		} else {
-			c.srv.log.Error("request failed", "op", h.Op, "identity", c.id.Name, "err", err)
+			c.log.Error("request failed", "op", h.Op, "identity", c.peer.Identity, "err", err)
 			perr = &proto.Error{Code: proto.CodeInternal, Message: err.Error()}
 		}
 	}
@@ -214,21 +229,6 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (re
 	m.String(proto.AttrMessage, perr.Message)
 	fatal = perr.Code == proto.CodeInvalidRequest || perr.Code == proto.CodeUnsupportedVersion
 	return m.Bytes(), nil, fatal
-}
-
-// hostRoot reports whether the caller is root outside registered
-// containers: only it may act on other owners' entries or see them all.
-func (c *conn) hostRoot() bool { return c.id.UID == 0 && c.id.Container == "" }
-
-// granted reports whether policy lets the caller, by any of its names,
-// acquire owner:name.
-func (c *conn) granted(cfg *policy.Config, owner, name string) bool {
-	for _, n := range c.names {
-		if cfg.Allowed(n, owner, name) {
-			return true
-		}
-	}
-	return false
 }
 
 func badAttr(op proto.Op, t proto.Attr) error {
@@ -255,21 +255,22 @@ func (c *conn) acquire(cfg *policy.Config, attrs []byte, out []byte) (proto.Buil
 	if !haveOwner || !haveName {
 		return proto.Builder{}, nil, proto.Errorf(proto.CodeInvalidRequest, "acquire needs an owner and a name")
 	}
-	self := owner == c.id.Name
-	if !self && !c.granted(cfg, owner, name) {
-		c.srv.log.Info("acquire denied", "consumer", c.id.Name, "pid", c.id.PID, "entry", owner+":"+name, "reason", "no grant")
-		return proto.Builder{}, nil, proto.Errorf(proto.CodePermissionDenied, "%s may not acquire %s:%s: no grant in policy", c.id.Name, owner, name)
-	}
 	e := c.srv.store.acquire(owner, name)
 	if e == nil {
+		// Policy first, so that a refusal does not tell whether it exists.
+		if err := c.authorize(cfg, policy.Acquire, &policy.Target{Owner: owner, Name: name, UID: ^uint32(0)}); err != nil {
+			return proto.Builder{}, nil, err
+		}
 		return proto.Builder{}, nil, proto.Errorf(proto.CodeNotFound, "%s:%s is not published", owner, name)
 	}
-	if !self && !e.admits(c.names) {
-		e.release()
-		c.srv.log.Info("acquire denied", "consumer", c.id.Name, "pid", c.id.PID, "entry", owner+":"+name, "reason", "audience")
-		return proto.Builder{}, nil, proto.Errorf(proto.CodePermissionDenied, "%s may not acquire %s:%s: the owner's allow list excludes it", c.id.Name, owner, name)
+	if err := c.authorize(cfg, policy.Acquire, e.target()); err != nil {
+		c.srv.store.release(e)
+		return proto.Builder{}, nil, err
 	}
 	e.acquired.Add(1)
+	if c.log.Enabled(context.Background(), slog.LevelDebug) {
+		c.log.Debug("acquired", "consumer", c.peer.Identity, "pid", c.peer.PID, "entry", owner+":"+name)
+	}
 	return proto.NewMessage(out, proto.OpAcquire, proto.CodeOK), e, nil
 }
 
@@ -277,11 +278,11 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {
 	if fd < 0 {
 		return proto.Errorf(proto.CodeInvalidRequest, "publish needs exactly one fd")
 	}
-	if len(c.id.Name) > proto.MaxIdentity {
+	if len(c.peer.Identity) > proto.MaxIdentity {
 		linux.Close(fd)
-		return proto.Errorf(proto.CodePermissionDenied, "identity %.64q... is longer than %d bytes and cannot own entries", c.id.Name, proto.MaxIdentity)
+		return proto.Errorf(proto.CodePermissionDenied, "identity %.64q... is longer than %d bytes and cannot own entries", c.peer.Identity, proto.MaxIdentity)
 	}
-	e := newEntry(c.id.Name, "", fd)
+	e := newEntry(c.peer.Identity, "", fd)
 	var flags uint32
 	var ttl uint64
 	var haveName, haveFlags, haveTTL bool
@@ -330,23 +331,25 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {
 	e.pinned = flags&proto.FlagPin != 0
 	e.kind = linux.FdKind(fd)
 	e.dev, e.ino, _ = linux.FileID(fd)
-	e.cgroup = c.id.Cgroup
-	e.ownerCg = c.id.OwnerCgroup
-	e.uid = c.id.UID
+	e.cgroup = c.peer.Cgroup
+	e.ownerCg = c.peer.OwnerCgroup
+	e.uid = c.peer.UID
+	e.acct, e.limited = c.peer.Acct, !c.peer.HostAdmin()
 	e.published = time.Now()
 	if haveTTL {
 		e.expires = e.published.Add(time.Duration(ttl) * time.Millisecond)
 	}
-	if err := c.srv.store.publish(e, flags&proto.FlagReplace != 0, cfg, c.srv.maxEntries(cfg)); err != nil {
+	mayReplace := func(old *entry) error { return c.authorize(cfg, policy.Replace, old.target()) }
+	if err := c.srv.store.publish(e, flags&proto.FlagReplace != 0, mayReplace, cfg, c.srv.maxEntries(cfg)); err != nil {
 		return err
 	}
 	c.srv.store.synced() // acknowledged only once systemd holds it
-	c.srv.log.Info("published", "owner", e.owner, "name", e.name, "kind", e.kind, "pin", e.pinned, "ttl", time.Duration(ttl)*time.Millisecond, "pid", c.id.PID)
+	c.log.Info("published", "owner", e.owner, "name", e.name, "kind", e.kind, "pin", e.pinned, "ttl", time.Duration(ttl)*time.Millisecond, "uid", e.uid, "pid", c.peer.PID)
 	return nil
 }
 
-func (c *conn) revoke(attrs []byte) error {
-	owner, name := c.id.Name, ""
+func (c *conn) revoke(cfg *policy.Config, attrs []byte) error {
+	owner, name := c.peer.Identity, ""
 	var flags uint32
 	var haveName, haveOwner, haveFlags bool
 	var err error
@@ -376,18 +379,19 @@ func (c *conn) revoke(attrs []byte) error {
 	if !haveName {
 		return proto.Errorf(proto.CodeInvalidRequest, "revoke needs a name")
 	}
-	if owner != c.id.Name && !c.hostRoot() {
-		return proto.Errorf(proto.CodePermissionDenied, "only root outside containers may revoke another owner's entries (%s:%s)", owner, name)
+	if owner != c.peer.Identity {
+		// Another owner's entry: decided before looking, so that a refusal
+		// does not tell whether it exists.
+		if err := c.authorize(cfg, policy.Revoke, &policy.Target{Owner: owner, Name: name, UID: ^uint32(0)}); err != nil {
+			return err
+		}
 	}
-	uid := c.id.UID
-	if uid == 0 && !c.hostRoot() {
-		uid = ^uint32(0) // root in a container: only what it published itself
-	}
-	if err := c.srv.store.revoke(owner, name, uid, flags&proto.FlagShutdown != 0); err != nil {
+	may := func(e *entry) error { return c.authorize(cfg, policy.Revoke, e.target()) }
+	if err := c.srv.store.revoke(owner, name, may, flags&proto.FlagShutdown != 0); err != nil {
 		return err
 	}
 	c.srv.store.synced()
-	c.srv.log.Info("revoked", "owner", owner, "name", name, "by", c.id.Name, "uid", c.id.UID, "pid", c.id.PID, "shutdown", flags&proto.FlagShutdown != 0)
+	c.log.Info("revoked", "owner", owner, "name", name, "by", c.peer.Identity, "uid", c.peer.UID, "pid", c.peer.PID, "shutdown", flags&proto.FlagShutdown != 0)
 	return nil
 }
 
@@ -407,8 +411,8 @@ func (c *conn) status(cfg *policy.Config, attrs []byte, out []byte) (proto.Build
 	if err := it.Err(); err != nil {
 		return proto.Builder{}, err
 	}
-	if !c.hostRoot() {
-		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "status shows every cgroup's entries: root outside containers only")
+	if err := c.authorize(cfg, policy.Status, nil); err != nil {
+		return proto.Builder{}, err
 	}
 	s := c.srv
 	limit, _ := s.Capacity(cfg)
@@ -484,13 +488,11 @@ func (c *conn) list(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder
 	if err := it.Err(); err != nil {
 		return proto.Builder{}, err
 	}
-	me := c.id.Name
-	root := c.hostRoot()
 	entries := c.srv.store.snapshot(func(e *entry) bool {
 		if haveAfter && !less(after, e.key) {
 			return false
 		}
-		return root || e.owner == me || (c.granted(cfg, e.owner, e.name) && e.admits(c.names))
+		return cfg.Authorize(&c.peer.Caller, policy.See, e.target()).Allowed
 	})
 	m := proto.NewMessage(out, proto.OpList, proto.CodeOK)
 	for _, e := range entries {

@@ -1,75 +1,55 @@
 package agent
 
 import (
-	"errors"
-	"os"
+	"fmt"
+	"sort"
 	"sync"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/capd-dev/capd/cgroup"
-	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/proto"
 )
 
-// container is a container the OCI hook registered: its identity, its
-// cgroup (taken from its init process by the agent, never from the
-// request), and that init process, held by pidfd so that its exit
-// unregisters the container even when the runtime never runs poststop.
+// container is a container the OCI hook registered: its identity and its
+// cgroup, taken from its init process by the agent (never from the
+// request). The registration lasts while any process remains in that
+// cgroup or below it: the init's exit alone ends nothing, so a process
+// that outlives the init keeps the container's identity and never becomes
+// a host process.
 type container struct {
 	id, name string
 	identity string   // "container:NAME", or "container:ID" without a name
 	aliases  []string // "container:ID" when named
 	cgroup   string
-	pidfd    int
+	cgroupID uint64 // inode of the cgroup's directory: a cgroup made again at the path is another
+	epoch    uint64 // the cgroup's watch epoch at registration
 }
 
 func (c *container) names() []string { return append([]string{c.identity}, c.aliases...) }
 
-// registry holds the registered containers. One goroutine waits on an
-// epoll set of their pidfds; there is no goroutine or timer per container.
+// registry holds the registered containers. It owns no fds: their
+// lifetime is their cgroup's, which the store's cgroup watcher reports
+// (Server.cgroupEmptied calls emptied); there is no goroutine, timer or fd
+// per container.
 type registry struct {
-	onExit func(*container)
+	watch *cgroup.Watcher
+	abs   func(string) string // cgroup path -> directory
 
 	mu       sync.RWMutex
 	byCgroup map[string]*container
 	byID     map[string]*container
 	byIdent  map[string]*container // by identity and aliases
-	byFD     map[int]*container
-
-	ep   int // epoll of pidfds and wake
-	wake int // eventfd that stops run
-	done chan struct{}
 }
 
-func newRegistry(onExit func(*container)) (*registry, error) {
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		return nil, os.NewSyscallError("epoll_create1", err)
-	}
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
-	if err != nil {
-		linux.Close(ep)
-		return nil, os.NewSyscallError("eventfd", err)
-	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wake, &ev); err != nil {
-		linux.Close(ep)
-		linux.Close(wake)
-		return nil, os.NewSyscallError("epoll_ctl", err)
-	}
-	r := &registry{
-		onExit:   onExit,
+func newRegistry(w *cgroup.Watcher, abs func(string) string) *registry {
+	return &registry{
+		watch:    w,
+		abs:      abs,
 		byCgroup: make(map[string]*container),
 		byID:     make(map[string]*container),
 		byIdent:  make(map[string]*container),
-		byFD:     make(map[int]*container),
-		ep:       ep,
-		wake:     wake,
-		done:     make(chan struct{}),
 	}
-	go r.run()
-	return r, nil
 }
 
 // lookup returns the container whose cgroup is p or an ancestor of p.
@@ -100,15 +80,46 @@ func (r *registry) overlapping(p string) string {
 	return ""
 }
 
-// add registers c, taking ownership of c.pidfd whatever the outcome. The
-// same id registered again from the same cgroup (prestart and createRuntime
-// both configured, a retried hook) keeps one registration with the newer
-// pidfd. A name, id or cgroup held by another container is refused.
+// cgroupID returns the inode of cgroup p's directory.
+func (r *registry) cgroupID(p string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(r.abs(p), &st); err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w", p, err)
+	}
+	return st.Ino, nil
+}
+
+// add registers c and starts following its cgroup. The same id registered
+// again from the same cgroup (prestart and createRuntime both configured,
+// a retried hook) keeps one registration. A name, id or cgroup held by
+// another container is refused, and so is a cgroup that has no process
+// left or is not the one c.cgroupID names.
 func (r *registry) add(c *container) error {
+	epoch, populated, recreated, err := r.watch.Add(c.cgroup)
+	if err != nil {
+		return err
+	}
+	id, err := r.cgroupID(c.cgroup)
+	switch {
+	case err != nil:
+	case !populated:
+		err = proto.Errorf(proto.CodeInvalidRequest, "container %s: cgroup %s has no processes left", c.id, c.cgroup)
+	case c.cgroupID != 0 && id != c.cgroupID:
+		err = proto.Errorf(proto.CodeInvalidRequest, "container %s: cgroup %s is not the one registered (it was removed and created again)", c.id, c.cgroup)
+	}
+	if err != nil {
+		r.watch.Remove(c.cgroup)
+		return err
+	}
+	c.cgroupID, c.epoch = id, epoch
+
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if o := r.byCgroup[c.cgroup]; o != nil && (recreated || o.cgroupID != c.cgroupID) {
+		// A stale registration of an earlier cgroup at the same path.
+		r.removeLocked(o)
+	}
 	old := r.byID[c.id]
-	var err error
 	switch {
 	case old != nil && old.cgroup != c.cgroup:
 		err = proto.Errorf(proto.CodeExists, "container id %s is registered with cgroup %s", c.id, old.cgroup)
@@ -123,49 +134,68 @@ func (r *registry) add(c *container) error {
 		}
 	}
 	if err != nil {
-		linux.Close(c.pidfd)
+		r.watch.Remove(c.cgroup)
 		return err
-	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(c.pidfd)}
-	if err := unix.EpollCtl(r.ep, unix.EPOLL_CTL_ADD, c.pidfd, &ev); err != nil {
-		linux.Close(c.pidfd)
-		return os.NewSyscallError("epoll_ctl", err)
 	}
 	if old != nil {
 		r.removeLocked(old)
 	}
 	r.byID[c.id] = c
 	r.byCgroup[c.cgroup] = c
-	r.byFD[c.pidfd] = c
 	for _, n := range c.names() {
 		r.byIdent[n] = c
 	}
 	return nil
 }
 
-// remove unregisters the container with id and returns it, or nil.
-func (r *registry) remove(id string) *container {
+// errStillRunning refuses to unregister a container that has processes.
+var errStillRunning = proto.Errorf(proto.CodePermissionDenied, "the container still has processes in its cgroup; it stays registered until they are gone")
+
+// unregister forgets the container with id, if its cgroup has no process
+// left (the hook's poststop: the runtime has killed everything). A live
+// container stays: a poststop of another container with the same id, from
+// another runtime root, cannot end it.
+func (r *registry) unregister(id string) (*container, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	c := r.byID[id]
-	if c != nil {
-		r.removeLocked(c)
+	if c == nil {
+		return nil, proto.Errorf(proto.CodeNotFound, "container %s is not registered", id)
 	}
+	if populated, err := cgroup.Populated(r.abs(c.cgroup)); err != nil || populated {
+		if err != nil {
+			return nil, fmt.Errorf("container %s: %w", id, err)
+		}
+		return nil, fmt.Errorf("container %s (cgroup %s): %w", id, c.cgroup, errStillRunning)
+	}
+	r.removeLocked(c)
+	return c, nil
+}
+
+// emptied ends the registration of cgroup p if it was made before the
+// emptying the watcher numbered epoch, and returns it.
+func (r *registry) emptied(p string, epoch uint64) *container {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.byCgroup[p]
+	if c == nil || c.epoch >= epoch {
+		return nil
+	}
+	r.removeLocked(c)
 	return c
 }
 
 func (r *registry) removeLocked(c *container) {
 	delete(r.byID, c.id)
-	delete(r.byCgroup, c.cgroup)
-	delete(r.byFD, c.pidfd)
+	if r.byCgroup[c.cgroup] == c {
+		delete(r.byCgroup, c.cgroup)
+	}
 	for _, n := range c.names() {
 		if r.byIdent[n] == c {
 			delete(r.byIdent, n)
 		}
 	}
-	unix.EpollCtl(r.ep, unix.EPOLL_CTL_DEL, c.pidfd, nil)
-	linux.Close(c.pidfd)
-	c.pidfd = -1
+	r.watch.Remove(c.cgroup)
 }
 
 func (r *registry) len() int {
@@ -174,54 +204,23 @@ func (r *registry) len() int {
 	return len(r.byID)
 }
 
-// run waits for registered init processes to exit.
-func (r *registry) run() {
-	defer close(r.done)
-	events := make([]unix.EpollEvent, 32)
-	var exited []*container
-	for {
-		n, err := unix.EpollWait(r.ep, events, -1)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return
-		}
-		exited = exited[:0]
-		r.mu.Lock()
-		for _, ev := range events[:n] {
-			if int(ev.Fd) == r.wake {
-				r.mu.Unlock()
-				return
-			}
-			// The fd number may belong to a newer registration by now:
-			// act only on an init that really exited.
-			if c := r.byFD[int(ev.Fd)]; c != nil {
-				if alive, err := linux.PidfdAlive(c.pidfd); err == nil && alive {
-					continue
-				}
-				r.removeLocked(c)
-				exited = append(exited, c)
-			}
-		}
-		r.mu.Unlock()
-		for _, c := range exited {
-			r.onExit(c)
-		}
+// records describes the registrations for persistence, sorted by id.
+func (r *registry) records() []ctrRecord {
+	r.mu.RLock()
+	out := make([]ctrRecord, 0, len(r.byID))
+	for _, c := range r.byID {
+		out = append(out, ctrRecord{ID: c.id, Name: c.name, Identity: c.identity, Aliases: c.aliases, Cgroup: c.cgroup, CgroupID: c.cgroupID})
 	}
+	r.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
 }
 
-// close stops the registry and releases every pidfd.
+// close forgets every registration.
 func (r *registry) close() {
-	var one [8]byte
-	one[0] = 1
-	unix.Write(r.wake, one[:])
-	<-r.done
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	for _, c := range r.byID {
 		r.removeLocked(c)
 	}
-	r.mu.Unlock()
-	linux.Close(r.ep)
-	linux.Close(r.wake)
 }

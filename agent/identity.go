@@ -7,85 +7,205 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/internal/linux"
 )
 
-// Identity is who a connection belongs to, as the kernel reports it.
-type Identity struct {
-	// Name is the identity policy works with: "NAME.service",
-	// "NAME.scope" or "cgroup:/path" (see cgroup.IdentityFromPath).
-	Name string
-	// Cgroup is the peer's cgroup v2 path when identity was resolved.
-	Cgroup string
-	// OwnerCgroup is the cgroup whose life is the identity's: the unit's
+// peer is who a connection belongs to, as the kernel reports it: the
+// policy.Caller that authorization decides on, and what the store needs
+// besides.
+type peer struct {
+	policy.Caller
+	// Cgroup is the peer's cgroup v2 path; OwnerCgroup the cgroup whose
+	// life is the identity's: the unit's cgroup, a registered container's
 	// cgroup, or Cgroup itself (see cgroup.Owner).
+	Cgroup      string
 	OwnerCgroup string
-	// UID, GID and PID are the peer's credentials when it connected.
-	UID, GID uint32
-	PID      int32
-	// Container is the registered container the peer runs in ("" if
-	// none); Aliases are further names policy matches it by.
-	Container string
-	Aliases   []string
+	// Acct is the uid that limits count against: UID, or for a process in
+	// a user namespace the owner of the outermost user namespace below the
+	// agent's (see acctUID).
+	Acct uint32
+	GID  uint32
+	PID  int32
 }
 
-// Names returns every name policy may know the identity by.
-func (id *Identity) Names() []string {
-	if len(id.Aliases) == 0 {
-		return []string{id.Name}
+// host is what the agent compares peers with: its own user namespace and
+// pid namespace depth.
+type host struct {
+	userNS   linux.NsID
+	pidDepth int
+}
+
+func hostNamespaces() (host, error) {
+	u, err := linux.SelfNamespace(linux.UserNS)
+	if err != nil {
+		return host{}, err
 	}
-	return append([]string{id.Name}, id.Aliases...)
+	st, err := linux.ReadProcStatus("self")
+	if err != nil {
+		return host{}, err
+	}
+	return host{userNS: u, pidDepth: st.PIDDepth}, nil
 }
 
-// oldKernel makes resolvePeer act as on a kernel without SO_PEERPIDFD and
-// PIDFD_GET_INFO, so that tests exercise the fallback on this kernel.
+// oldKernel makes resolvePeer act as on a kernel without SO_PEERPIDFD,
+// PIDFD_GET_INFO and the pidfd namespace ioctls, so that tests exercise
+// the fallbacks on this kernel.
 var oldKernel atomic.Bool
 
-// resolvePeer learns the identity of the process that connected sock.
-//
-// Credentials come from SO_PEERCRED (fixed at connect). The cgroup comes from
-// a pidfd of the peer: SO_PEERPIDFD (Linux >= 6.5), then PIDFD_GET_INFO for
-// the cgroup id (Linux >= 6.13), resolved to a path through the v2 mount.
-// Older kernels fall back to /proc/PID/cgroup, accepted only if the pidfd
-// still shows the process alive after the read, so the pid was not recycled
-// in between. Nothing the client sends takes part.
-func resolvePeer(sock int, r *cgroup.Resolver) (Identity, error) {
-	cred, err := linux.PeerCred(sock)
-	if err != nil {
-		return Identity{}, err
-	}
-	id := Identity{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid}
+// peerPidfd returns a pidfd of the process that connected sock:
+// SO_PEERPIDFD (Linux >= 6.5), else pidfd_open of the SO_PEERCRED pid, where
+// a pid recycled since connect cannot be excluded.
+func peerPidfd(sock int, cred *unix.Ucred) (int, error) {
 	pidfd, err := linux.PeerPidfd(sock)
 	if err == nil && oldKernel.Load() {
 		linux.Close(pidfd)
 		err = unix.ENOPROTOOPT
 	}
 	if errors.Is(err, unix.ENOPROTOOPT) {
-		// Kernel < 6.5: the pid may have been recycled since connect; the
-		// liveness check below narrows but cannot close that window.
 		pidfd, err = linux.PidfdOpen(int(cred.Pid))
 	}
 	// On kernels with SO_PEERPIDFD, EINVAL/ESRCH mean the peer has exited:
 	// deny rather than guess from a pid that may be reused.
 	if err != nil {
-		return Identity{}, fmt.Errorf("pidfd of peer %d: %w", cred.Pid, err)
+		return -1, fmt.Errorf("pidfd of peer %d: %w", cred.Pid, err)
 	}
-	defer linux.Close(pidfd)
-
-	id.Cgroup, err = cgroupOf(pidfd, int(cred.Pid), r)
-	if err != nil {
-		return Identity{}, err
-	}
-	id.Name, id.OwnerCgroup = cgroup.Owner(id.Cgroup)
-	return id, nil
+	return pidfd, nil
 }
 
-// cgroupOf returns the cgroup v2 path of the process behind pidfd: from
-// PIDFD_GET_INFO (Linux >= 6.13), else from /proc/PID/cgroup, accepted only
-// if the pidfd shows the process still alive after the read. pid is the
-// process's pid, or 0 to take it from the pidfd.
-func cgroupOf(pidfd, pid int, r *cgroup.Resolver) (string, error) {
+// resolvePeer learns the identity of the process that connected sock.
+//
+// Credentials come from SO_PEERCRED (fixed at connect). Everything else
+// comes from a pidfd of the peer, or from /proc read by pid and accepted
+// only if the pidfd still shows the process alive afterwards, so the pid
+// was not recycled in between: the cgroup (PIDFD_GET_INFO, else
+// /proc/PID/cgroup), the effective capabilities and pid namespace depth
+// (/proc/PID/status), and the user namespace (PIDFD_GET_USER_NAMESPACE,
+// else /proc/PID/ns/user). Nothing the client sends takes part. A fact the
+// agent cannot establish is left false, which gives less authority.
+func resolvePeer(sock int, r *cgroup.Resolver, h host) (peer, error) {
+	cred, err := linux.PeerCred(sock)
+	if err != nil {
+		return peer{}, err
+	}
+	pidfd, err := peerPidfd(sock, cred)
+	if err != nil {
+		return peer{}, err
+	}
+	defer linux.Close(pidfd)
+	p := peer{GID: cred.Gid, PID: cred.Pid}
+	p.UID, p.Acct = cred.Uid, cred.Uid
+
+	p.Cgroup, _, err = cgroupOf(pidfd, int(cred.Pid), r)
+	if err != nil {
+		return peer{}, err
+	}
+	p.Identity, p.OwnerCgroup = cgroup.Owner(p.Cgroup)
+
+	st, err := linux.ReadProcStatus(fmt.Sprint(cred.Pid))
+	if err == nil {
+		err = stillAlive(pidfd, int(cred.Pid))
+	}
+	if err != nil {
+		return peer{}, fmt.Errorf("status of pid %d: %w", cred.Pid, err)
+	}
+	p.CapSysAdmin, p.CapSysPtrace = st.HasCap(linux.CapSysAdmin), st.HasCap(linux.CapSysPtrace)
+	ns, err := userNS(pidfd, int(cred.Pid))
+	switch {
+	case err != nil:
+		p.Why = "the agent cannot read its user namespace: " + err.Error()
+	case ns != h.userNS:
+		p.Why = "it runs in a user namespace of its own"
+	case st.PIDDepth != h.pidDepth:
+		p.Why = "it runs in a pid namespace of its own"
+	default:
+		p.HostNamespaces = true
+	}
+	return p, nil
+}
+
+func stillAlive(pidfd, pid int) error {
+	alive, err := linux.PidfdAlive(pidfd)
+	if err != nil {
+		return err
+	}
+	if !alive {
+		return fmt.Errorf("process %d exited during identification: %w", pid, unix.ESRCH)
+	}
+	return nil
+}
+
+// userNS returns the user namespace of the process behind pidfd.
+func userNS(pidfd, pid int) (linux.NsID, error) {
+	fd, err := linux.PidfdNamespace(pidfd, linux.UserNS)
+	if oldKernel.Load() {
+		if err == nil {
+			linux.Close(fd)
+		}
+		err = unix.ENOTTY
+	}
+	if errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.EINVAL) {
+		if fd, err = linux.ProcNamespace(pid, linux.UserNS); err == nil {
+			if err = stillAlive(pidfd, pid); err != nil {
+				linux.Close(fd)
+			}
+		}
+	}
+	if err != nil {
+		return linux.NsID{}, err
+	}
+	defer linux.Close(fd)
+	return linux.NamespaceID(fd)
+}
+
+// acctUID returns the uid that connection limits count the peer of sock
+// against: its uid, or, when it runs in a user namespace below the agent's,
+// the uid (in the agent's namespace) that created the outermost of those
+// namespaces, so that one user with many mapped uids is still one user.
+// Where the kernel does not tell, it is the peer's uid.
+func acctUID(sock int, cred *unix.Ucred, h host) uint32 {
+	pidfd, err := peerPidfd(sock, cred)
+	if err != nil {
+		return cred.Uid
+	}
+	defer linux.Close(pidfd)
+	fd, err := linux.PidfdNamespace(pidfd, linux.UserNS)
+	if err != nil {
+		return cred.Uid
+	}
+	for depth := 0; depth < 33; depth++ { // user namespaces nest 32 deep
+		id, err := linux.NamespaceID(fd)
+		if err != nil || id == h.userNS {
+			break
+		}
+		parent, err := linux.NsParent(fd)
+		if err != nil {
+			break
+		}
+		pid, err := linux.NamespaceID(parent)
+		if err == nil && pid == h.userNS {
+			linux.Close(parent)
+			owner, err := linux.NsOwnerUID(fd)
+			linux.Close(fd)
+			if err != nil {
+				return cred.Uid
+			}
+			return owner
+		}
+		linux.Close(fd)
+		fd = parent
+	}
+	linux.Close(fd)
+	return cred.Uid
+}
+
+// cgroupOf returns the cgroup v2 path and id of the process behind pidfd:
+// from PIDFD_GET_INFO (Linux >= 6.13), else from /proc/PID/cgroup,
+// accepted only if the pidfd shows the process still alive after the read.
+// pid is the process's pid, or 0 to take it from the pidfd. The id is 0
+// where only the path is known.
+func cgroupOf(pidfd, pid int, r *cgroup.Resolver) (string, uint64, error) {
 	info, err := linux.PidfdGetInfo(pidfd, unix.PIDFD_INFO_CGROUPID)
 	if oldKernel.Load() {
 		info, err = nil, unix.ENOTTY
@@ -93,34 +213,30 @@ func cgroupOf(pidfd, pid int, r *cgroup.Resolver) (string, error) {
 	if err == nil && info.Mask&unix.PIDFD_INFO_CGROUPID != 0 {
 		p, perr := r.PathByID(info.Cgroupid)
 		if perr == nil {
-			return p, nil
+			return p, info.Cgroupid, nil
 		}
 		// open_by_handle_at needs CAP_DAC_READ_SEARCH in the initial user
 		// namespace, which a containerized agent (systemd-nspawn) lacks:
 		// fall back to /proc, checked against the pidfd below.
 		if !errors.Is(perr, unix.EPERM) {
-			return "", fmt.Errorf("cgroup of pid %d: %w", info.Pid, perr)
+			return "", 0, fmt.Errorf("cgroup of pid %d: %w", info.Pid, perr)
 		}
 	}
 	switch {
 	case err == nil, errors.Is(err, unix.ENOTTY), errors.Is(err, unix.EINVAL):
 		if pid == 0 {
 			if pid, err = linux.PidfdPid(pidfd); err != nil {
-				return "", err
+				return "", 0, err
 			}
 		}
 		p, err := cgroup.ProcPath(pid)
 		if err != nil {
-			return "", err
+			return "", 0, err
 		}
-		alive, err := linux.PidfdAlive(pidfd)
-		if err != nil {
-			return "", err
+		if err := stillAlive(pidfd, pid); err != nil {
+			return "", 0, err
 		}
-		if !alive {
-			return "", fmt.Errorf("process %d exited during identification: %w", pid, unix.ESRCH)
-		}
-		return p, nil
+		return p, 0, nil
 	}
-	return "", fmt.Errorf("identify process %d: %w", pid, err)
+	return "", 0, fmt.Errorf("identify process %d: %w", pid, err)
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,16 +20,18 @@ import (
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/internal/fdstore"
 	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/internal/proto"
 )
 
 // Under systemd the agent keeps every entry's fd in its own fd store
-// (named "e-N") and the entries' metadata in a sealed memfd stored beside
-// them ("capd-meta-G", G growing with every change). systemd hands them all
-// back at the next start, after a crash too, and the agent rebuilds its
-// store from them.
+// (named "e-N") and the metadata of the entries and of the registered
+// containers in a sealed memfd stored beside them ("capd-meta-G", G
+// growing with every change). systemd hands them all back at the next
+// start, after a crash too, and the agent rebuilds its store and registry
+// from them.
 const (
 	entryPrefix = "e-"
-	ctrPrefix   = "c-" // a container's init pidfd, in a hand-off only
+	ctrPrefix   = "c-" // a container's init pidfd, in a hand-off from an older agent only
 	metaPrefix  = "capd-meta-"
 	maxMeta     = 64 << 20
 )
@@ -41,23 +45,26 @@ type persist struct {
 	mu  sync.Mutex // serializes metadata uploads
 	gen uint64
 	st  *store
+	reg *registry
 }
 
-// meta is the stored metadata: the entries, and (in a hand-off) the
-// registered containers.
+// meta is the stored metadata: the entries and the registered containers.
 type meta struct {
 	Entries    []record    `json:"entries"`
 	Containers []ctrRecord `json:"containers,omitempty"`
 }
 
-// ctrRecord is a registered container; its init's pidfd travels as "c-N".
+// ctrRecord is a registered container. A registration is restored only if
+// its cgroup still exists as the same directory (CgroupID, its inode) and
+// still has processes.
 type ctrRecord struct {
-	FD       string   `json:"fd"`
+	FD       string   `json:"fd,omitempty"` // an older agent's hand-off: its init's pidfd, unused
 	ID       string   `json:"id"`
 	Name     string   `json:"name,omitempty"`
 	Identity string   `json:"identity"`
 	Aliases  []string `json:"aliases,omitempty"`
 	Cgroup   string   `json:"cgroup"`
+	CgroupID uint64   `json:"cgroup_id,omitempty"`
 }
 
 // record is one entry's metadata.
@@ -102,7 +109,7 @@ func (p *persist) sync() error {
 	p.st.mu.RLock()
 	recs := records(p.st.entries)
 	p.st.mu.RUnlock()
-	b, err := json.Marshal(meta{Entries: recs})
+	b, err := json.Marshal(meta{Entries: recs, Containers: p.reg.records()})
 	if err != nil {
 		return err
 	}
@@ -228,21 +235,27 @@ func (s *Server) Restore(fds map[string]int) int {
 			delete(fds, name)
 		}
 	}
+	// Registrations first: whether a container's unpinned entries stay
+	// depends on its cgroup, which they follow.
+	ctrs := 0
 	for _, c := range m.Containers {
-		fd, ok := fds[c.FD]
-		if !ok {
-			s.log.Warn("handed-over container has no pidfd; skipped", "id", c.ID)
+		if fd, ok := fds[c.FD]; ok && c.FD != "" {
+			linux.Close(fd) // an older agent's pidfd: the cgroup decides now
+			delete(fds, c.FD)
+		}
+		if err := validContainer(&c); err != nil {
+			s.log.Warn("stored container registration is invalid; skipped", "id", c.ID, "err", err)
 			continue
 		}
-		delete(fds, c.FD)
-		ct := &container{id: c.ID, name: c.Name, identity: c.Identity, aliases: c.Aliases, cgroup: c.Cgroup, pidfd: fd}
-		if alive, err := linux.PidfdAlive(fd); err != nil || !alive {
-			linux.Close(fd)
-			continue
-		}
+		ct := &container{id: c.ID, name: c.Name, identity: c.Identity, aliases: c.Aliases, cgroup: c.Cgroup, cgroupID: c.CgroupID}
 		if err := s.reg.add(ct); err != nil {
-			s.log.Warn("handed-over container not registered", "id", c.ID, "err", err)
+			s.log.Info("stored container registration not restored", "id", c.ID, "identity", c.Identity, "reason", err)
+			continue
 		}
+		ctrs++
+	}
+	if ctrs > 0 {
+		s.log.Info("restored container registrations", "containers", ctrs)
 	}
 	recs := m.Entries
 	if p != nil {
@@ -327,9 +340,9 @@ func (s *store) restore(e *entry, now time.Time) error {
 // Handoff prepares a graceful restart without losing anything: it freezes
 // the store (expiry and drops stop; connections must be drained first) and
 // returns fds and their names in the socket-activation protocol's form:
-// every entry's fd ("e-N"), every registered container's init pidfd
-// ("c-N") and the metadata ("capd-meta-G", a sealed memfd), for a new agent
-// process to Restore. The fds stay open until the process execs; if it
+// every entry's fd ("e-N") and the metadata of entries and container
+// registrations ("capd-meta-G", a sealed memfd), for a new agent process
+// to Restore. The fds stay open until the process execs; if it
 // does not, it must exit.
 func (s *Server) Handoff() (names []string, fds []int, err error) {
 	st := s.store
@@ -352,13 +365,7 @@ func (s *Server) Handoff() (names []string, fds []int, err error) {
 	m := meta{Entries: records(st.entries)}
 	st.mu.Unlock()
 
-	s.reg.mu.Lock()
-	for _, c := range s.reg.byID {
-		name := ctrPrefix + strconv.Itoa(len(m.Containers)+1)
-		m.Containers = append(m.Containers, ctrRecord{FD: name, ID: c.id, Name: c.name, Identity: c.identity, Aliases: c.aliases, Cgroup: c.cgroup})
-		names, fds = append(names, name), append(fds, c.pidfd)
-	}
-	s.reg.mu.Unlock()
+	m.Containers = s.reg.records()
 
 	b, err := json.Marshal(m)
 	if err != nil {
@@ -370,4 +377,31 @@ func (s *Server) Handoff() (names []string, fds []int, err error) {
 	}
 	names, fds = append(names, metaPrefix+strconv.FormatUint(gen, 10)), append(fds, mfd)
 	return names, fds, nil
+}
+
+// validContainer checks a stored registration field by field: stored state
+// is input like any other.
+func validContainer(c *ctrRecord) error {
+	switch {
+	case proto.ValidContainerName(c.ID) != nil:
+		return proto.ValidContainerName(c.ID)
+	case c.Name != "" && proto.ValidContainerName(c.Name) != nil:
+		return proto.ValidContainerName(c.Name)
+	case !validCgroupPath(c.Cgroup) || c.Cgroup == "/":
+		return fmt.Errorf("cgroup %q is not a cgroup below the root", c.Cgroup)
+	}
+	want := "container:" + c.ID
+	var aliases []string
+	if c.Name != "" {
+		want, aliases = "container:"+c.Name, []string{"container:" + c.ID}
+	}
+	if c.Identity != want || !slices.Equal(c.Aliases, aliases) {
+		return fmt.Errorf("identity %q and aliases %q do not follow from id %q and name %q", c.Identity, c.Aliases, c.ID, c.Name)
+	}
+	return nil
+}
+
+// validCgroupPath reports whether p is a clean absolute cgroup path.
+func validCgroupPath(p string) bool {
+	return strings.HasPrefix(p, "/") && path.Clean(p) == p
 }

@@ -5,28 +5,25 @@ import (
 	"fmt"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/proto"
 )
 
-// register records a container for the OCI hook. The caller must be root
-// outside any registered container; the container's cgroup comes from the
-// pidfd of its init process that the request carries (owned here), never
-// from the request. The reply says, for each requested entry, whether the
-// container may acquire it now; with FlagRequired any refusal refuses the
-// registration.
+// register records a container for the OCI hook. The caller must be a host
+// administrator; the container's cgroup comes from the pidfd of its init
+// process that the request carries (owned here, closed before returning),
+// never from the request. The reply says, for each requested entry,
+// whether the container may acquire it now; with FlagRequired any refusal
+// refuses the registration.
 func (c *conn) register(cfg *policy.Config, attrs []byte, pidfd int, out []byte) (proto.Builder, error) {
-	fail := func(err error) (proto.Builder, error) {
-		if pidfd >= 0 {
-			linux.Close(pidfd)
-		}
-		return proto.Builder{}, err
-	}
 	if pidfd < 0 {
-		return fail(proto.Errorf(proto.CodeInvalidRequest, "register needs the pidfd of the container's init process"))
+		return proto.Builder{}, proto.Errorf(proto.CodeInvalidRequest, "register needs the pidfd of the container's init process")
 	}
+	defer linux.Close(pidfd)
 	var ct container
 	var flags uint32
 	var refs [][2]string
@@ -68,22 +65,23 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, pidfd int, out []byte)
 		if !errors.As(err, &perr) {
 			err = &proto.Error{Code: proto.CodeInvalidRequest, Message: err.Error()}
 		}
-		return fail(err)
+		return proto.Builder{}, err
 	}
-	if err := c.mayManageContainers(); err != nil {
-		return fail(err)
+	if err := c.authorize(cfg, policy.ManageContainers, nil); err != nil {
+		return proto.Builder{}, err
 	}
-	ct.cgroup, err = cgroupOf(pidfd, 0, c.srv.resolver)
+	ct.cgroup, ct.cgroupID, err = cgroupOf(pidfd, 0, c.srv.resolver)
 	if err != nil {
-		return fail(proto.Errorf(proto.CodeInvalidRequest, "container %s: its init process: %v", ct.id, err))
+		return proto.Builder{}, proto.Errorf(proto.CodeInvalidRequest, "container %s: its init process: %v", ct.id, err)
 	}
-	if within(c.id.Cgroup, ct.cgroup) {
+	if within(c.peer.Cgroup, ct.cgroup) {
 		// Registering "/" or the runtime's own cgroup would rename the
 		// caller and everything beside it.
-		return fail(proto.Errorf(proto.CodePermissionDenied, "container %s: its cgroup %s holds the registering process too; the runtime must give the container a cgroup of its own", ct.id, ct.cgroup))
+		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "container %s: its cgroup %s holds the registering process too; the runtime must give the container a cgroup of its own", ct.id, ct.cgroup)
 	}
-	if err := c.containerCgroupOK(ct.cgroup, pidfd); err != nil {
-		return fail(proto.Errorf(proto.CodePermissionDenied, "container %s: %v", ct.id, err))
+	initUID, err := c.containerCgroupOK(ct.cgroup, pidfd)
+	if err != nil {
+		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "container %s: %v", ct.id, err)
 	}
 	ct.identity = "container:" + ct.id
 	if ct.name != "" {
@@ -91,14 +89,15 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, pidfd int, out []byte)
 		ct.aliases = []string{"container:" + ct.id}
 	}
 
-	// What may the container acquire now?
-	names := append([]string{ct.identity}, ct.aliases...)
+	// What may the container's init acquire now? It is in a container by
+	// definition, with its uid.
+	who := &policy.Caller{Identity: ct.identity, Aliases: ct.aliases, UID: initUID, Container: ct.id}
 	m := proto.NewMessage(out, proto.OpRegister, proto.CodeOK)
 	m.String(proto.AttrIdentity, ct.identity)
 	m.String(proto.AttrCgroup, ct.cgroup)
 	var denied []string
 	for _, r := range refs {
-		code, msg := c.canAcquire(cfg, names, r[0], r[1])
+		code, msg := c.srv.canAcquire(cfg, who, r[0], r[1])
 		start := m.Begin(proto.AttrResult)
 		m.String(proto.AttrOwner, r[0])
 		m.String(proto.AttrName, r[1])
@@ -106,73 +105,76 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, pidfd int, out []byte)
 		if code != proto.CodeOK {
 			m.String(proto.AttrMessage, msg)
 			denied = append(denied, msg)
-			c.srv.log.Info("container may not acquire a requested entry", "id", ct.id, "identity", ct.identity, "entry", r[0]+":"+r[1], "reason", msg)
+			c.log.Info("container may not acquire a requested entry", "id", ct.id, "identity", ct.identity, "entry", r[0]+":"+r[1], "reason", msg)
 		}
 		m.End(start)
 	}
 	if len(denied) > 0 && flags&proto.FlagRequired != 0 {
-		return fail(proto.Errorf(proto.CodePermissionDenied, "container %s requires entries it cannot acquire: %s", ct.id, strings.Join(denied, "; ")))
+		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "container %s requires entries it cannot acquire: %s", ct.id, strings.Join(denied, "; "))
 	}
-	ct.pidfd, pidfd = pidfd, -1
 	if err := c.srv.reg.add(&ct); err != nil {
+		var perr *proto.Error
+		if errors.As(err, &perr) && perr.Code == proto.CodeExists {
+			c.log.Warn("container not registered", "id", ct.id, "identity", ct.identity, "reason", perr.Message)
+		}
 		return proto.Builder{}, err
 	}
-	c.srv.log.Info("container registered", "id", ct.id, "identity", ct.identity, "cgroup", ct.cgroup, "requested", len(refs), "denied", len(denied))
+	c.srv.store.synced()
+	c.log.Info("container registered", "id", ct.id, "identity", ct.identity, "cgroup", ct.cgroup, "requested", len(refs), "denied", len(denied))
 	return m, nil
 }
 
 // containerCgroupOK refuses cgroups that are not a fresh container's: one
 // inside a systemd service (its processes are the service), one with any
 // process but the container's init (createRuntime runs before the workload
-// starts), or one above or below another registered container.
-func (c *conn) containerCgroupOK(p string, pidfd int) error {
+// starts), or one above or below another registered container. It returns
+// the init's uid.
+func (c *conn) containerCgroupOK(p string, pidfd int) (uint32, error) {
 	if id, _ := cgroup.Owner(p); strings.HasSuffix(id, ".service") {
-		return fmt.Errorf("cgroup %s belongs to %s: a service cannot be registered as a container", p, id)
+		return 0, fmt.Errorf("cgroup %s belongs to %s: a service cannot be registered as a container", p, id)
 	}
 	pid, err := linux.PidfdPid(pidfd)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	procs, err := cgroup.Procs(c.srv.resolver.Abs(p))
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if len(procs) != 1 || procs[0] != pid {
-		return fmt.Errorf("cgroup %s holds processes %v besides the container's init %d", p, procs, pid)
+		return 0, fmt.Errorf("cgroup %s holds processes %v besides the container's init %d", p, procs, pid)
 	}
 	if o := c.srv.reg.overlapping(p); o != "" {
-		return fmt.Errorf("cgroup %s is above or below the cgroup of registered container %s", p, o)
+		return 0, fmt.Errorf("cgroup %s is above or below the cgroup of registered container %s", p, o)
 	}
-	return nil
+	info, err := linux.PidfdGetInfo(pidfd, unix.PIDFD_INFO_CREDS)
+	if err != nil {
+		return ^uint32(0), nil // unknown uid: it acquires nothing as an owner
+	}
+	return info.Euid, nil
 }
 
-// canAcquire answers, without handing out anything, whether a consumer
-// known by names could acquire owner:name now.
-func (c *conn) canAcquire(cfg *policy.Config, names []string, owner, name string) (proto.Code, string) {
-	granted := false
-	for _, n := range names {
-		if n == owner || cfg.Allowed(n, owner, name) {
-			granted = true
-			break
-		}
-	}
-	if !granted {
-		return proto.CodePermissionDenied, fmt.Sprintf("%s may not acquire %s:%s: no grant in policy (permission-denied)", names[0], owner, name)
-	}
-	e := c.srv.store.acquire(owner, name)
+// canAcquire answers, without handing out anything, whether who could
+// acquire owner:name now.
+func (s *Server) canAcquire(cfg *policy.Config, who *policy.Caller, owner, name string) (proto.Code, string) {
+	e := s.store.acquire(owner, name)
 	if e == nil {
+		// Policy first, so that a refusal does not tell whether it exists.
+		if d := cfg.Authorize(who, policy.Acquire, &policy.Target{Owner: owner, Name: name, UID: ^uint32(0)}); !d.Allowed {
+			return proto.CodePermissionDenied, d.Reason + " (permission-denied)"
+		}
 		return proto.CodeNotFound, fmt.Sprintf("%s:%s is not published (not-found)", owner, name)
 	}
-	defer e.release()
-	if owner != names[0] && !e.admits(names) {
-		return proto.CodePermissionDenied, fmt.Sprintf("%s may not acquire %s:%s: the owner's allow list excludes it (permission-denied)", names[0], owner, name)
+	defer s.store.release(e)
+	if d := cfg.Authorize(who, policy.Acquire, e.target()); !d.Allowed {
+		return proto.CodePermissionDenied, d.Reason + " (permission-denied)"
 	}
 	return proto.CodeOK, ""
 }
 
 // unregister forgets a container (the hook's poststop) and drops its
-// unpinned entries.
-func (c *conn) unregister(attrs []byte) error {
+// unpinned entries; a container that still has processes stays.
+func (c *conn) unregister(cfg *policy.Config, attrs []byte) error {
 	var id string
 	var haveID bool
 	it := proto.Attrs(attrs)
@@ -188,34 +190,33 @@ func (c *conn) unregister(attrs []byte) error {
 	if !haveID {
 		return proto.Errorf(proto.CodeInvalidRequest, "unregister needs a container id")
 	}
-	if err := c.mayManageContainers(); err != nil {
+	if err := c.authorize(cfg, policy.ManageContainers, nil); err != nil {
 		return err
 	}
-	ct := c.srv.reg.remove(id)
-	if ct == nil {
-		return proto.Errorf(proto.CodeNotFound, "container %s is not registered", id)
+	ct, err := c.srv.reg.unregister(id)
+	if err != nil {
+		if errors.Is(err, errStillRunning) {
+			c.log.Warn("container not unregistered", "id", id, "reason", err)
+			return proto.Errorf(proto.CodePermissionDenied, "%v", err)
+		}
+		return err
 	}
 	n := c.srv.store.dropOwned(ct.cgroup)
-	c.srv.log.Info("container unregistered", "id", ct.id, "identity", ct.identity, "dropped", n)
+	c.srv.store.synced()
+	c.log.Info("container unregistered", "id", ct.id, "identity", ct.identity, "dropped", n)
 	return nil
 }
 
-// mayManageContainers admits root outside registered containers: the OCI
-// hook runs as root in the runtime's namespaces. A process inside a
-// registered container, even as root, may not register or unregister.
-func (c *conn) mayManageContainers() error {
-	switch {
-	case c.id.UID != 0:
-		return proto.Errorf(proto.CodePermissionDenied, "only root (the OCI hook) may register containers")
-	case c.id.Container != "":
-		return proto.Errorf(proto.CodePermissionDenied, "%s may not register containers: it runs in one", c.id.Name)
+// cgroupEmptied is the watcher's report that cgroup p has no processes
+// left: the store drops the unpinned entries it owns, and a container
+// registered there ends.
+func (s *Server) cgroupEmptied(p string, epoch uint64) {
+	if n := s.store.ownerEmptied(p, epoch); n > 0 {
+		s.log.Info("owner cgroup emptied; dropped its unpinned entries", "cgroup", p, "dropped", n)
 	}
-	return nil
-}
-
-// containerExited is the registry's report that a container's init
-// process exited.
-func (s *Server) containerExited(ct *container) {
-	n := s.store.dropOwned(ct.cgroup)
-	s.log.Info("container init exited; unregistered", "id", ct.id, "identity", ct.identity, "dropped", n)
+	if ct := s.reg.emptied(p, epoch); ct != nil {
+		n := s.store.dropOwned(ct.cgroup)
+		s.store.synced()
+		s.log.Info("container has no processes left; unregistered", "id", ct.id, "identity", ct.identity, "dropped", n)
+	}
 }

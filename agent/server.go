@@ -28,15 +28,27 @@ type Server struct {
 	resolver *cgroup.Resolver
 	watcher  *cgroup.Watcher
 	reg      *registry
-	wake     int // eventfd that stops Serve
-	fdLimit  int // soft RLIMIT_NOFILE, raised to the hard limit
+	host     host // the agent's own namespaces, which host administrators share
+	wake     int  // eventfd that stops Serve
+	fdLimit  int  // soft RLIMIT_NOFILE, raised to the hard limit
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
-	perUID   map[uint32]int
+	perUID   map[uint32]*uidState // by accounting uid
 	stopping bool
 	wg       sync.WaitGroup
 }
+
+// uidState is what the agent keeps per accounting uid: its connections
+// and its log limiter. It outlives the uid's last connection while the
+// limiter is not idle, so that reconnecting does not refill it.
+type uidState struct {
+	conns int
+	lim   *logLimiter
+}
+
+// maxIdleUIDs bounds the idle uidStates kept before forgetting the idle ones.
+const maxIdleUIDs = 1024
 
 // New prepares a server with cfg. It makes the process non-dumpable first,
 // before any fd can arrive, so that other users cannot read the agent's fds
@@ -48,6 +60,10 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 	limit, err := linux.RaiseNofile()
 	if err != nil {
 		return nil, err
+	}
+	h, err := hostNamespaces()
+	if err != nil {
+		return nil, fmt.Errorf("read the agent's own namespaces: %w", err)
 	}
 	r, err := cgroup.NewResolver()
 	if err != nil {
@@ -62,42 +78,29 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 		log:      log,
 		store:    newStore(),
 		resolver: r,
+		host:     h,
 		wake:     wake,
 		fdLimit:  limit,
 		conns:    make(map[*conn]struct{}),
-		perUID:   make(map[uint32]int),
+		perUID:   make(map[uint32]*uidState),
 	}
-	s.watcher, err = cgroup.NewWatcher(r.Mount(), s.ownerEmptied)
+	s.watcher, err = cgroup.NewWatcher(r.Mount(), s.cgroupEmptied)
 	if err != nil {
 		r.Close()
 		linux.Close(wake)
 		return nil, err
 	}
 	s.store.watch = s.watcher
+	s.reg = newRegistry(s.watcher, r.Abs)
 	fs, err := fdstore.Open()
 	if err != nil {
 		log.Warn("systemd's notification socket is unusable; entries will not survive a restart", "err", err)
 	} else if fs != nil {
-		s.store.persist = &persist{fs: fs, log: log, st: s.store}
-	}
-	s.reg, err = newRegistry(s.containerExited)
-	if err != nil {
-		s.watcher.Close()
-		r.Close()
-		linux.Close(wake)
-		return nil, err
+		s.store.persist = &persist{fs: fs, log: log, st: s.store, reg: s.reg}
 	}
 	s.cfg.Store(cfg)
 	s.checkCapacity(cfg)
 	return s, nil
-}
-
-// ownerEmptied is the watcher's report that owner cgroup p has no
-// processes left.
-func (s *Server) ownerEmptied(p string, epoch uint64) {
-	if n := s.store.ownerEmptied(p, epoch); n > 0 {
-		s.log.Info("owner cgroup emptied; dropped its unpinned entries", "cgroup", p, "dropped", n)
-	}
 }
 
 // Reload swaps in a new configuration. Connections see it from their next
@@ -108,8 +111,9 @@ func (s *Server) Reload(cfg *policy.Config) {
 	s.checkCapacity(cfg)
 }
 
-// rootReserve is how many connection slots only root may take, so that an
-// admin can still run status and revoke while other users fill the rest.
+// rootReserve is how many connection slots only root of the agent's user
+// namespace may take, so that an admin can still run status and revoke
+// while other users fill the rest.
 func rootReserve(cfg *policy.Config) int { return min(8, cfg.Agent.MaxConnections/8) }
 
 // fdReserve is how many fds the agent keeps beside its entries: one socket
@@ -190,21 +194,27 @@ func (s *Server) admit(nfd int) {
 		linux.Close(nfd)
 		return
 	}
+	acct := acctUID(nfd, cred, s.host)
 	s.mu.Lock()
+	us := s.uidLocked(acct)
 	var reason string
 	switch {
 	case s.stopping:
 		reason = "agent is shutting down"
 	case len(s.conns) >= cfg.Agent.MaxConnections:
 		reason = fmt.Sprintf("agent has %d connections, its limit", len(s.conns))
-	case cred.Uid != 0 && len(s.conns) >= cfg.Agent.MaxConnections-rootReserve(cfg):
+	case (cred.Uid != 0 || acct != 0) && len(s.conns) >= cfg.Agent.MaxConnections-rootReserve(cfg):
 		reason = fmt.Sprintf("agent has %d connections; the last %d are kept for root", len(s.conns), rootReserve(cfg))
-	case s.perUID[cred.Uid] >= cfg.Agent.MaxConnectionsPerUID:
-		reason = fmt.Sprintf("uid %d has %d connections, its limit", cred.Uid, s.perUID[cred.Uid])
+	case us.conns >= cfg.Agent.MaxConnectionsPerUID:
+		reason = fmt.Sprintf("uid %d has %d connections, its limit", acct, us.conns)
+		if acct != cred.Uid {
+			reason = fmt.Sprintf("uid %d (which owns the user namespace of uid %d) has %d connections, its limit", acct, cred.Uid, us.conns)
+		}
 	}
+	log := slog.New(limitedHandler{s.log.Handler(), us.lim, acct})
 	if reason != "" {
 		s.mu.Unlock()
-		s.log.Warn("connection refused", "uid", cred.Uid, "pid", cred.Pid, "reason", reason)
+		log.Warn("connection refused", "uid", cred.Uid, "acct_uid", acct, "pid", cred.Pid, "reason", reason)
 		var b [128]byte
 		m := proto.NewMessage(b[:0], 0, proto.CodeBusy)
 		m.String(proto.AttrMessage, reason)
@@ -213,19 +223,39 @@ func (s *Server) admit(nfd int) {
 		linux.Close(nfd)
 		return
 	}
-	c := &conn{srv: s, fd: nfd, uid: cred.Uid}
+	c := &conn{srv: s, fd: nfd, acct: acct, log: log}
 	s.conns[c] = struct{}{}
-	s.perUID[cred.Uid]++
+	us.conns++
 	s.wg.Add(1)
 	s.mu.Unlock()
 	go c.serve(cfg)
 }
 
+// uidLocked returns the state of accounting uid acct, creating it.
+func (s *Server) uidLocked(acct uint32) *uidState {
+	us := s.perUID[acct]
+	if us == nil {
+		if len(s.perUID) >= maxIdleUIDs {
+			now := time.Now()
+			for u, o := range s.perUID {
+				if o.conns == 0 && o.lim.idle(now) {
+					delete(s.perUID, u)
+				}
+			}
+		}
+		us = &uidState{lim: newLogLimiter()}
+		s.perUID[acct] = us
+	}
+	return us
+}
+
 func (s *Server) forget(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
-	if s.perUID[c.uid]--; s.perUID[c.uid] <= 0 {
-		delete(s.perUID, c.uid)
+	if us := s.perUID[c.acct]; us != nil {
+		if us.conns--; us.conns <= 0 && us.lim.idle(time.Now()) {
+			delete(s.perUID, c.acct)
+		}
 	}
 	s.mu.Unlock()
 	s.wg.Done()

@@ -34,7 +34,9 @@ type entry struct {
 	cgroup    string // the publisher's cgroup: charged for quotas with all its ancestors
 	ownerCg   string // the owner cgroup (cgroup.Owner): the entry lives while it has processes, unless pinned
 	epoch     uint64 // the owner cgroup's watch epoch at publish (unpinned entries)
-	uid       uint32 // the publisher's uid: only it or root may replace or revoke
+	uid       uint32 // the publisher's uid: only it or a host administrator may replace or revoke
+	acct      uint32 // the uid its per-uid limits count against (see peer.Acct)
+	limited   bool   // counted against acct's limits (the publisher was no host administrator)
 	dev, ino  uint64 // the file's identity, for audit after the fd is gone
 	sid       string // its name in systemd's fd store ("" without systemd)
 	published time.Time
@@ -55,20 +57,9 @@ func (e *entry) release() {
 	}
 }
 
-// admits reports whether the entry's audience lets a consumer known by
-// names acquire it.
-func (e *entry) admits(names []string) bool {
-	if len(e.allow) == 0 {
-		return true
-	}
-	for _, p := range e.allow {
-		for _, n := range names {
-			if p.Match(n) {
-				return true
-			}
-		}
-	}
-	return false
+// target describes the entry to the authorization decision.
+func (e *entry) target() *policy.Target {
+	return &policy.Target{Owner: e.owner, Name: e.name, UID: e.uid, Allow: e.allow, Kind: e.kind}
 }
 
 // watched reports whether the entry follows its owner cgroup's life.
@@ -106,6 +97,8 @@ type store struct {
 	now     func() time.Time
 	tombs   []tombstone                    // the last removed entries, oldest first, at most maxTombs
 	usage   map[string]*usage              // cgroup path -> usage of the subtree
+	byUID   map[uint32]*usage              // accounting uid -> its limited entries
+	pins    map[string]int                 // owner identity -> its pinned entries, wherever published
 	owned   map[string]map[*entry]struct{} // owner cgroup -> its watched entries
 	watch   *cgroup.Watcher                // nil: entries do not follow their owners
 	closer  closer
@@ -117,6 +110,8 @@ func newStore() *store {
 		entries: make(map[key]*entry),
 		now:     time.Now,
 		usage:   make(map[string]*usage),
+		byUID:   make(map[uint32]*usage),
+		pins:    make(map[string]int),
 		owned:   make(map[string]map[*entry]struct{}),
 	}
 	s.timer = time.AfterFunc(time.Hour, s.expire)
@@ -181,16 +176,20 @@ func (c *closer) stop() {
 }
 
 // publish inserts e, taking ownership of its fd whatever the outcome. max
-// bounds the whole store. Replacing or refusing releases fds only after the
-// lock is dropped: close(2) can block (SO_LINGER sockets, FUSE files) and
-// must not stall the store.
-func (s *store) publish(e *entry, replace bool, cfg *policy.Config, max int) error {
+// bounds the whole store. mayReplace decides, under the store's lock, on
+// replacing an entry of the same name. Replacing or refusing releases fds
+// only after the lock is dropped: close(2) can block (SO_LINGER sockets,
+// FUSE files) and must not stall the store.
+func (s *store) publish(e *entry, replace bool, mayReplace func(old *entry) error, cfg *policy.Config, max int) error {
 	var dead []*entry
 	defer func() { releaseAll(dead) }()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old := s.entries[e.key]
 	err := s.admitLocked(e, old, replace, cfg, max)
+	if err == nil && old != nil {
+		err = mayReplace(old)
+	}
 	if err == nil && e.watched() {
 		var populated, recreated bool
 		e.epoch, populated, recreated, err = s.watch.Add(e.ownerCg)
@@ -221,16 +220,34 @@ func (s *store) publish(e *entry, replace bool, cfg *policy.Config, max int) err
 
 // admitLocked checks everything that could refuse e, old being the entry it
 // would replace.
-func (s *store) admitLocked(e, old *entry, replace bool, cfg *policy.Config, max int) error {
+func (s *store) admitLocked(e, old *entry, replace bool, cfg *policy.Config, limit int) error {
 	switch {
 	case s.closed:
 		return proto.Errorf(proto.CodeBusy, "agent is shutting down")
 	case old != nil && !replace:
 		return proto.Errorf(proto.CodeExists, "%s:%s is already published (revoke it first, or publish with replace)", e.owner, e.name)
-	case old != nil && old.uid != e.uid && e.uid != 0:
-		return proto.Errorf(proto.CodePermissionDenied, "%s:%s was published by uid %d; only that uid or root may replace it", e.owner, e.name, old.uid)
-	case old == nil && len(s.entries) >= max:
+	case old == nil && len(s.entries) >= limit:
 		return proto.Errorf(proto.CodeQuotaExceeded, "cgroup / (the whole agent) holds %d entries, its limit (max_entries, or what RLIMIT_NOFILE leaves room for)", len(s.entries))
+	case old == nil && e.limited && len(s.entries) >= limit-cfg.Agent.AdminReserve(limit):
+		return proto.Errorf(proto.CodeQuotaExceeded, "the agent holds %d entries; the last %d of its %d are kept for host administrators", len(s.entries), cfg.Agent.AdminReserve(limit), limit)
+	}
+	if e.limited {
+		var u usage
+		if p := s.byUID[e.acct]; p != nil {
+			u = *p
+		}
+		if old != nil && old.limited && old.acct == e.acct {
+			u.entries--
+			if old.pinned {
+				u.pinned--
+			}
+		}
+		switch {
+		case u.entries+1 > cfg.Agent.MaxEntriesPerUID:
+			return proto.Errorf(proto.CodeQuotaExceeded, "uid %d holds %d entries, its limit (max_entries_per_uid is %d)", e.acct, u.entries, cfg.Agent.MaxEntriesPerUID)
+		case e.pinned && u.pinned+1 > cfg.Agent.MaxPinnedPerUID:
+			return proto.Errorf(proto.CodeQuotaExceeded, "uid %d holds %d pinned entries, its limit (max_pinned_per_uid is %d)", e.acct, u.pinned, cfg.Agent.MaxPinnedPerUID)
+		}
 	}
 	// Like pids.max: the entry counts against its cgroup and every
 	// ancestor, and every limit on the way must leave room.
@@ -244,6 +261,16 @@ func (s *store) admitLocked(e, old *entry, replace bool, cfg *policy.Config, max
 			if old.pinned {
 				pinned--
 			}
+		}
+		if p == e.ownerCg {
+			// An identity's pins count wherever it published them: a
+			// container restarted under its name gets a new cgroup, not
+			// a fresh quota.
+			own := s.pins[e.owner]
+			if old != nil && old.pinned {
+				own--
+			}
+			pinned = max(pinned, own)
 		}
 		l := cfg.NodeLimits(p, p == e.ownerCg)
 		if l.MaxEntries != policy.Unlimited && entries+1 > l.MaxEntries {
@@ -287,8 +314,28 @@ func (s *store) insertLockedNoPersist(e *entry) {
 	}
 }
 
-// charge adds d to the usage of e's cgroup and all its ancestors.
+// charge adds d to the usage of e's cgroup and all its ancestors, of its
+// accounting uid and of its owner identity.
 func (s *store) charge(e *entry, d int) {
+	if e.limited {
+		u := s.byUID[e.acct]
+		if u == nil {
+			u = &usage{}
+			s.byUID[e.acct] = u
+		}
+		u.entries += d
+		if e.pinned {
+			u.pinned += d
+		}
+		if u.entries == 0 {
+			delete(s.byUID, e.acct)
+		}
+	}
+	if e.pinned {
+		if s.pins[e.owner] += d; s.pins[e.owner] == 0 {
+			delete(s.pins, e.owner)
+		}
+	}
 	for p, ok := e.cgroup, true; ok; p, ok = cgroup.Parent(p) {
 		u := s.usage[p]
 		if u == nil {
@@ -308,8 +355,11 @@ func (s *store) charge(e *entry, d int) {
 	}
 }
 
+// release drops a reference acquire took.
+func (s *store) release(e *entry) { e.release() }
+
 // acquire returns the entry with a reference held for the caller, who must
-// release it.
+// release it (store.release).
 func (s *store) acquire(owner, name string) *entry {
 	s.mu.RLock()
 	e := s.entries[key{owner, name}]
@@ -320,19 +370,22 @@ func (s *store) acquire(owner, name string) *entry {
 	return e
 }
 
-// revoke removes owner:name on behalf of uid: the publishing uid or root.
-// With shutdown, a socket entry is first shut down for reading and writing,
-// which every holder's copy shares; other kinds are refused unchanged.
-func (s *store) revoke(owner, name string, uid uint32, shutdown bool) error {
+// revoke removes owner:name if may, called under the store's lock, allows
+// it. With shutdown, a socket entry is first shut down for reading and
+// writing, which every holder's copy shares; other kinds are refused
+// unchanged.
+func (s *store) revoke(owner, name string, may func(*entry) error, shutdown bool) error {
 	s.mu.Lock()
 	e := s.entries[key{owner, name}]
-	switch {
-	case e == nil:
+	if e == nil {
 		s.mu.Unlock()
 		return proto.Errorf(proto.CodeNotFound, "%s:%s is not published", owner, name)
-	case e.uid != uid && uid != 0:
+	}
+	if err := may(e); err != nil {
 		s.mu.Unlock()
-		return proto.Errorf(proto.CodePermissionDenied, "%s:%s was published by uid %d; only that uid or root may revoke it", owner, name, e.uid)
+		return err
+	}
+	switch {
 	case shutdown && e.kind != "socket":
 		s.mu.Unlock()
 		return proto.Errorf(proto.CodeInvalidRequest, "%s:%s is a %s, not a socket: shutdown cannot reach its other holders (revoke without it)", owner, name, e.kind)

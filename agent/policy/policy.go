@@ -15,6 +15,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -39,6 +40,9 @@ const (
 	// Limits of an owner cgroup that no [[quota]] names.
 	DefaultCgroupMaxEntries = 1024
 	DefaultCgroupMaxPinned  = 256
+	// Limits of one uid that is not a host administrator.
+	DefaultMaxEntriesPerUID = 1024
+	DefaultMaxPinnedPerUID  = 256
 )
 
 // Unlimited is a Limits value that does not limit.
@@ -73,7 +77,16 @@ type AgentConfig struct {
 	// no [[quota]] names.
 	DefaultMaxEntries int `toml:"default_max_entries"`
 	DefaultMaxPinned  int `toml:"default_max_pinned"`
+	// MaxEntriesPerUID and MaxPinnedPerUID limit what one uid (the owner
+	// of a user namespace for the uids inside it) may hold, wherever it
+	// publishes; host administrators are exempt.
+	MaxEntriesPerUID int `toml:"max_entries_per_uid"`
+	MaxPinnedPerUID  int `toml:"max_pinned_per_uid"`
 }
+
+// AdminReserve is how many entries of the whole store only host
+// administrators may fill: the last eighth, at most 256.
+func (a *AgentConfig) AdminReserve(max int) int { return min(256, max/8) }
 
 // Quota limits the entries held by a cgroup and everything below it. Cgroup
 // names one cgroup v2 path; Unit names every cgroup called so ("x.service",
@@ -134,15 +147,22 @@ func (c *Config) NodeLimits(p string, owner bool) Limits {
 }
 
 // Grant lets identities matching Consumer acquire the entries matching
-// Acquire.
+// Acquire. AllowKinds lets it deliver kinds of fd that are not confined to
+// a container's root ("dir", "path") to consumers in containers.
 type Grant struct {
-	Consumer Pattern    `toml:"consumer"`
-	Acquire  []EntryRef `toml:"acquire"`
+	Consumer   Pattern    `toml:"consumer"`
+	Acquire    []EntryRef `toml:"acquire"`
+	AllowKinds []string   `toml:"allow_kinds"`
 }
 
 // Pattern is an identity glob: "zincati.service", "container:web-*",
-// "cgroup:/machine.slice/*". '*' matches any run of characters except '/',
-// '?' one such character, [...] a class (path.Match syntax).
+// "cgroup:/machine.slice/*". '*' matches any run of characters except '/'
+// and ':', '?' one such character, [...] a class (path.Match syntax,
+// negated with [^...]). Pattern and identity are matched part by part
+// between the ':' that separate an identity's kind from its name, so a
+// wildcard never crosses into or out of a kind prefix: "*.service" matches
+// unit identities only, never "container:x.service", and "*" matches no
+// "container:", "cgroup:", "pod:" or "machine:" identity.
 type Pattern string
 
 // UnmarshalText validates the pattern.
@@ -157,8 +177,18 @@ func (p *Pattern) UnmarshalText(b []byte) error {
 
 // Match reports whether identity matches the pattern.
 func (p Pattern) Match(identity string) bool {
-	ok, _ := path.Match(string(p), identity)
-	return ok
+	ps, is := string(p), identity
+	for {
+		pp, prest, pmore := strings.Cut(ps, ":")
+		ip, irest, imore := strings.Cut(is, ":")
+		if ok, _ := path.Match(pp, ip); !ok || pmore != imore {
+			return false
+		}
+		if !pmore {
+			return true
+		}
+		ps, is = prest, irest
+	}
 }
 
 // ValidPattern reports why s is not a usable identity pattern.
@@ -169,8 +199,10 @@ func ValidPattern(s string) error {
 	if len(s) > proto.MaxIdentity {
 		return fmt.Errorf("identity pattern longer than %d bytes", proto.MaxIdentity)
 	}
-	if _, err := path.Match(s, ""); err != nil {
-		return fmt.Errorf("identity pattern %q: %w", s, err)
+	for _, part := range strings.Split(s, ":") {
+		if _, err := path.Match(part, ""); err != nil {
+			return fmt.Errorf("identity pattern %q: %w (a class cannot hold ':')", s, err)
+		}
 	}
 	return negation(s)
 }
@@ -242,24 +274,6 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// Allowed reports whether policy lets consumer acquire owner:name. It does
-// not know about owners acquiring their own entries, or audiences: the agent
-// applies those.
-func (c *Config) Allowed(consumer, owner, name string) bool {
-	for i := range c.Grants {
-		g := &c.Grants[i]
-		if !g.Consumer.Match(consumer) {
-			continue
-		}
-		for _, r := range g.Acquire {
-			if r.Match(owner, name) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 // Default returns the deny-all configuration with default limits.
 func Default() *Config {
 	c := &Config{}
@@ -289,6 +303,12 @@ func (c *Config) setDefaults() {
 	}
 	if a.DefaultMaxPinned == 0 {
 		a.DefaultMaxPinned = DefaultCgroupMaxPinned
+	}
+	if a.MaxEntriesPerUID == 0 {
+		a.MaxEntriesPerUID = DefaultMaxEntriesPerUID
+	}
+	if a.MaxPinnedPerUID == 0 {
+		a.MaxPinnedPerUID = DefaultMaxPinnedPerUID
 	}
 	if c.byCgroup == nil {
 		c.byCgroup = map[string]Limits{}
@@ -343,6 +363,11 @@ func (c *Config) loadFile(file string) error {
 		if len(g.Acquire) == 0 {
 			return fmt.Errorf("%s: grant #%d (consumer %q): missing or empty key \"acquire\"", file, i+1, g.Consumer)
 		}
+		for _, k := range g.AllowKinds {
+			if !slices.Contains(unconfinedKinds, k) {
+				return fmt.Errorf("%s: grant #%d (consumer %q): allow_kinds: unknown kind %q (want %s)", file, i+1, g.Consumer, k, Kinds())
+			}
+		}
 	}
 	if c.byCgroup == nil {
 		c.byCgroup = map[string]Limits{}
@@ -358,7 +383,8 @@ func (c *Config) loadFile(file string) error {
 		key string
 		n   int
 	}{{"max_connections", a.MaxConnections}, {"max_connections_per_uid", a.MaxConnectionsPerUID}, {"max_entries", a.MaxEntries},
-		{"default_max_entries", a.DefaultMaxEntries}, {"default_max_pinned", a.DefaultMaxPinned}} {
+		{"default_max_entries", a.DefaultMaxEntries}, {"default_max_pinned", a.DefaultMaxPinned},
+		{"max_entries_per_uid", a.MaxEntriesPerUID}, {"max_pinned_per_uid", a.MaxPinnedPerUID}} {
 		if v.n < 0 || (v.n == 0 && md.IsDefined("agent", v.key)) {
 			return fmt.Errorf("%s: line %d: agent.%s must be positive, not %d", file, lineOf(string(data), v.key), v.key, v.n)
 		}
@@ -385,6 +411,12 @@ func (c *Config) loadFile(file string) error {
 	}
 	if md.IsDefined("agent", "default_max_pinned") {
 		c.Agent.DefaultMaxPinned = a.DefaultMaxPinned
+	}
+	if md.IsDefined("agent", "max_entries_per_uid") {
+		c.Agent.MaxEntriesPerUID = a.MaxEntriesPerUID
+	}
+	if md.IsDefined("agent", "max_pinned_per_uid") {
+		c.Agent.MaxPinnedPerUID = a.MaxPinnedPerUID
 	}
 	c.Files = append(c.Files, file)
 	return nil

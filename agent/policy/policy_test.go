@@ -69,7 +69,7 @@ acquire = ["*.service:shared"]
 		{"cgroup:/machine.slice/x", "a.service", "shared", true},
 		{"cgroup:/machine.slice/x/y", "a.service", "shared", false},
 	} {
-		if got := c.Allowed(tc.consumer, tc.owner, tc.name); got != tc.want {
+		if got := allowed(c, tc.consumer, tc.owner, tc.name); got != tc.want {
 			t.Errorf("Allowed(%q, %q:%q) = %v, want %v", tc.consumer, tc.owner, tc.name, got, tc.want)
 		}
 	}
@@ -80,7 +80,7 @@ func TestDefaultDenies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Allowed("cgroup:/", "a.service", "x") {
+	if allowed(c, "cgroup:/", "a.service", "x") {
 		t.Fatal("empty policy allowed something")
 	}
 	if _, err := Load(filepath.Join(t.TempDir(), "absent.toml"), false); err == nil {

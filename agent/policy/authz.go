@@ -1,0 +1,245 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Caller is what the kernel says about a connected process: everything an
+// authorization decision may rest on. Nothing in it comes from a request.
+type Caller struct {
+	// Identity is the name the caller owns entries under: "NAME.service",
+	// "NAME.scope", "container:NAME", "cgroup:/path"; Aliases are further
+	// names policy matches it by (a named container's "container:ID").
+	Identity string
+	Aliases  []string
+	// UID is the caller's effective uid when it connected (SO_PEERCRED).
+	UID uint32
+	// Container is the id of the registered container whose cgroup holds
+	// the caller, "" if none.
+	Container string
+	// CapSysAdmin and CapSysPtrace are read from the caller's effective
+	// capability set; they count only with HostNamespaces.
+	CapSysAdmin, CapSysPtrace bool
+	// HostNamespaces is true only when the kernel showed the caller to be
+	// in the agent's own user and pid namespaces. Unknown is false.
+	HostNamespaces bool
+	// Why says, when HostNamespaces is false, what the agent saw instead
+	// ("in a user namespace of its own", "cannot read its namespaces: ...").
+	Why string
+}
+
+// Names returns every name policy may know the caller by, its identity
+// first.
+func (c *Caller) Names() []string {
+	if len(c.Aliases) == 0 {
+		return []string{c.Identity}
+	}
+	return append([]string{c.Identity}, c.Aliases...)
+}
+
+// HostAdmin reports whether the caller is a host administrator: uid 0
+// holding CAP_SYS_ADMIN in the agent's user and pid namespaces, outside
+// every registered container. Each fact is positive and kernel-given; a
+// fact the agent could not establish counts as absent.
+func (c *Caller) HostAdmin() bool {
+	return c.UID == 0 && c.CapSysAdmin && c.HostNamespaces && c.Container == ""
+}
+
+// InContainer reports whether the caller runs in a registered container or
+// anywhere else than the agent's own namespaces (an unregistered
+// container, a user namespace): a consumer whose view of the file system
+// is not the host's.
+func (c *Caller) InContainer() bool { return c.Container != "" || !c.HostNamespaces }
+
+// notAdmin says why the caller is not a host administrator.
+func (c *Caller) notAdmin() string {
+	switch {
+	case c.Container != "":
+		return "it runs in container " + c.Container
+	case !c.HostNamespaces && c.Why != "":
+		return c.Why
+	case !c.HostNamespaces:
+		return "it is not in the agent's user and pid namespaces"
+	case c.UID != 0:
+		return fmt.Sprintf("it runs as uid %d", c.UID)
+	case !c.CapSysAdmin:
+		return "it lacks CAP_SYS_ADMIN"
+	}
+	return ""
+}
+
+// Action is what a caller asks to do.
+type Action uint8
+
+const (
+	// Acquire receives a copy of the target entry's fd.
+	Acquire Action = iota
+	// See shows the target entry in list.
+	See
+	// Replace publishes over the target entry (the caller's own name).
+	Replace
+	// Revoke removes the target entry, the caller's own or another owner's.
+	Revoke
+	// Status shows every cgroup's usage; no target.
+	Status
+	// Audit reads every process's fds; no target.
+	Audit
+	// ManageContainers registers and unregisters containers; no target.
+	ManageContainers
+)
+
+var actionNames = [...]string{Acquire: "acquire", See: "list", Replace: "replace", Revoke: "revoke", Status: "status", Audit: "audit", ManageContainers: "register containers"}
+
+func (a Action) String() string {
+	if int(a) < len(actionNames) {
+		return actionNames[a]
+	}
+	return fmt.Sprintf("action %d", a)
+}
+
+// Target is the entry an action concerns.
+type Target struct {
+	Owner, Name string
+	// UID published the entry.
+	UID uint32
+	// Allow is the owner's audience (empty: whoever policy grants).
+	Allow []Pattern
+	// Kind is the fd's kind (see linux.FdKind): "dir" and "path" are not
+	// confined to a container's root.
+	Kind string
+}
+
+// Decision is an answer with its reason, for the client and the log.
+type Decision struct {
+	Allowed bool
+	Reason  string
+}
+
+func allow(format string, args ...any) Decision {
+	return Decision{Allowed: true, Reason: fmt.Sprintf(format, args...)}
+}
+
+func deny(format string, args ...any) Decision {
+	return Decision{Reason: fmt.Sprintf(format, args...)}
+}
+
+// unconfinedKinds are kinds of fd that reach outside a container's root:
+// a directory fd walks up with "..", an O_PATH fd reopens or walks the
+// same. A grant must name them in allow_kinds to deliver them to a
+// consumer in a container.
+var unconfinedKinds = []string{"dir", "path"}
+
+// Authorize is the one decision on who may do what: every request of
+// every client goes through it. It reads nothing but its arguments and the
+// immutable Config.
+func (c *Config) Authorize(who *Caller, act Action, t *Target) Decision {
+	switch act {
+	case Status, ManageContainers:
+		return c.admin(who, act)
+	case Audit:
+		if d := c.admin(who, act); !d.Allowed {
+			return d
+		}
+		if !who.CapSysPtrace {
+			return deny("audit reads every process's fds: a host administrator with CAP_SYS_PTRACE only (the caller lacks CAP_SYS_PTRACE)")
+		}
+		return allow("host administrator")
+	case Revoke, Replace:
+		if t.Owner != who.Identity {
+			if who.HostAdmin() {
+				return allow("host administrator")
+			}
+			return deny("%s may not %s %s:%s: only a host administrator may act on another owner's entries (%s)", who.Identity, act, t.Owner, t.Name, who.notAdmin())
+		}
+		if who.UID == t.UID {
+			return allow("the publishing uid")
+		}
+		if who.HostAdmin() {
+			return allow("host administrator")
+		}
+		return deny("%s:%s was published by uid %d; only that uid or a host administrator may %s it", t.Owner, t.Name, t.UID, act)
+	case See:
+		if who.HostAdmin() || t.Owner == who.Identity {
+			return allow("visible")
+		}
+		if _, ok := c.grants(who, t); ok && admits(t.Allow, who.Names()) {
+			return allow("granted")
+		}
+		return deny("not visible")
+	case Acquire:
+		return c.acquire(who, t)
+	}
+	return deny("unknown action %d", act)
+}
+
+func (c *Config) admin(who *Caller, act Action) Decision {
+	if who.HostAdmin() {
+		return allow("host administrator")
+	}
+	return deny("%s needs a host administrator (uid 0 with CAP_SYS_ADMIN in the agent's user and pid namespaces, outside containers): %s", act, who.notAdmin())
+}
+
+func (c *Config) acquire(who *Caller, t *Target) Decision {
+	var d Decision
+	var kinds []string
+	if t.Owner == who.Identity && (who.UID == t.UID || who.HostAdmin()) {
+		// An owner's own entries, for restart recovery: neither policy nor
+		// the audience applies.
+		d = allow("own entry")
+	} else {
+		var ok bool
+		if kinds, ok = c.grants(who, t); !ok {
+			why := "no grant in policy"
+			if t.Owner == who.Identity {
+				why = fmt.Sprintf("no grant in policy (it was published by uid %d, not the caller's uid %d)", t.UID, who.UID)
+			}
+			return deny("%s may not acquire %s:%s: %s", who.Identity, t.Owner, t.Name, why)
+		}
+		if !admits(t.Allow, who.Names()) {
+			return deny("%s may not acquire %s:%s: the owner's allow list excludes it", who.Identity, t.Owner, t.Name)
+		}
+		d = allow("granted")
+	}
+	if who.InContainer() && slices.Contains(unconfinedKinds, t.Kind) && !slices.Contains(kinds, t.Kind) {
+		return deny("%s may not acquire %s:%s: a %s fd reaches outside a container's root, and no grant for it sets allow_kinds = [%q]", who.Identity, t.Owner, t.Name, t.Kind, t.Kind)
+	}
+	return d
+}
+
+// grants reports whether a grant lets any of who's names acquire t, and
+// the allow_kinds of every such grant.
+func (c *Config) grants(who *Caller, t *Target) (kinds []string, ok bool) {
+	names := who.Names()
+	for i := range c.Grants {
+		g := &c.Grants[i]
+		if !slices.ContainsFunc(names, g.Consumer.Match) {
+			continue
+		}
+		for _, r := range g.Acquire {
+			if r.Match(t.Owner, t.Name) {
+				ok = true
+				kinds = append(kinds, g.AllowKinds...)
+				break
+			}
+		}
+	}
+	return kinds, ok
+}
+
+// admits reports whether an audience lets a consumer known by names in.
+func admits(allow []Pattern, names []string) bool {
+	if len(allow) == 0 {
+		return true
+	}
+	for _, p := range allow {
+		if slices.ContainsFunc(names, p.Match) {
+			return true
+		}
+	}
+	return false
+}
+
+// Kinds lists the values allow_kinds accepts.
+func Kinds() string { return strings.Join(unconfinedKinds, ", ") }
