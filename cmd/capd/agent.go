@@ -171,6 +171,10 @@ loop:
 				continue
 			}
 			if sig == unix.SIGUSR2 {
+				if err := handoffSafe(); err != nil {
+					log.Error("no hand-off; still serving", "err", err)
+					continue
+				}
 				exe, err := os.Executable()
 				if err != nil {
 					log.Error("no hand-off: cannot find the agent binary; still serving", "err", err)
@@ -197,6 +201,26 @@ loop:
 		serveErr = <-served
 	}
 	return serveErr
+}
+
+// errHandoffUnsafe refuses a hand-off that would expose the store.
+var errHandoffUnsafe = errors.New("the agent lacks CAP_SYS_PTRACE in its permitted set: while the new binary starts (until it makes itself non-dumpable) a process of the same uid with more capabilities could take its fds; restart it through systemd instead, whose fd store keeps the entries")
+
+// handoffSafe checks that the exec's dumpable window gives nobody anything:
+// the new process is dumpable from execve until agent.New, with every entry
+// fd in its table. Attaching to a dumpable process of the same uid needs a
+// superset of its permitted capabilities; while those include
+// CAP_SYS_PTRACE, whoever can attach then could attach, non-dumpable or
+// not, at any time.
+func handoffSafe() error {
+	st, err := linux.ReadProcStatus("self")
+	if err != nil {
+		return err
+	}
+	if st.CapPrm&(1<<linux.CapSysPtrace) == 0 {
+		return errHandoffUnsafe
+	}
+	return nil
 }
 
 // handoffMarker tells the new agent process that its fds come from the

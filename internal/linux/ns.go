@@ -141,9 +141,9 @@ const (
 
 // ProcStatus is what capd reads from /proc/PID/status.
 type ProcStatus struct {
-	// CapEff is the effective capability set, relative to the process's
-	// own user namespace.
-	CapEff uint64
+	// CapEff and CapPrm are the effective and permitted capability sets,
+	// relative to the process's own user namespace.
+	CapEff, CapPrm uint64
 	// PIDDepth is how many pid namespaces the process is visible in, as
 	// seen from the reader's (the fields of NSpid): a process in the
 	// reader's own pid namespace has the reader's depth, one in a child pid
@@ -176,12 +176,16 @@ func parseProcStatus(b []byte) (ProcStatus, error) {
 			continue
 		}
 		switch string(k) {
-		case "CapEff":
+		case "CapEff", "CapPrm":
 			n, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 16, 64)
 			if err != nil {
-				return ProcStatus{}, fmt.Errorf("/proc/PID/status CapEff %q: %w", v, err)
+				return ProcStatus{}, fmt.Errorf("/proc/PID/status %s %q: %w", k, v, err)
 			}
-			st.CapEff, haveCaps = n, true
+			if string(k) == "CapEff" {
+				st.CapEff, haveCaps = n, true
+			} else {
+				st.CapPrm = n
+			}
 		case "NSpid":
 			st.PIDDepth, haveNS = len(bytes.Fields(v)), true
 		}
