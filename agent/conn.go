@@ -278,6 +278,10 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {
 	if fd < 0 {
 		return proto.Errorf(proto.CodeInvalidRequest, "publish needs exactly one fd")
 	}
+	if err := c.authorize(cfg, policy.Publish, nil); err != nil {
+		linux.Close(fd)
+		return err
+	}
 	if len(c.peer.Identity) > proto.MaxIdentity {
 		linux.Close(fd)
 		return proto.Errorf(proto.CodePermissionDenied, "identity %.64q... is longer than %d bytes and cannot own entries", c.peer.Identity, proto.MaxIdentity)

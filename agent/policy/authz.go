@@ -74,8 +74,10 @@ func (c *Caller) notAdmin() string {
 type Action uint8
 
 const (
+	// Publish stores an fd under the caller's own identity; no target.
+	Publish Action = iota
 	// Acquire receives a copy of the target entry's fd.
-	Acquire Action = iota
+	Acquire
 	// See shows the target entry in list.
 	See
 	// Replace publishes over the target entry (the caller's own name).
@@ -90,7 +92,7 @@ const (
 	ManageContainers
 )
 
-var actionNames = [...]string{Acquire: "acquire", See: "list", Replace: "replace", Revoke: "revoke", Status: "status", Audit: "audit", ManageContainers: "register containers"}
+var actionNames = [...]string{Publish: "publish", Acquire: "acquire", See: "list", Replace: "replace", Revoke: "revoke", Status: "status", Audit: "audit", ManageContainers: "register containers"}
 
 func (a Action) String() string {
 	if int(a) < len(actionNames) {
@@ -136,6 +138,10 @@ var unconfinedKinds = []string{"dir", "path"}
 // immutable Config.
 func (c *Config) Authorize(who *Caller, act Action, t *Target) Decision {
 	switch act {
+	case Publish:
+		// Anyone may publish under its own identity; quotas and per-uid
+		// limits bound how much.
+		return allow("own identity")
 	case Status, ManageContainers:
 		return c.admin(who, act)
 	case Audit:
