@@ -3,7 +3,7 @@
 GO  ?= go
 BIN ?= bin
 
-.PHONY: all build demo check test-deps test lint bench clean
+.PHONY: all build demo check test-deps test lint fuzz bench clean
 
 all: build
 
@@ -28,6 +28,14 @@ lint:
 
 test: lint
 	$(GO) test -race -count=1 ./...
+	$(MAKE) fuzz FUZZTIME=10s
+
+# Fuzz targets, each for FUZZTIME (the test command runs them briefly;
+# 'make fuzz FUZZTIME=10m' hunts longer). A crash found is saved under the
+# package's testdata/fuzz and becomes a regression test.
+FUZZTIME ?= 1m
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzRestore$$' -fuzztime $(FUZZTIME) ./agent/
 
 # Benchmarks with their baselines, alternating in one run (see BENCHMARKS.md).
 bench:

@@ -12,8 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
+	"unicode"
 
 	"golang.org/x/sys/unix"
 
@@ -40,7 +40,6 @@ const (
 type persist struct {
 	fs  *fdstore.Store
 	log *slog.Logger
-	seq atomic.Uint64 // last entry id handed out
 
 	mu  sync.Mutex // serializes metadata uploads
 	gen uint64
@@ -48,8 +47,10 @@ type persist struct {
 	reg *registry
 }
 
-// meta is the stored metadata: the entries and the registered containers.
+// meta is the stored metadata: the entries and the registered containers,
+// and the next stored-fd id, so that names are never reused.
 type meta struct {
+	NextID     uint64      `json:"next_id,omitempty"`
 	Entries    []record    `json:"entries"`
 	Containers []ctrRecord `json:"containers,omitempty"`
 }
@@ -82,12 +83,13 @@ type record struct {
 	Expires   time.Time        `json:"expires,omitzero"`
 	Dev       uint64           `json:"dev"`
 	Ino       uint64           `json:"ino"`
+	Acct      uint32           `json:"acct_uid,omitempty"` // the uid its per-uid limits count against
+	Exempt    bool             `json:"exempt,omitempty"`   // published by a host administrator: no per-uid limits
 }
 
-// added stores e's fd; called under the store lock, so that adds and
-// removes reach systemd in the store's order.
+// added stores e's fd under e.sid; called under the store lock, so that
+// adds and removes reach systemd in the store's order.
 func (p *persist) added(e *entry) {
-	e.sid = entryPrefix + strconv.FormatUint(p.seq.Add(1), 10)
 	if err := p.fs.Add(e.sid, e.fd); err != nil {
 		p.log.Error("cannot keep an entry in systemd's fd store; it will not survive a restart", "owner", e.owner, "name", e.name, "err", err)
 	}
@@ -107,9 +109,10 @@ func (p *persist) sync() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.st.mu.RLock()
-	recs := records(p.st.entries)
+	m := meta{NextID: p.st.seq + 1, Entries: records(p.st.entries)}
 	p.st.mu.RUnlock()
-	b, err := json.Marshal(meta{Entries: recs, Containers: p.reg.records()})
+	m.Containers = p.reg.records()
+	b, err := json.Marshal(m)
 	if err != nil {
 		return err
 	}
@@ -137,7 +140,7 @@ func records(entries map[key]*entry) []record {
 		recs = append(recs, record{
 			ID: e.sid, Owner: e.owner, Name: e.name, Pinned: e.pinned, Allow: e.allow, Kind: e.kind,
 			Cgroup: e.cgroup, OwnerCg: e.ownerCg, UID: e.uid, Published: e.published, Expires: e.expires,
-			Dev: e.dev, Ino: e.ino,
+			Dev: e.dev, Ino: e.ino, Acct: e.acct, Exempt: !e.limited,
 		})
 	}
 	sort.Slice(recs, func(i, j int) bool { return recs[i].ID < recs[j].ID })
@@ -185,6 +188,13 @@ func readMeta(fd int) (*meta, error) {
 	if _, err := unix.Pread(fd, b, 0); err != nil {
 		return nil, os.NewSyscallError("pread", err)
 	}
+	return decodeMeta(b)
+}
+
+// decodeMeta parses metadata. Records are validated one by one at
+// Restore (validRecord, validContainer), so that one bad record costs only
+// itself.
+func decodeMeta(b []byte) (*meta, error) {
 	var m meta
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("corrupt metadata: %w", err)
@@ -192,14 +202,53 @@ func readMeta(fd int) (*meta, error) {
 	return &m, nil
 }
 
-// Restore rebuilds the store from the fds systemd passed back (name -> fd,
-// owned by Restore from here on) and returns how many entries it restored.
-// Bad state is reported and skipped, never fatal: an fd without metadata
-// is closed and dropped from the fd store, metadata without its fd is
-// skipped, a corrupt or unsealed metadata memfd is discarded (its entries'
-// fds then have no metadata). Unpinned entries whose owner cgroup has
+// validRecord checks a stored entry field by field: stored state is input
+// like any other, and a cgroup path that is not clean and absolute would
+// never reach the root when walked up.
+func validRecord(r *record) error {
+	n, ok := strings.CutPrefix(r.ID, entryPrefix)
+	if _, err := strconv.ParseUint(n, 10, 64); !ok || err != nil || n == "" || n[0] == '0' {
+		return fmt.Errorf("stored fd name %q is not %sN", r.ID, entryPrefix)
+	}
+	switch {
+	case r.Owner == "" || len(r.Owner) > proto.MaxIdentity || strings.ContainsFunc(r.Owner, unicode.IsControl):
+		return fmt.Errorf("owner %q is not an identity", r.Owner)
+	case proto.ValidName(r.Name) != nil:
+		return proto.ValidName(r.Name)
+	case !validCgroupPath(r.Cgroup) || !validCgroupPath(r.OwnerCg):
+		return fmt.Errorf("cgroup %q or owner cgroup %q is not a clean absolute path", r.Cgroup, r.OwnerCg)
+	case !within(r.Cgroup, r.OwnerCg):
+		return fmt.Errorf("cgroup %s is not within its owner cgroup %s", r.Cgroup, r.OwnerCg)
+	case r.Kind == "" || len(r.Kind) > 64 || strings.ContainsFunc(r.Kind, unicode.IsControl):
+		return fmt.Errorf("kind %q", r.Kind)
+	case len(r.Allow) > proto.MaxAllow:
+		return fmt.Errorf("%d allow patterns, more than %d", len(r.Allow), proto.MaxAllow)
+	}
+	for _, a := range r.Allow {
+		if err := policy.ValidPattern(string(a)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Stored is one fd handed to the agent at start (systemd's fd store, or a
+// hand-off), by name. Several may have the same name.
+type Stored struct {
+	Name string
+	FD   int
+}
+
+// Restore rebuilds the store and registry from the fds passed at start
+// (owned by Restore from here on) and returns how many entries it
+// restored. Bad state is reported and skipped, never fatal: an fd without
+// metadata is closed and dropped from the fd store, metadata without its fd
+// is skipped, a corrupt or unsealed metadata memfd is discarded (its
+// entries' fds then have no metadata), an invalid record is skipped, and so
+// is an fd that is not the file its record describes (device, inode, kind),
+// which is never handed out. Unpinned entries whose owner cgroup has
 // emptied, and expired ones, are dropped.
-func (s *Server) Restore(fds map[string]int) int {
+func (s *Server) Restore(stored []Stored) int {
 	p := s.store.persist
 	closeDrop := func(name string, fd int) {
 		linux.Close(fd)
@@ -207,9 +256,13 @@ func (s *Server) Restore(fds map[string]int) int {
 			p.fs.Remove(name)
 		}
 	}
+	byName := make(map[string][]int, len(stored))
+	for _, st := range stored {
+		byName[st.Name] = append(byName[st.Name], st.FD)
+	}
 	var metaName string
 	var metaGen uint64
-	for name := range fds {
+	for name := range byName {
 		if g, ok := strings.CutPrefix(name, metaPrefix); ok {
 			if n, err := strconv.ParseUint(g, 10, 64); err == nil && (metaName == "" || n > metaGen) {
 				metaName, metaGen = name, n
@@ -219,29 +272,40 @@ func (s *Server) Restore(fds map[string]int) int {
 	m := &meta{}
 	if metaName != "" {
 		var err error
-		if m, err = readMeta(fds[metaName]); err != nil {
+		fds := byName[metaName]
+		if len(fds) != 1 {
+			err = fmt.Errorf("%d fds carry the name", len(fds))
+		} else {
+			m, err = readMeta(fds[0])
+		}
+		if err != nil {
 			s.log.Error("discarding the stored metadata", "name", metaName, "err", err)
 			m = &meta{}
 		}
 	}
-	for name, fd := range fds {
-		if strings.HasPrefix(name, metaPrefix) {
+	for name, fds := range byName {
+		if !strings.HasPrefix(name, metaPrefix) {
+			continue
+		}
+		for _, fd := range fds {
 			if name == metaName {
 				// Kept in the fd store until a newer one replaces it.
 				linux.Close(fd)
 			} else {
 				closeDrop(name, fd)
 			}
-			delete(fds, name)
 		}
+		delete(byName, name)
 	}
 	// Registrations first: whether a container's unpinned entries stay
 	// depends on its cgroup, which they follow.
 	ctrs := 0
 	for _, c := range m.Containers {
-		if fd, ok := fds[c.FD]; ok && c.FD != "" {
-			linux.Close(fd) // an older agent's pidfd: the cgroup decides now
-			delete(fds, c.FD)
+		if fds, ok := byName[c.FD]; ok && c.FD != "" {
+			for _, fd := range fds {
+				linux.Close(fd) // an older agent's pidfd: the cgroup decides now
+			}
+			delete(byName, c.FD)
 		}
 		if err := validContainer(&c); err != nil {
 			s.log.Warn("stored container registration is invalid; skipped", "id", c.ID, "err", err)
@@ -257,47 +321,96 @@ func (s *Server) Restore(fds map[string]int) int {
 	if ctrs > 0 {
 		s.log.Info("restored container registrations", "containers", ctrs)
 	}
-	recs := m.Entries
 	if p != nil {
 		p.gen = metaGen
 	}
 	restored := 0
-	var maxID uint64
+	nextID := m.NextID
 	now := time.Now()
-	for _, r := range recs {
-		fd, ok := fds[r.ID]
+	for i := range m.Entries {
+		r := &m.Entries[i]
+		if err := validRecord(r); err != nil {
+			s.log.Warn("stored entry is invalid; skipped", "id", r.ID, "err", err)
+			continue
+		}
+		n, _ := strconv.ParseUint(strings.TrimPrefix(r.ID, entryPrefix), 10, 64)
+		nextID = max(nextID, n+1)
+		fds, ok := byName[r.ID]
 		if !ok {
 			s.log.Warn("stored entry has no fd; skipped", "id", r.ID, "owner", r.Owner, "name", r.Name)
 			continue
 		}
-		delete(fds, r.ID)
-		if n, err := strconv.ParseUint(strings.TrimPrefix(r.ID, entryPrefix), 10, 64); err == nil && n > maxID {
-			maxID = n
+		delete(byName, r.ID)
+		// The fd must be the file the record describes; of several fds
+		// under one name, the one that is.
+		fd, kind := -1, ""
+		for _, f := range fds {
+			if k, err := sameFile(f, r); fd < 0 && err == nil {
+				fd, kind = f, k
+			} else {
+				if err == nil {
+					err = errors.New("another fd under the same name is the file")
+				}
+				s.log.Error("stored fd is not the file its record describes; closed, never handed out", "id", r.ID, "owner", r.Owner, "name", r.Name, "err", err)
+				linux.Close(f)
+			}
+		}
+		if fd < 0 {
+			if p != nil {
+				p.fs.Remove(r.ID)
+			}
+			continue
 		}
 		e := newEntry(r.Owner, r.Name, fd)
-		e.sid, e.pinned, e.allow, e.kind, e.cgroup, e.ownerCg = r.ID, r.Pinned, r.Allow, r.Kind, r.Cgroup, r.OwnerCg
-		e.uid, e.published, e.expires, e.dev, e.ino = r.UID, r.Published, r.Expires, r.Dev, r.Ino
+		e.sid, e.pinned, e.allow, e.kind, e.cgroup, e.ownerCg = r.ID, r.Pinned, r.Allow, kind, r.Cgroup, r.OwnerCg
+		e.uid, e.acct, e.limited, e.published, e.expires, e.dev, e.ino = r.UID, r.Acct, !r.Exempt, r.Published, r.Expires, r.Dev, r.Ino
+		if r.Acct == 0 {
+			e.acct = r.UID // recorded by an older agent
+		}
 		if err := s.store.restore(e, now); err != nil {
 			s.log.Info("stored entry not restored", "owner", r.Owner, "name", r.Name, "reason", err)
 			continue
 		}
 		restored++
 	}
-	for name, fd := range fds {
+	for name, fds := range byName {
 		if strings.HasPrefix(name, entryPrefix) || strings.HasPrefix(name, ctrPrefix) {
-			s.log.Warn("stored fd has no metadata; dropped", "name", name)
+			s.log.Warn("stored fd has no metadata; dropped", "name", name, "fds", len(fds))
 		} else {
-			s.log.Warn("unexpected fd passed at start; closed", "name", name)
+			s.log.Warn("unexpected fd passed at start; closed", "name", name, "fds", len(fds))
 		}
-		closeDrop(name, fd)
+		for _, fd := range fds {
+			closeDrop(name, fd)
+		}
 	}
+	s.store.mu.Lock()
+	s.store.seq = max(s.store.seq, nextID-1)
+	s.store.mu.Unlock()
 	if p != nil {
-		p.seq.Store(max(p.seq.Load(), maxID))
 		if err := p.sync(); err != nil {
 			s.log.Error("cannot update the stored metadata", "err", err)
 		}
 	}
 	return restored
+}
+
+// sameFile checks that fd is the file r describes and returns its kind: the
+// same device and inode, and the same kind, except that an O_PATH fd an
+// older agent recorded under its file's kind is now "path" (which only
+// restricts it further).
+func sameFile(fd int, r *record) (string, error) {
+	dev, ino, err := linux.FileID(fd)
+	if err != nil {
+		return "", err
+	}
+	if dev != r.Dev || ino != r.Ino {
+		return "", fmt.Errorf("device %d inode %d, recorded %d and %d", dev, ino, r.Dev, r.Ino)
+	}
+	kind := linux.FdKind(fd)
+	if kind != r.Kind && kind != "path" {
+		return "", fmt.Errorf("a %s, recorded as a %s", kind, r.Kind)
+	}
+	return kind, nil
 }
 
 // restore inserts an entry systemd kept across a restart. It takes
@@ -331,9 +444,7 @@ func (s *store) restore(e *entry, now time.Time) error {
 		}
 		e.epoch = epoch
 	}
-	sid := e.sid
 	s.insertLockedNoPersist(e)
-	e.sid = sid
 	return nil
 }
 
@@ -353,16 +464,11 @@ func (s *Server) Handoff() (names []string, fds []int, err error) {
 	if st.persist != nil {
 		gen = st.persist.gen
 	}
-	var n uint64
 	for _, e := range st.entries {
 		e.refs.Add(1) // never released: exec closes the agent's copies
-		if e.sid == "" {
-			n++
-			e.sid = entryPrefix + strconv.FormatUint(n, 10)
-		}
 		names, fds = append(names, e.sid), append(fds, e.fd)
 	}
-	m := meta{Entries: records(st.entries)}
+	m := meta{NextID: st.seq + 1, Entries: records(st.entries)}
 	st.mu.Unlock()
 
 	m.Containers = s.reg.records()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,7 +39,7 @@ type entry struct {
 	acct      uint32 // the uid its per-uid limits count against (see peer.Acct)
 	limited   bool   // counted against acct's limits (the publisher was no host administrator)
 	dev, ino  uint64 // the file's identity, for audit after the fd is gone
-	sid       string // its name in systemd's fd store ("" without systemd)
+	sid       string // its stored-fd name ("e-N"), unique for the store's whole life
 	published time.Time
 	expires   time.Time // zero: never
 	heapIndex int       // index in the expiry heap, -1 when absent
@@ -103,6 +104,7 @@ type store struct {
 	watch   *cgroup.Watcher                // nil: entries do not follow their owners
 	closer  closer
 	persist *persist // nil: not run by systemd with an fd store
+	seq     uint64   // the last stored-fd id given out; never reused, kept across restarts and hand-offs
 }
 
 func newStore() *store {
@@ -289,6 +291,8 @@ func within(c, p string) bool {
 }
 
 func (s *store) insertLocked(e *entry) {
+	s.seq++
+	e.sid = entryPrefix + strconv.FormatUint(s.seq, 10)
 	s.insertLockedNoPersist(e)
 	if s.persist != nil {
 		s.persist.added(e)

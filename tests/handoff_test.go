@@ -3,12 +3,14 @@ package tests
 import (
 	"errors"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/testutil"
 )
 
 // SIGUSR2 restarts the agent in place without systemd: same pid, every
@@ -69,5 +71,51 @@ func TestHandoffWithoutSystemd(t *testing.T) {
 	}
 	if err := acquire("zincati.service", "unpinned"); !errors.Is(err, client.ErrNotFound) {
 		t.Fatalf("dropped entry: %v", err)
+	}
+}
+
+// Two owners publish around two hand-offs: every entry comes back with its
+// own file, and the agent holds no fd that no entry owns (stored-fd names
+// are unique for the store's whole life; issue: the second hand-off lost
+// half the entries and handed one owner's file to another).
+func TestRepeatedHandoffKeepsEveryEntry(t *testing.T) {
+	e := newEnv(t, "[[grant]]\nconsumer = \"cgroup:/\"\nacquire = [\"own-a.service:*\", \"own-b.service:*\"]\n",
+		"own-a.service", "own-b.service")
+	handoff := func() {
+		t.Helper()
+		before := strings.Count(e.agent.Log.String(), "restored entries from the previous agent process")
+		if err := e.agent.Cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+			t.Fatal(err)
+		}
+		e.agent.WaitLog(t, "restored entries from the previous agent process", before)
+	}
+	want := map[string]string{}
+	publish := func(owner, prefix string) {
+		for i := 1; i <= 5; i++ {
+			name := prefix + strconv.Itoa(i)
+			e.publishFile(owner, name, owner+"/"+name, "--pin")
+			want[owner+":"+name] = owner + "/" + name
+		}
+	}
+	base, err := testutil.CountFDs(e.agent.Cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish("own-a.service", "A")
+	handoff()
+	publish("own-b.service", "B")
+	handoff()
+	handoff()
+	for ref, content := range want {
+		r := e.run("", nil, "acquire", ref, "--", "cat", "/proc/self/fd/3")
+		if r.code != 0 || r.stdout != content {
+			t.Errorf("%s after the hand-offs: exit %d, %q (want %q)\n%s", ref, r.code, r.stdout, content, r.stderr)
+		}
+	}
+	if n, _ := testutil.CountFDs(e.agent.Cmd.Process.Pid); n > base+len(want) {
+		t.Errorf("the agent holds %d fds for %d entries, %d before any", n, len(want), base)
+	}
+	if strings.Contains(e.agent.Log.String(), "level=WARN") || strings.Contains(e.agent.Log.String(), "level=ERROR") {
+		t.Errorf("the hand-offs warned:\n%s", e.agent.Log)
 	}
 }

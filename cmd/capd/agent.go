@@ -129,8 +129,8 @@ func runAgent(ctx context.Context, log *slog.Logger, configPath string, missingO
 
 	l, stored, err := listener(socketPath)
 	if err != nil {
-		for _, fd := range stored {
-			unix.Close(fd)
+		for _, st := range stored {
+			unix.Close(st.FD)
 		}
 		return err
 	}
@@ -272,8 +272,8 @@ func handoff(log *slog.Logger, srv *agent.Server, l *agent.Listener, served <-ch
 // listener returns the socket-activated listener if systemd passed one,
 // else binds socketPath. It also returns the fds systemd kept in the
 // service's fd store (entries and their metadata), by name, for Restore.
-func listener(socketPath string) (*agent.Listener, map[string]int, error) {
-	stored := map[string]int{}
+func listener(socketPath string) (*agent.Listener, []agent.Stored, error) {
+	var stored []agent.Stored
 	var socks []int
 	for _, f := range activation.Files(true) {
 		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 3)
@@ -283,7 +283,7 @@ func listener(socketPath string) (*agent.Listener, map[string]int, error) {
 			return nil, nil, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", err)
 		}
 		if strings.HasPrefix(name, "e-") || strings.HasPrefix(name, "c-") || strings.HasPrefix(name, "capd-meta-") {
-			stored[name] = fd
+			stored = append(stored, agent.Stored{Name: name, FD: fd})
 		} else {
 			socks = append(socks, fd)
 		}
