@@ -215,12 +215,7 @@ func (s *Server) admit(nfd int) {
 	if reason != "" {
 		s.mu.Unlock()
 		log.Warn("connection refused", "uid", cred.Uid, "acct_uid", acct, "pid", cred.Pid, "reason", reason)
-		var b [128]byte
-		m := proto.NewMessage(b[:0], 0, proto.CodeBusy)
-		m.String(proto.AttrMessage, reason)
-		setTimeout(nfd, unix.SO_SNDTIMEO, 100*time.Millisecond)
-		fdpass.Send(nfd, m.Bytes())
-		linux.Close(nfd)
+		refuse(nfd, reason)
 		return
 	}
 	c := &conn{srv: s, fd: nfd, acct: acct, log: log}
@@ -229,6 +224,35 @@ func (s *Server) admit(nfd int) {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	go c.serve(cfg)
+}
+
+// refuse answers busy on nfd and closes it, so that the client reads the
+// reply whether or not it has sent its request yet: after the reply, the
+// agent shuts its receiving side down, which makes the client's sends fail
+// (EPIPE, after which the client reads the reply) instead of queueing; it
+// drains what was queued before, and closes a socket with nothing unread,
+// which would otherwise reset the connection and lose the reply. Nothing
+// here waits for the client.
+func refuse(nfd int, reason string) {
+	var b [256]byte
+	m := proto.NewMessage(b[:0], 0, proto.CodeBusy)
+	m.String(proto.AttrMessage, reason)
+	setTimeout(nfd, unix.SO_SNDTIMEO, 100*time.Millisecond)
+	fdpass.Send(nfd, m.Bytes())
+	unix.Shutdown(nfd, unix.SHUT_RD)
+	oob := make([]byte, fdpass.OOBSize(maxRecvFDs))
+	var fdbuf [maxRecvFDs]int
+	for range 64 { // a client has at most a few requests queued
+		n, fds, err := fdpass.RecvFlags(nfd, b[:], oob, fdbuf[:0], maxRecvFDs, unix.MSG_DONTWAIT)
+		for _, fd := range fds {
+			linux.Close(fd)
+		}
+		var se *os.SyscallError
+		if errors.As(err, &se) || (err == nil && n == 0 && len(fds) == 0) {
+			break // EAGAIN: nothing queued; 0: the peer closed
+		}
+	}
+	linux.Close(nfd)
 }
 
 // uidLocked returns the state of accounting uid acct, creating it.
