@@ -198,6 +198,11 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (re
 			if m, err = c.list(cfg, attrs, out); err == nil {
 				return m.Bytes(), nil, false
 			}
+		case proto.OpReload:
+			var m proto.Builder
+			if m, err = c.reload(cfg, attrs, out); err == nil {
+				return m.Bytes(), nil, false
+			}
 		case proto.OpWhoami:
 			m := proto.NewMessage(out, h.Op, proto.CodeOK)
 			m.String(proto.AttrIdentity, c.peer.Identity)
@@ -523,5 +528,30 @@ func (c *conn) list(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder
 			break
 		}
 	}
+	return m, nil
+}
+
+// reload re-reads the configuration for a host administrator and answers
+// with what it loaded, or why it kept the old one.
+func (c *conn) reload(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder, error) {
+	if len(attrs) > 0 {
+		return proto.Builder{}, proto.Errorf(proto.CodeInvalidRequest, "reload takes no attributes")
+	}
+	if err := c.authorize(cfg, policy.Reload, nil); err != nil {
+		return proto.Builder{}, err
+	}
+	if c.srv.reloader == nil {
+		return proto.Builder{}, proto.Errorf(proto.CodeInvalidConfig, "this agent has no configuration file to reload")
+	}
+	next, err := c.srv.reloader()
+	if err != nil {
+		return proto.Builder{}, &proto.Error{Code: proto.CodeInvalidConfig, Message: err.Error() + " (the configuration in force stays)"}
+	}
+	m := proto.NewMessage(out, proto.OpReload, proto.CodeOK)
+	for _, f := range next.Files {
+		m.String(proto.AttrFile, f)
+	}
+	m.U64(proto.AttrGrants, uint64(len(next.Grants)))
+	m.U64(proto.AttrQuotas, uint64(len(next.Quotas)))
 	return m, nil
 }

@@ -31,6 +31,7 @@ type Server struct {
 	host     host // the agent's own namespaces, which host administrators share
 	wake     int  // eventfd that stops Serve
 	fdLimit  int  // soft RLIMIT_NOFILE, raised to the hard limit
+	reloader func() (*policy.Config, error)
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -102,6 +103,11 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 	s.checkCapacity(cfg)
 	return s, nil
 }
+
+// SetReloader sets what a RELOAD request runs: it must read the
+// configuration, Reload the server with it and return it, or return why
+// not. Call it before Serve.
+func (s *Server) SetReloader(f func() (*policy.Config, error)) { s.reloader = f }
 
 // Reload swaps in a new configuration. Connections see it from their next
 // request; stored entries are untouched, even where a lowered limit is now

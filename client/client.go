@@ -155,7 +155,7 @@ var (
 )
 
 func readOnly(op proto.Op) bool {
-	return op == proto.OpAcquire || op == proto.OpList || op == proto.OpWhoami || op == proto.OpStatus || op == proto.OpRegister || op == proto.OpAudit
+	return op == proto.OpAcquire || op == proto.OpList || op == proto.OpWhoami || op == proto.OpStatus || op == proto.OpRegister || op == proto.OpAudit || op == proto.OpReload
 }
 
 // try makes one request on c.fd. Any failure that could leave a reply

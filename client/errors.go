@@ -20,6 +20,7 @@ var (
 	ErrQuotaExceeded      = proto.ErrQuotaExceeded
 	ErrBusy               = proto.ErrBusy
 	ErrInternal           = proto.ErrInternal
+	ErrInvalidConfig      = proto.ErrInvalidConfig
 )
 
 var (

@@ -127,3 +127,43 @@ func decodeNode(b []byte) (Node, error) {
 	}
 	return n, err
 }
+
+// Reloaded is what the agent read on a reload.
+type Reloaded struct {
+	Files  []string `json:"files"`
+	Grants uint64   `json:"grants"`
+	Quotas uint64   `json:"quotas"`
+}
+
+// Reload asks the agent to re-read its configuration (host administrators
+// only) and waits for the result: what it loaded, or an error wrapping
+// ErrInvalidConfig that says why it kept the configuration in force.
+func (c *Client) Reload() (*Reloaded, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := proto.NewMessage(c.out, proto.OpReload, proto.CodeOK)
+	c.out = m.Bytes()
+	attrs, _, err := c.roundTrip(proto.OpReload, -1)
+	if err != nil {
+		return nil, fmt.Errorf("reload: %w", err)
+	}
+	r := &Reloaded{Files: []string{}}
+	it := proto.Attrs(attrs)
+	for t, v, ok := it.Next(); ok && err == nil; t, v, ok = it.Next() {
+		switch t {
+		case proto.AttrFile:
+			r.Files = append(r.Files, string(v))
+		case proto.AttrGrants:
+			r.Grants, err = proto.U64(v)
+		case proto.AttrQuotas:
+			r.Quotas, err = proto.U64(v)
+		}
+	}
+	if err == nil {
+		err = it.Err()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reload: %w: %v", ErrProtocol, err)
+	}
+	return r, nil
+}

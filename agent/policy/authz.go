@@ -90,9 +90,11 @@ const (
 	Audit
 	// ManageContainers registers and unregisters containers; no target.
 	ManageContainers
+	// Reload re-reads the configuration; no target.
+	Reload
 )
 
-var actionNames = [...]string{Publish: "publish", Acquire: "acquire", See: "list", Replace: "replace", Revoke: "revoke", Status: "status", Audit: "audit", ManageContainers: "register containers"}
+var actionNames = [...]string{Publish: "publish", Acquire: "acquire", See: "list", Replace: "replace", Revoke: "revoke", Status: "status", Audit: "audit", ManageContainers: "register containers", Reload: "reload"}
 
 func (a Action) String() string {
 	if int(a) < len(actionNames) {
@@ -142,7 +144,7 @@ func (c *Config) Authorize(who *Caller, act Action, t *Target) Decision {
 		// Anyone may publish under its own identity; quotas and per-uid
 		// limits bound how much.
 		return allow("own identity")
-	case Status, ManageContainers:
+	case Status, ManageContainers, Reload:
 		return c.admin(who, act)
 	case Audit:
 		if d := c.admin(who, act); !d.Allowed {

@@ -11,6 +11,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -342,8 +344,43 @@ func Load(file string, missingOK bool) (*Config, error) {
 	return c, nil
 }
 
+// MaxFileSize bounds one configuration file.
+const MaxFileSize = 1 << 20
+
+// ErrNotRegular refuses a configuration file that is not a regular file (a
+// FIFO would block the reload, a device never end).
+var ErrNotRegular = errors.New("not a regular file")
+
+// readFile reads a configuration file without blocking on it: only a
+// regular file (symlinks followed) of at most MaxFileSize bytes.
+func readFile(file string) ([]byte, error) {
+	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: %w (%s)", file, ErrNotRegular, st.Mode().Type())
+	}
+	if st.Size() > MaxFileSize {
+		return nil, fmt.Errorf("%s: %d bytes, more than %d", file, st.Size(), MaxFileSize)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxFileSize {
+		return nil, fmt.Errorf("%s: grew past %d bytes while read", file, MaxFileSize)
+	}
+	return data, nil
+}
+
 func (c *Config) loadFile(file string) error {
-	data, err := os.ReadFile(file)
+	data, err := readFile(file)
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}

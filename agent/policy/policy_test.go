@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -185,5 +186,39 @@ func TestBadQuotas(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), f) {
 			t.Errorf("config %q: error %v, want it to name the file and say %q", tc.body, err, tc.want)
 		}
+	}
+}
+
+// A FIFO, a device or an oversized file in conf.d is refused at once:
+// reading it would block the reload or never end.
+func TestLoadRefusesNonRegularFiles(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		make func(p string) error
+		want string
+	}{
+		{"fifo", func(p string) error { return syscall.Mkfifo(p, 0o644) }, "not a regular file"},
+		{"dev-zero", func(p string) error { return os.Symlink("/dev/zero", p) }, "not a regular file"},
+		{"dir", func(p string) error { return os.Mkdir(p, 0o755) }, "not a regular file"},
+		{"huge", func(p string) error { return os.WriteFile(p, make([]byte, MaxFileSize+1), 0o644) }, "more than"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			f := write(t, dir, "capd.toml", "")
+			os.Mkdir(filepath.Join(dir, "conf.d"), 0o755)
+			if err := tc.make(filepath.Join(dir, "conf.d", "zz.toml")); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { _, err := Load(f, false); done <- err }()
+			select {
+			case err := <-done:
+				if err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("Load: %v, want an error with %q", err, tc.want)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Load blocks on conf.d/zz.toml")
+			}
+		})
 	}
 }

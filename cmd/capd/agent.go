@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
@@ -144,6 +145,25 @@ func runAgent(ctx context.Context, log *slog.Logger, configPath string, missingO
 		}
 	}
 
+	// reload serves SIGHUP and the RELOAD request (capd reload), one at a
+	// time.
+	var reloading sync.Mutex
+	reload := func() (*policy.Config, error) {
+		reloading.Lock()
+		defer reloading.Unlock()
+		daemon.SdNotify(false, daemon.SdNotifyReloading)
+		defer daemon.SdNotify(false, daemon.SdNotifyReady)
+		next, err := policy.Load(configPath, missingOK)
+		if err != nil {
+			log.Error("reload failed; keeping the current configuration", "err", err)
+			return nil, err
+		}
+		srv.Reload(next)
+		log.Info("configuration reloaded", "config", next.Files, "grants", len(next.Grants), "quotas", len(next.Quotas))
+		return next, nil
+	}
+	srv.SetReloader(reload)
+
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGUSR2)
 	defer signal.Stop(sigs)
@@ -159,15 +179,7 @@ loop:
 		select {
 		case sig := <-sigs:
 			if sig == unix.SIGHUP {
-				daemon.SdNotify(false, daemon.SdNotifyReloading)
-				next, err := policy.Load(configPath, missingOK)
-				if err != nil {
-					log.Error("reload failed; keeping the current configuration", "err", err)
-				} else {
-					srv.Reload(next)
-					log.Info("configuration reloaded", "config", next.Files, "grants", len(next.Grants), "quotas", len(next.Quotas))
-				}
-				daemon.SdNotify(false, daemon.SdNotifyReady)
+				reload()
 				continue
 			}
 			if sig == unix.SIGUSR2 {

@@ -126,6 +126,7 @@ Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.Defaul
 		newWhoamiCmd(),
 		newHookCmd(),
 		newAuditCmd(),
+		newReloadCmd(),
 	)
 	for _, c := range root.Commands() {
 		c.SetUsageTemplate(c.UsageTemplate() + "\n" + exitCodesHelp + "\n")

@@ -42,6 +42,7 @@ const (
 	OpRegister   Op = 7
 	OpUnregister Op = 8
 	OpAudit      Op = 9
+	OpReload     Op = 10
 )
 
 func (o Op) String() string {
@@ -64,6 +65,8 @@ func (o Op) String() string {
 		return "unregister"
 	case OpAudit:
 		return "audit"
+	case OpReload:
+		return "reload"
 	}
 	return fmt.Sprintf("op(%d)", uint8(o))
 }
@@ -108,6 +111,9 @@ const (
 	AttrResult        Attr = 32 // nested: OWNER, NAME, CODE, MESSAGE for one requested entry
 	AttrCode          Attr = 33 // u32: a result code
 	AttrContainers    Attr = 34 // u64: registered containers (status)
+	AttrFile          Attr = 35 // string, repeatable: a configuration file read (reload)
+	AttrGrants        Attr = 36 // u64: grants in the configuration (reload)
+	AttrQuotas        Attr = 37 // u64: quotas in the configuration (reload)
 )
 
 // Publish flags (AttrFlags).
@@ -135,6 +141,7 @@ const (
 	CodeQuotaExceeded      Code = 6
 	CodeBusy               Code = 7
 	CodeInternal           Code = 8
+	CodeInvalidConfig      Code = 9
 )
 
 var codeNames = [...]string{
@@ -147,6 +154,7 @@ var codeNames = [...]string{
 	CodeQuotaExceeded:      "quota-exceeded",
 	CodeBusy:               "busy",
 	CodeInternal:           "internal",
+	CodeInvalidConfig:      "invalid-config",
 }
 
 // String returns the code's stable name, e.g. "not-found".
@@ -192,6 +200,7 @@ var (
 	ErrQuotaExceeded      = &Error{Code: CodeQuotaExceeded}
 	ErrBusy               = &Error{Code: CodeBusy}
 	ErrInternal           = &Error{Code: CodeInternal}
+	ErrInvalidConfig      = &Error{Code: CodeInvalidConfig}
 )
 
 // ErrMalformed reports bytes that are not a well-formed message.
