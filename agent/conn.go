@@ -352,7 +352,13 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {
 	if err := c.srv.store.publish(e, flags&proto.FlagReplace != 0, mayReplace, cfg, c.srv.maxEntries(cfg)); err != nil {
 		return err
 	}
-	c.srv.store.synced() // acknowledged only once systemd holds it
+	// Acknowledged only once systemd holds it: otherwise it is taken back.
+	if err := c.srv.store.durable(e.sid); err != nil {
+		c.srv.store.unpublish(e)
+		c.srv.store.synced()
+		c.log.Error("publish not acknowledged: not durable", "owner", e.owner, "name", e.name, "err", err)
+		return proto.Errorf(proto.CodeInternal, "%s:%s is not published: systemd did not confirm it keeps the entry (%v); publish again", e.owner, e.name, err)
+	}
 	c.log.Info("published", "owner", e.owner, "name", e.name, "kind", e.kind, "pin", e.pinned, "ttl", time.Duration(ttl)*time.Millisecond, "uid", e.uid, "pid", c.peer.PID)
 	return nil
 }
@@ -396,10 +402,13 @@ func (c *conn) revoke(cfg *policy.Config, attrs []byte) error {
 		}
 	}
 	may := func(e *entry) error { return c.authorize(cfg, policy.Revoke, e.target()) }
-	if err := c.srv.store.revoke(owner, name, may, flags&proto.FlagShutdown != 0); err != nil {
+	sid, err := c.srv.store.revoke(owner, name, may, flags&proto.FlagShutdown != 0)
+	if err != nil {
 		return err
 	}
-	c.srv.store.synced()
+	if err := c.srv.store.durable(sid); err != nil {
+		return proto.Errorf(proto.CodeInternal, "%s:%s is revoked in the agent, but systemd did not confirm it dropped its copy (%v): after a restart of the agent it may come back; revoke it again then", owner, name, err)
+	}
 	c.log.Info("revoked", "owner", owner, "name", name, "by", c.peer.Identity, "uid", c.peer.UID, "pid", c.peer.PID, "shutdown", flags&proto.FlagShutdown != 0)
 	return nil
 }
@@ -447,7 +456,7 @@ func (c *conn) status(cfg *policy.Config, attrs []byte, out []byte) (proto.Build
 		if max := s.maxEntries(cfg); n.path == "/" && (l.MaxEntries == policy.Unlimited || max < l.MaxEntries) {
 			l.MaxEntries, l.EntriesSource = max, "max_entries"
 			if max < cfg.Agent.MaxEntries {
-				l.EntriesSource = "RLIMIT_NOFILE"
+				l.EntriesSource = s.entriesSource(cfg)
 			}
 		}
 		if l.MaxEntries != policy.Unlimited {

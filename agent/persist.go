@@ -41,10 +41,15 @@ type persist struct {
 	fs  *fdstore.Store
 	log *slog.Logger
 
-	mu  sync.Mutex // serializes metadata uploads
+	mu  sync.Mutex // serializes metadata uploads; taken before the store's lock
 	gen uint64
 	st  *store
 	reg *registry
+	// fmu guards failed: the stored-fd names whose Add or Remove systemd
+	// refused, until the request that made the change takes the error. A
+	// leaf lock, taken under the store's.
+	fmu    sync.Mutex
+	failed map[string]error
 }
 
 // meta is the stored metadata: the entries and the registered containers,
@@ -92,6 +97,7 @@ type record struct {
 func (p *persist) added(e *entry) {
 	if err := p.fs.Add(e.sid, e.fd); err != nil {
 		p.log.Error("cannot keep an entry in systemd's fd store; it will not survive a restart", "owner", e.owner, "name", e.name, "err", err)
+		p.fail(e.sid, fmt.Errorf("store %s:%s in systemd's fd store: %w", e.owner, e.name, err))
 	}
 }
 
@@ -99,6 +105,7 @@ func (p *persist) added(e *entry) {
 func (p *persist) removed(e *entry) {
 	if err := p.fs.Remove(e.sid); err != nil {
 		p.log.Error("cannot remove an entry from systemd's fd store", "owner", e.owner, "name", e.name, "err", err)
+		p.fail(e.sid, fmt.Errorf("remove %s:%s from systemd's fd store: %w", e.owner, e.name, err))
 	}
 }
 
@@ -108,6 +115,32 @@ func (p *persist) removed(e *entry) {
 func (p *persist) sync() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	return p.upload()
+}
+
+// maxFailed bounds the failures remembered for requests that never ask.
+const maxFailed = 1024
+
+func (p *persist) fail(sid string, err error) {
+	p.fmu.Lock()
+	defer p.fmu.Unlock()
+	if p.failed == nil || len(p.failed) >= maxFailed {
+		p.failed = make(map[string]error)
+	}
+	p.failed[sid] = err
+}
+
+// takeFailure returns and forgets the failure of stored-fd name sid.
+func (p *persist) takeFailure(sid string) error {
+	p.fmu.Lock()
+	defer p.fmu.Unlock()
+	err := p.failed[sid]
+	delete(p.failed, sid)
+	return err
+}
+
+// upload stores the current metadata and waits for systemd to confirm.
+func (p *persist) upload() error {
 	p.st.mu.RLock()
 	m := meta{NextID: p.st.seq + 1, Entries: records(p.st.entries)}
 	p.st.mu.RUnlock()

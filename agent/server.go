@@ -31,6 +31,7 @@ type Server struct {
 	host     host // the agent's own namespaces, which host administrators share
 	wake     int  // eventfd that stops Serve
 	fdLimit  int  // soft RLIMIT_NOFILE, raised to the hard limit
+	fdStore  int  // entries systemd's fd store keeps (FileDescriptorStoreMax less the metadata); -1 without one
 	reloader func() (*policy.Config, error)
 
 	mu       sync.Mutex
@@ -82,6 +83,7 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 		host:     h,
 		wake:     wake,
 		fdLimit:  limit,
+		fdStore:  -1,
 		conns:    make(map[*conn]struct{}),
 		perUID:   make(map[uint32]*uidState),
 	}
@@ -98,6 +100,14 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 		log.Warn("systemd's notification socket is unusable; entries will not survive a restart", "err", err)
 	} else if fs != nil {
 		s.store.persist = &persist{fs: fs, log: log, st: s.store, reg: s.reg}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		n, err := fdstore.Capacity(ctx)
+		cancel()
+		if err != nil {
+			log.Error("cannot learn how many fds systemd's fd store keeps; entries past its FileDescriptorStoreMax= would be acknowledged and lost at a restart", "err", err)
+		} else {
+			s.fdStore = max(n-metaFDs, 0)
+		}
 	}
 	s.cfg.Store(cfg)
 	s.checkCapacity(cfg)
@@ -127,6 +137,10 @@ func rootReserve(cfg *policy.Config) int { return min(8, cfg.Agent.MaxConnection
 // maxRecvFDs before the surplus is closed), and its own.
 func fdReserve(cfg *policy.Config) int { return (1+maxRecvFDs)*cfg.Agent.MaxConnections + 64 }
 
+// metaFDs is how many fds of systemd's fd store the metadata takes: a new
+// generation is stored before the old one is removed.
+const metaFDs = 2
+
 // Capacity returns the soft RLIMIT_NOFILE and how many entries fit in it
 // under cfg.
 func (s *Server) Capacity(cfg *policy.Config) (fdLimit, entries int) {
@@ -134,10 +148,22 @@ func (s *Server) Capacity(cfg *policy.Config) (fdLimit, entries int) {
 }
 
 // maxEntries is the whole store's limit: max_entries, or what the fd limit
-// leaves room for if that is less.
+// or systemd's fd store leaves room for if that is less.
 func (s *Server) maxEntries(cfg *policy.Config) int {
 	_, room := s.Capacity(cfg)
+	if s.fdStore >= 0 {
+		room = min(room, s.fdStore)
+	}
 	return min(cfg.Agent.MaxEntries, room)
+}
+
+// entriesSource names what bounds the whole store when it is not
+// max_entries.
+func (s *Server) entriesSource(cfg *policy.Config) string {
+	if _, room := s.Capacity(cfg); s.fdStore >= 0 && s.fdStore < room {
+		return "FileDescriptorStoreMax"
+	}
+	return "RLIMIT_NOFILE"
 }
 
 // checkCapacity logs how many fds the agent can hold, and says with numbers
@@ -149,6 +175,14 @@ func (s *Server) checkCapacity(cfg *policy.Config) {
 		s.log.Warn("configured limits do not fit the fd limit; the store stops at what fits",
 			"max_entries", cfg.Agent.MaxEntries, "rlimit_nofile", limit,
 			"reserved_for_connections", fdReserve(cfg), "entries_that_fit", room)
+	}
+	if s.fdStore >= 0 {
+		s.log.Info("systemd's fd store", "file_descriptor_store_max", s.fdStore+metaFDs, "room_for_entries", s.fdStore)
+		if cfg.Agent.MaxEntries > s.fdStore {
+			s.log.Warn("max_entries does not fit systemd's fd store; the store stops at what systemd keeps (raise FileDescriptorStoreMax= to max_entries + 2)",
+				"max_entries", cfg.Agent.MaxEntries, "file_descriptor_store_max", s.fdStore+metaFDs, "entries_that_fit", s.fdStore)
+		}
+		room = min(room, s.fdStore)
 	}
 	if n := s.store.len(); n > room {
 		s.log.Warn("the store holds more entries than now fit; keeping them, refusing new ones", "entries", n, "entries_that_fit", room)

@@ -229,7 +229,7 @@ func (s *store) admitLocked(e, old *entry, replace bool, cfg *policy.Config, lim
 	case old != nil && !replace:
 		return proto.Errorf(proto.CodeExists, "%s:%s is already published (revoke it first, or publish with replace)", e.owner, e.name)
 	case old == nil && len(s.entries) >= limit:
-		return proto.Errorf(proto.CodeQuotaExceeded, "cgroup / (the whole agent) holds %d entries, its limit (max_entries, or what RLIMIT_NOFILE leaves room for)", len(s.entries))
+		return proto.Errorf(proto.CodeQuotaExceeded, "cgroup / (the whole agent) holds %d entries, its limit (max_entries, or what RLIMIT_NOFILE or systemd's FileDescriptorStoreMax leaves room for)", len(s.entries))
 	case old == nil && e.limited && len(s.entries) >= limit-cfg.Agent.AdminReserve(limit):
 		return proto.Errorf(proto.CodeQuotaExceeded, "the agent holds %d entries; the last %d of its %d are kept for host administrators", len(s.entries), cfg.Agent.AdminReserve(limit), limit)
 	}
@@ -378,32 +378,32 @@ func (s *store) acquire(owner, name string) *entry {
 // it. With shutdown, a socket entry is first shut down for reading and
 // writing, which every holder's copy shares; other kinds are refused
 // unchanged.
-func (s *store) revoke(owner, name string, may func(*entry) error, shutdown bool) error {
+func (s *store) revoke(owner, name string, may func(*entry) error, shutdown bool) (sid string, err error) {
 	s.mu.Lock()
 	e := s.entries[key{owner, name}]
 	if e == nil {
 		s.mu.Unlock()
-		return proto.Errorf(proto.CodeNotFound, "%s:%s is not published", owner, name)
+		return "", proto.Errorf(proto.CodeNotFound, "%s:%s is not published", owner, name)
 	}
 	if err := may(e); err != nil {
 		s.mu.Unlock()
-		return err
+		return "", err
 	}
 	switch {
 	case shutdown && e.kind != "socket":
 		s.mu.Unlock()
-		return proto.Errorf(proto.CodeInvalidRequest, "%s:%s is a %s, not a socket: shutdown cannot reach its other holders (revoke without it)", owner, name, e.kind)
+		return "", proto.Errorf(proto.CodeInvalidRequest, "%s:%s is a %s, not a socket: shutdown cannot reach its other holders (revoke without it)", owner, name, e.kind)
 	}
 	if shutdown {
 		if err := unix.Shutdown(e.fd, unix.SHUT_RDWR); err != nil && !errors.Is(err, unix.ENOTCONN) {
 			s.mu.Unlock()
-			return fmt.Errorf("shutdown %s:%s: %w", owner, name, os.NewSyscallError("shutdown", err))
+			return "", fmt.Errorf("shutdown %s:%s: %w", owner, name, os.NewSyscallError("shutdown", err))
 		}
 	}
 	s.removeLocked(e)
 	s.mu.Unlock()
-	e.release()
-	return nil
+	s.release(e)
+	return e.sid, nil
 }
 
 // removeLocked unlinks e and returns it; the caller releases the store's
@@ -492,13 +492,42 @@ func (s *store) expire() {
 	}
 }
 
-// synced brings systemd's copy of the metadata up to date, if there is one.
-func (s *store) synced() {
-	if s.persist != nil {
-		if err := s.persist.sync(); err != nil {
-			s.persist.log.Error("cannot update the stored metadata", "err", err)
-		}
+// synced brings systemd's copy of the metadata up to date, if there is
+// one, and waits until systemd confirmed every change so far. An error
+// means that changes made since the last confirmed sync may not survive a
+// restart of the agent.
+func (s *store) synced() error {
+	if s.persist == nil {
+		return nil
 	}
+	err := s.persist.sync()
+	if err != nil {
+		s.persist.log.Error("cannot update the stored metadata", "err", err)
+	}
+	return err
+}
+
+// durable syncs and reports whether the change to the entry stored as sid
+// reached systemd's fd store and was confirmed.
+func (s *store) durable(sid string) error {
+	if s.persist == nil {
+		return nil
+	}
+	err := s.synced()
+	return errors.Join(s.persist.takeFailure(sid), err)
+}
+
+// unpublish removes e if it is still the entry under its name, for a
+// publish that could not be made durable.
+func (s *store) unpublish(e *entry) {
+	s.mu.Lock()
+	if s.entries[e.key] != e {
+		s.mu.Unlock()
+		return
+	}
+	s.removeLocked(e)
+	s.mu.Unlock()
+	s.closer.release([]*entry{e})
 }
 
 // snapshot returns the entries that visible admits, sorted by owner then
