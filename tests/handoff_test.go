@@ -83,11 +83,11 @@ func TestRepeatedHandoffKeepsEveryEntry(t *testing.T) {
 		"own-a.service", "own-b.service")
 	handoff := func() {
 		t.Helper()
-		before := strings.Count(e.agent.Log.String(), "restored entries from the previous agent process")
+		before := strings.Count(e.agent.Log.String(), "agent serving")
 		if err := e.agent.Cmd.Process.Signal(syscall.SIGUSR2); err != nil {
 			t.Fatal(err)
 		}
-		e.agent.WaitLog(t, "restored entries from the previous agent process", before)
+		e.agent.WaitLog(t, "agent serving", before)
 	}
 	want := map[string]string{}
 	publish := func(owner, prefix string) {

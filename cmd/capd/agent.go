@@ -111,6 +111,12 @@ func privateMountNS() error {
 }
 
 func runAgent(ctx context.Context, log *slog.Logger, configPath string, missingOK bool, socketPath string) error {
+	// Signals from the start: a SIGUSR2 or SIGTERM that arrives while the
+	// agent restores its store waits for the loop below instead of killing
+	// the process (the default action) with the store in its fd table.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGUSR2)
+	defer signal.Stop(sigs)
 	cfg, err := policy.Load(configPath, missingOK)
 	if err != nil {
 		return fmt.Errorf("load config: %w", err)
@@ -164,9 +170,6 @@ func runAgent(ctx context.Context, log *slog.Logger, configPath string, missingO
 	}
 	srv.SetReloader(reload)
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGUSR2)
-	defer signal.Stop(sigs)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	log.Info("agent serving", "socket", socketPath, "config", cfg.Files, "grants", len(cfg.Grants),
