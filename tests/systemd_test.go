@@ -131,7 +131,7 @@ func TestSystemdKeepsEntries(t *testing.T) {
 		t.Fatalf("before: %q", got)
 	}
 	old := m.mainPID()
-	m.must("kill", "-9", strconv.Itoa(old))
+	m.kill9(old)
 	deadline := time.Now().Add(20 * time.Second)
 	for pid := m.mainPID(); pid == 0 || pid == old; pid = m.mainPID() {
 		if time.Now().After(deadline) {
@@ -162,7 +162,7 @@ func TestSystemdKeepsEntries(t *testing.T) {
 	if got := read(); got != "precious\n" || m.mainPID() != pid {
 		t.Fatalf("after the hand-off: %q, main pid %d (was %d)", got, m.mainPID(), pid)
 	}
-	m.must("kill", "-9", strconv.Itoa(pid))
+	m.kill9(pid)
 	for deadline := time.Now().Add(20 * time.Second); m.mainPID() == 0 || m.mainPID() == pid; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("systemd did not restart the agent after the hand-off")
