@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -38,6 +39,11 @@ func bootMachine(t *testing.T) *machine {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		// SIGKILL to systemd-nspawn alone leaves the container running:
+		// kill its PID 1, which takes the whole pid namespace with it.
+		if m.pid1 > 1 {
+			syscall.Kill(m.pid1, syscall.SIGKILL)
+		}
 		m.nspwn.Process.Kill()
 		m.nspwn.Wait()
 	})
