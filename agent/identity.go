@@ -229,7 +229,7 @@ func cgroupOf(pidfd, pid int, r *cgroup.Resolver) (string, uint64, error) {
 				return "", 0, err
 			}
 		}
-		p, err := cgroup.ProcPath(pid)
+		p, err := r.ProcPath(pid)
 		if err != nil {
 			return "", 0, err
 		}

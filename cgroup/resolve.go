@@ -13,9 +13,6 @@ import (
 	"github.com/capd-dev/capd/internal/linux"
 )
 
-// ErrNoV2 reports a host without a cgroup v2 hierarchy (legacy v1 only).
-var ErrNoV2 = errors.New("no cgroup v2 hierarchy mounted (capd needs the unified or hybrid layout)")
-
 // V2Mountpoint returns where the cgroup v2 hierarchy is mounted:
 // /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on hybrid ones.
 func V2Mountpoint() (string, error) {
@@ -89,10 +86,42 @@ func (r *Resolver) Abs(p string) string {
 	return r.mount + p
 }
 
+// deletedSuffix is what the kernel appends in /proc/PID/cgroup to the path
+// of a removed cgroup. A cgroup may also be named so.
+const deletedSuffix = " (deleted)"
+
 // ProcPath reads the cgroup v2 path of pid from /proc/PID/cgroup (the "0::"
-// line, parsed by containerd/cgroups). The caller must check afterwards,
-// with a pidfd, that pid still names the same process.
+// line, parsed by containerd/cgroups) and returns it as the kernel printed
+// it. The kernel appends " (deleted)" to the path of a removed cgroup, and
+// a cgroup can be named that way too ("zincati.service (deleted)"), so the
+// suffix is never stripped: such a path is returned only if a cgroup of
+// that literal name exists below r's mount, and otherwise the call fails
+// with ErrCgroupRemoved. The caller must check afterwards, with a pidfd,
+// that pid still names the same process.
+func (r *Resolver) ProcPath(pid int) (string, error) {
+	p, err := readProcPath(pid)
+	if err != nil || !strings.HasSuffix(p, deletedSuffix) {
+		return p, err
+	}
+	return r.checkDeleted(pid, p)
+}
+
+// ProcPath is Resolver.ProcPath for callers without a Resolver: it opens
+// the v2 mount only when the path ends in " (deleted)".
 func ProcPath(pid int) (string, error) {
+	p, err := readProcPath(pid)
+	if err != nil || !strings.HasSuffix(p, deletedSuffix) {
+		return p, err
+	}
+	r, err := NewResolver()
+	if err != nil {
+		return "", fmt.Errorf("cgroup of pid %d: %w", pid, err)
+	}
+	defer r.Close()
+	return r.checkDeleted(pid, p)
+}
+
+func readProcPath(pid int) (string, error) {
 	_, p, err := cgroups.ParseCgroupFileUnified("/proc/" + strconv.Itoa(pid) + "/cgroup")
 	if err != nil {
 		return "", fmt.Errorf("read cgroup of pid %d: %w", pid, err)
@@ -100,5 +129,37 @@ func ProcPath(pid int) (string, error) {
 	if p == "" {
 		return "", fmt.Errorf("pid %d: %w", pid, ErrNoV2)
 	}
-	return strings.TrimSuffix(p, " (deleted)"), nil
+	return p, nil
+}
+
+// checkDeleted returns p, the cgroup of pid ending in " (deleted)", if a
+// cgroup of that literal name exists, and ErrCgroupRemoved if none does.
+func (r *Resolver) checkDeleted(pid int, p string) (string, error) {
+	exists, err := r.exists(p)
+	if err != nil {
+		return "", fmt.Errorf("cgroup of pid %d: %w", pid, err)
+	}
+	if !exists {
+		return "", fmt.Errorf("cgroup of pid %d (%q): %w", pid, p, ErrCgroupRemoved)
+	}
+	return p, nil
+}
+
+// exists reports whether cgroup v2 path p names a cgroup directory below
+// the mount, resolved without leaving it (no "..", symlinks or other
+// mounts): a path that cannot be checked so is an error, never a guess.
+func (r *Resolver) exists(p string) (bool, error) {
+	rel := strings.TrimPrefix(p, "/")
+	if rel == "" {
+		return true, nil
+	}
+	fd, err := linux.OpenBeneath(r.mountFD, rel, unix.O_PATH|unix.O_DIRECTORY)
+	switch {
+	case err == nil:
+		linux.Close(fd)
+		return true, nil
+	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR):
+		return false, nil
+	}
+	return false, fmt.Errorf("look up cgroup %q: %w", p, err)
 }

@@ -27,8 +27,9 @@ func SocketPath() string {
 
 // Client is a connection to the agent.
 type Client struct {
-	path    string
-	timeout time.Duration
+	path     string
+	timeout  time.Duration
+	deadline time.Time
 
 	mu     sync.Mutex
 	fd     int  // -1 once closed
@@ -40,14 +41,23 @@ type Client struct {
 
 // Dial connects to the agent at path ("" means SocketPath()).
 func Dial(path string) (*Client, error) {
+	return DialDeadline(path, time.Time{})
+}
+
+// DialDeadline is Dial with a deadline (see SetDeadline) that bounds
+// connecting as well as every request on the client: whatever has not
+// ended by deadline fails with an error matching ErrTimeout. The zero
+// deadline means none.
+func DialDeadline(path string, deadline time.Time) (*Client, error) {
 	if path == "" {
 		path = SocketPath()
 	}
 	c := &Client{
-		path: path,
-		in:   make([]byte, proto.MaxResponse),
-		out:  make([]byte, 0, 512),
-		oob:  make([]byte, fdpass.OOBSize(4)),
+		path:     path,
+		deadline: deadline,
+		in:       make([]byte, proto.MaxResponse),
+		out:      make([]byte, 0, 512),
+		oob:      make([]byte, fdpass.OOBSize(4)),
 	}
 	fd, err := c.connect()
 	if err != nil {
@@ -57,10 +67,16 @@ func Dial(path string) (*Client, error) {
 	return c, nil
 }
 
+// connect opens a new connection, with the socket timeouts armed before
+// connect(2) (SO_SNDTIMEO bounds waiting for room in a full backlog).
 func (c *Client) connect() (int, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, os.NewSyscallError("socket", err)
+	}
+	if err := c.arm(fd); err != nil {
+		linux.Close(fd)
+		return -1, fmt.Errorf("connect to capd agent at %s: %w", c.path, err)
 	}
 	for {
 		err = unix.Connect(fd, &unix.SockaddrUnix{Name: c.path})
@@ -70,15 +86,35 @@ func (c *Client) connect() (int, error) {
 	}
 	if err != nil {
 		linux.Close(fd)
-		return -1, fmt.Errorf("connect to capd agent at %s: %w", c.path, os.NewSyscallError("connect", err))
-	}
-	if c.timeout > 0 {
-		setTimeouts(fd, c.timeout)
+		return -1, fmt.Errorf("connect to capd agent at %s: %w", c.path, c.timedOut(os.NewSyscallError("connect", err)))
 	}
 	return fd, nil
 }
 
+// arm sets the socket timeouts of fd for the next blocking call: the
+// request timeout, or what is left before the deadline if that is less.
+// With the deadline passed it fails with ErrTimeout at once. Callers hold
+// c.mu (or own fd alone).
+func (c *Client) arm(fd int) error {
+	d := c.timeout
+	if !c.deadline.IsZero() {
+		left := time.Until(c.deadline)
+		if left <= 0 {
+			return ErrTimeout
+		}
+		if d == 0 || left < d {
+			d = left
+		}
+	} else if d == 0 {
+		return nil // a new socket has no timeouts; SetTimeout(0) clears them
+	}
+	return setTimeouts(fd, d)
+}
+
 func setTimeouts(fd int, d time.Duration) error {
+	if d > 0 && d < time.Microsecond {
+		d = time.Microsecond // a zero timeval means no timeout at all
+	}
 	tv := unix.NsecToTimeval(d.Nanoseconds())
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		return os.NewSyscallError("setsockopt SO_RCVTIMEO", err)
@@ -89,8 +125,19 @@ func setTimeouts(fd int, d time.Duration) error {
 	return nil
 }
 
-// SetTimeout bounds how long one request may wait for the agent (0: no
-// bound). A request that times out fails with an error wrapping EAGAIN.
+// timedOut marks err as ErrTimeout when it is the EAGAIN that a socket
+// timeout raises (the socket is blocking, so EAGAIN means nothing else).
+func (c *Client) timedOut(err error) error {
+	if (c.timeout > 0 || !c.deadline.IsZero()) && errors.Is(err, unix.EAGAIN) {
+		return fmt.Errorf("%w (%w)", ErrTimeout, err)
+	}
+	return err
+}
+
+// SetTimeout bounds how long each blocking step of a request (connecting
+// again, sending, receiving the reply) may wait for the agent (0: no
+// bound). A request that times out fails with an error matching
+// ErrTimeout, os.ErrDeadlineExceeded and EAGAIN.
 func (c *Client) SetTimeout(d time.Duration) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -98,7 +145,28 @@ func (c *Client) SetTimeout(d time.Duration) error {
 	if c.fd < 0 {
 		return ErrClosed
 	}
-	return setTimeouts(c.fd, d)
+	if c.deadline.IsZero() {
+		return setTimeouts(c.fd, d)
+	}
+	return nil // armed before every call
+}
+
+// SetDeadline bounds the whole of every later request, however many steps
+// it takes, to end by t (the zero time: no deadline). A request that would
+// go on past it fails with an error matching ErrTimeout and
+// os.ErrDeadlineExceeded. A deadline and SetTimeout combine: the tighter
+// bound applies.
+func (c *Client) SetDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deadline = t
+	if c.fd < 0 {
+		return ErrClosed
+	}
+	if t.IsZero() {
+		return setTimeouts(c.fd, c.timeout)
+	}
+	return nil // armed before every call
 }
 
 // Close closes the connection. Files acquired earlier stay open.
@@ -162,6 +230,9 @@ func readOnly(op proto.Op) bool {
 // unread (a timeout, a reply that does not match) marks the connection
 // broken, so that a late reply is never taken for the next request's.
 func (c *Client) try(op proto.Op, sendFD int) ([]byte, int, error) {
+	if err := c.armDeadline(); err != nil {
+		return nil, -1, fmt.Errorf("%s: send request: %w", op, err)
+	}
 	var err error
 	if sendFD >= 0 {
 		err = fdpass.Send(c.fd, c.out, sendFD)
@@ -174,7 +245,7 @@ func (c *Client) try(op proto.Op, sendFD int) ([]byte, int, error) {
 	if err != nil {
 		if !errors.Is(err, unix.EPIPE) && !errors.Is(err, unix.ECONNRESET) && !errors.Is(err, unix.ENOTCONN) {
 			c.broken = true
-			return nil, -1, fmt.Errorf("%s: send request: %w", op, err)
+			return nil, -1, fmt.Errorf("%s: send request: %w", op, c.timedOut(err))
 		}
 		// The agent closed the connection; it may have said why first (a
 		// busy reply when it is at its connection limit).
@@ -184,6 +255,12 @@ func (c *Client) try(op proto.Op, sendFD int) ([]byte, int, error) {
 			return nil, -1, errStale
 		}
 	} else {
+		if err := c.armDeadline(); err != nil {
+			// The request went out: the reply may come late, so never
+			// read another request's reply from this connection.
+			c.broken = true
+			return nil, -1, fmt.Errorf("%s: receive reply: %w", op, err)
+		}
 		n, fds, err = fdpass.Recv(c.fd, c.in, c.oob, fdbuf[:0], 1)
 		if err != nil {
 			c.broken = true
@@ -191,7 +268,7 @@ func (c *Client) try(op proto.Op, sendFD int) ([]byte, int, error) {
 				// The agent closed the socket with the request unread.
 				return nil, -1, errStale
 			}
-			return nil, -1, fmt.Errorf("%s: receive reply: %w", op, err)
+			return nil, -1, fmt.Errorf("%s: receive reply: %w", op, c.timedOut(err))
 		}
 		if n == 0 && len(fds) == 0 {
 			return nil, -1, errMaybeDone
@@ -224,6 +301,16 @@ func (c *Client) try(op proto.Op, sendFD int) ([]byte, int, error) {
 		return attrs, -1, nil
 	}
 	return attrs, fds[0], nil
+}
+
+// armDeadline re-arms c.fd's timeouts before a blocking call when a
+// deadline is set (the time left shrinks); without one, the timeouts set
+// at connect and by SetTimeout stay.
+func (c *Client) armDeadline() error {
+	if c.deadline.IsZero() {
+		return nil
+	}
+	return c.arm(c.fd)
 }
 
 func closeAll(fds []int) {

@@ -2,6 +2,7 @@ package client
 
 import (
 	"errors"
+	"os"
 
 	"github.com/capd-dev/capd/internal/proto"
 )
@@ -31,4 +32,14 @@ var (
 	// ErrVerifyUnsupported reports a kernel with neither F_DUPFD_QUERY nor
 	// kcmp(2): Verify cannot answer, and never guesses.
 	ErrVerifyUnsupported = errors.New("kernel supports neither F_DUPFD_QUERY nor kcmp")
+	// ErrTimeout reports an agent that did not accept the connection or
+	// answer within the client's bound (SetTimeout, SetDeadline,
+	// DialDeadline). It also matches os.ErrDeadlineExceeded.
+	ErrTimeout error = timeoutError{}
 )
+
+type timeoutError struct{}
+
+func (timeoutError) Error() string        { return "the agent did not answer in time" }
+func (timeoutError) Timeout() bool        { return true }
+func (timeoutError) Is(target error) bool { return target == os.ErrDeadlineExceeded }

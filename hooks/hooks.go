@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -48,6 +49,10 @@ type Options struct {
 	// HardenAll gives every container, annotated or not, the hidden-process
 	// /proc (hooks.d then runs the hook for all containers).
 	HardenAll bool
+	// Timeout bounds the whole conversation with the agent in one hook
+	// run (connecting, registering, unregistering); 0 means no bound. An
+	// agent that does not answer in time counts as unreachable.
+	Timeout time.Duration
 }
 
 // Run handles one hook invocation. Containers without the io.capd.acquire
@@ -83,6 +88,24 @@ func (o Options) warn(format string, args ...any) {
 	fmt.Fprintf(o.Stderr, "capd hook: warning: "+format+"\n", args...)
 }
 
+// dial connects to the agent with the deadline for the whole
+// conversation of this hook run.
+func (o Options) dial() (*client.Client, error) {
+	if o.Timeout <= 0 {
+		return client.Dial(o.Socket)
+	}
+	return client.DialDeadline(o.Socket, time.Now().Add(o.Timeout))
+}
+
+// agentErr says what a failed conversation with the agent about container
+// id means, naming a timeout for what it is.
+func (o Options) agentErr(id string, err error) error {
+	if errors.Is(err, client.ErrTimeout) {
+		return fmt.Errorf("container %s: the capd agent at %s did not answer within the timeout of %v (capd hook --timeout): %w", id, o.Socket, o.Timeout, err)
+	}
+	return fmt.Errorf("container %s: %w", id, err)
+}
+
 func create(o Options, req *oci.Request, pid int, bundle string) error {
 	if pid <= 0 {
 		return fmt.Errorf("container %s: the state has no pid: run capd hook at createRuntime or prestart", req.ID)
@@ -106,9 +129,9 @@ func create(o Options, req *oci.Request, pid int, bundle string) error {
 		o.warn("%v (the container starts without capd; annotate %s=true to make this fatal)", err, oci.AnnotationRequired)
 		return nil
 	}
-	c, err := client.Dial(o.Socket)
+	c, err := o.dial()
 	if err != nil {
-		return soft(fmt.Errorf("container %s: %w", req.ID, err))
+		return soft(o.agentErr(req.ID, err))
 	}
 	defer c.Close()
 	refs := make([]string, len(req.Refs))
@@ -116,6 +139,11 @@ func create(o Options, req *oci.Request, pid int, bundle string) error {
 		refs[i] = r.String()
 	}
 	_, results, err := c.Register(&client.Registration{ID: req.ID, Name: req.Name, Refs: refs, Required: req.Required}, pidfd)
+	if errors.Is(err, client.ErrTimeout) {
+		// The agent may still act on the request when it wakes up; the
+		// container's init exiting (or poststop) unregisters it then.
+		return soft(o.agentErr(req.ID, err))
+	}
 	if err != nil {
 		return soft(err)
 	}
@@ -135,13 +163,15 @@ func create(o Options, req *oci.Request, pid int, bundle string) error {
 }
 
 func stop(o Options, req *oci.Request) error {
-	c, err := client.Dial(o.Socket)
+	c, err := o.dial()
 	if err != nil {
-		o.warn("container %s: %v", req.ID, err)
+		o.warn("%v", o.agentErr(req.ID, err))
 		return nil
 	}
 	defer c.Close()
-	if err := c.Unregister(req.ID); err != nil && !errors.Is(err, client.ErrNotFound) {
+	if err := c.Unregister(req.ID); errors.Is(err, client.ErrTimeout) {
+		o.warn("%v (the agent unregisters the container when it sees its init exit)", o.agentErr(req.ID, err))
+	} else if err != nil && !errors.Is(err, client.ErrNotFound) {
 		o.warn("%v", err)
 	}
 	return nil

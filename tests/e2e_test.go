@@ -147,6 +147,45 @@ func TestWhoamiIsTheUnit(t *testing.T) {
 	}
 }
 
+// Cgroup names may hold any byte but '/' and '\n': the human output of
+// whoami, list, status and errors prints them escaped, never raw to the
+// terminal (--json escapes them as JSON does).
+func TestWhoamiEscapesControlCharacters(t *testing.T) {
+	const title, clear = "\x1b]0;pwned\x07", "\x1b[2J"
+	e := newEnv(t, seedPolicy, title, clear)
+	r := e.mustRun(title, nil, "whoami")
+	if want := strconv.Quote("cgroup:"+e.cgs[title].Path) + "\n"; r.stdout != want {
+		t.Errorf("whoami in %q = %q, want %q", e.cgs[title].Path, r.stdout, want)
+	}
+	r = e.mustRun(title, nil, "whoami", "--json")
+	var id struct{ Identity string }
+	if err := json.Unmarshal([]byte(r.stdout), &id); err != nil || id.Identity != "cgroup:"+e.cgs[title].Path {
+		t.Errorf("whoami --json = %q, %v", r.stdout, err)
+	}
+	e.publishFile(clear, "x", "x")
+	owner := strconv.Quote("cgroup:" + e.cgs[clear].Path)
+	outputs := map[string]string{
+		"whoami":  e.mustRun(title, nil, "whoami").stdout,
+		"list":    e.mustRun("", nil, "list").stdout,
+		"status":  e.mustRun("", nil, "status").stdout,
+		"acquire": e.run(title, nil, "acquire", "cgroup:"+e.cgs[clear].Path+":x", "--", "true").stderr,
+	}
+	for _, w := range []struct{ cmd, want string }{
+		{"list", owner + "  x"},
+		{"status", `"/\x1b[2J"`},
+		{"acquire", `\x1b]0;pwned\a`},
+	} {
+		if !strings.Contains(outputs[w.cmd], w.want) {
+			t.Errorf("capd %s output lacks %s:\n%s", w.cmd, w.want, outputs[w.cmd])
+		}
+	}
+	for cmd, out := range outputs {
+		if strings.ContainsAny(out, "\x1b\x07") {
+			t.Errorf("capd %s prints control characters raw: %q", cmd, out)
+		}
+	}
+}
+
 func TestPublishAcquireAcrossCgroups(t *testing.T) {
 	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
 	e.publishFile("rpm-ostreed.service", "zincati-fd", "hello from rpm-ostreed\n")

@@ -104,7 +104,7 @@ func acquireExec(cmd *cobra.Command, refs, command []string, optional, privatePr
 		fd, err := c.AcquireFD(r.owner, r.name)
 		if err != nil {
 			if optional && (errors.Is(err, client.ErrNotFound) || errors.Is(err, client.ErrPermissionDenied)) {
-				fmt.Fprintf(cmd.ErrOrStderr(), "capd: skipping %v\n", err)
+				fmt.Fprintf(cmd.ErrOrStderr(), "capd: skipping %s\n", escape(err.Error()))
 				continue
 			}
 			c.Close()

@@ -25,7 +25,8 @@ listed too when some process still holds their file: stale copies that
 revocation could not take back (Linux cannot close another process's fd).
 
 The agent walks /proc with a pidfd per process, so a pid recycled during
-the walk is never reported. Root only.`,
+the walk is never reported. Strings holding control characters or invalid
+UTF-8 are printed as quoted Go strings ("\x1b..."). Root only.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := dial()
@@ -47,13 +48,13 @@ the walk is never reported. Root only.`,
 			print := func(state string, owner, name string, pid int, id string, uid, fd int, exposed bool, how []string) {
 				ex := "no"
 				if exposed {
-					ex = "yes: " + strings.Join(how, "; ")
+					ex = "yes: " + escape(strings.Join(how, "; "))
 				}
-				fmt.Fprintf(tw, "%s:%s\t%s\t%d\t%s\t%d\t%d\t%s\n", owner, name, state, pid, id, uid, fd, ex)
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%s\n", escape(owner+":"+name), state, pid, escape(id), uid, fd, ex)
 			}
 			for _, e := range rep.Entries {
 				if len(e.Holders) == 0 {
-					fmt.Fprintf(tw, "%s:%s\tlive\t-\t(only the agent)\t\t\t\n", e.Owner, e.Name)
+					fmt.Fprintf(tw, "%s\tlive\t-\t(only the agent)\t\t\t\n", escape(e.Owner+":"+e.Name))
 				}
 				for _, h := range e.Holders {
 					print("live", e.Owner, e.Name, h.PID, h.Identity, h.UID, h.FD, h.Exposed, h.Exposure)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -16,11 +17,16 @@ import (
 // newer podman also reads /etc/containers/oci/hooks.d.
 const defaultHooksDir = "/usr/share/containers/oci/hooks.d"
 
+// defaultHookTimeout bounds the hook's conversation with the agent, so that
+// a stalled agent cannot stall container creation.
+const defaultHookTimeout = 5 * time.Second
+
 func newHookCmd() *cobra.Command {
 	var socket string
 	var hardenAll bool
+	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "hook [--socket PATH]",
+		Use:   "hook [--socket PATH] [--timeout DURATION]",
 		Short: "OCI hook: give annotated containers their capability fds",
 		Long: `Run as an OCI hook at createRuntime (or prestart, for runtimes without it)
 and poststop. It reads the container's state (runtime-spec State) on stdin
@@ -47,6 +53,13 @@ poststop it unregisters the container; if poststop never runs, the agent
 notices the init process exit. Containers without the annotation are left
 alone at once (unless --harden-all).
 
+--timeout DURATION (default 5s; 0: no bound) bounds the whole conversation
+with the agent in one hook run: connecting, registering and unregistering.
+An agent that does not answer in time (stopped, overloaded) counts as
+unreachable: creation of a container annotated io.capd.required=true fails
+with a message saying the agent did not answer within the timeout; any
+other container starts with a warning on stderr.
+
 It also hides other users' processes in the container's /proc: the procfs
 the runtime mounted is reconfigured with hidepid=invisible, and subset=pid
 (only process directories) unless the runtime still writes sysctls through
@@ -60,13 +73,18 @@ For runc, add to config.json:
 For podman and CRI-O, see 'capd hook install'.`,
 		Args: exactArgs(0, "no arguments (the state comes on stdin)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if timeout < 0 {
+				return usageErr("--timeout must not be negative, not %v", timeout)
+			}
 			if socket == "" {
 				socket = client.SocketPath()
 			}
-			return hooks.Run(hooks.Options{Socket: socket, Stdin: cmd.InOrStdin(), Stderr: cmd.ErrOrStderr(), HardenAll: hardenAll})
+			return hooks.Run(hooks.Options{Socket: socket, Stdin: cmd.InOrStdin(), Stderr: cmd.ErrOrStderr(),
+				HardenAll: hardenAll, Timeout: timeout})
 		},
 	}
 	cmd.Flags().StringVar(&socket, "socket", "", "the agent's socket (default $CAPD_SOCKET or "+client.DefaultSocket+")")
+	cmd.Flags().DurationVar(&timeout, "timeout", defaultHookTimeout, "give up on an agent that has not answered within this long (0: wait forever)")
 	cmd.Flags().BoolVar(&hardenAll, "harden-all", false, "give every container, not only annotated ones, a /proc that hides other users' processes")
 	cmd.AddCommand(newHookInstallCmd())
 	return cmd
@@ -83,7 +101,7 @@ createRuntime and poststop for containers annotated io.capd.acquire (the
 annotation key is matched by an anchored regular expression). The default DIR
 is ` + defaultHooksDir + `, which Debian's podman 4.3 and CRI-O
 read; newer podman also reads /etc/containers/oci/hooks.d. podman --hooks-dir
-points elsewhere.`,
+points elsewhere. The hook runs with the default --timeout of 'capd hook'.`,
 		Example: `  sudo capd hook install
   sudo capd hook install --dir /etc/containers/oci/hooks.d --socket /run/capd/capd.sock`,
 		Args: exactArgs(0, "no arguments"),

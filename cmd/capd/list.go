@@ -14,9 +14,10 @@ func newListCmd() *cobra.Command {
 		Use:   "list [--json]",
 		Short: "List the entries the caller may see",
 		Long: `List the caller's own entries and those it may acquire (root sees all):
-owner, name, fd kind (socket, pipe, memfd, file, tmpfile, ...), whether it is
-pinned, when it expires, and how often it was acquired. --json prints every
-field for scripts.`,
+owner, name, fd kind (socket, pipe, memfd, file, tmpfile, path, ...), whether
+it is pinned, when it expires, and how often it was acquired. Names holding
+control characters or invalid UTF-8 are printed as quoted Go strings
+("\x1b..."). --json prints every field for scripts.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := dial()
@@ -46,7 +47,7 @@ field for scripts.`,
 				if e.Pinned {
 					pinned = "yes"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", e.Owner, e.Name, e.Kind, pinned, exp, e.Acquired)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", escape(e.Owner), escape(e.Name), escape(e.Kind), pinned, exp, e.Acquired)
 			}
 			return tw.Flush()
 		},

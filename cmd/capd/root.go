@@ -133,7 +133,9 @@ Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.Defaul
 	}
 	err := root.ExecuteContext(ctx)
 	if err != nil {
-		fmt.Fprintf(stderr, "capd: %v\n", err)
+		// Agent errors quote cgroup paths and identities, which may hold
+		// any byte.
+		fmt.Fprintf(stderr, "capd: %s\n", escape(err.Error()))
 	}
 	return exitCode(err)
 }

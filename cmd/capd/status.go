@@ -21,7 +21,8 @@ tree that holds entries: for each cgroup, the entries and pins charged to it
 (its own and those of every cgroup below it), how many entries it owns, and
 the limits that apply with where they come from ([[quota]], the defaults
 for owner cgroups, or max_entries for the whole agent at /). A "-" limit
-does not limit. Root only.`,
+does not limit. Cgroup names holding control characters or invalid UTF-8
+are printed as quoted Go strings ("\x1b..."). Root only.`,
 		Example: `  sudo capd status
   sudo capd status --json | jq '.cgroups[] | select(.pinned > 0)'`,
 		Args: exactArgs(0, "no arguments"),
@@ -62,12 +63,12 @@ func tree(p string) string {
 	if p == "/" {
 		return "/"
 	}
-	return strings.Repeat("  ", strings.Count(p, "/")) + p[strings.LastIndexByte(p, '/'):]
+	return strings.Repeat("  ", strings.Count(p, "/")) + escape(p[strings.LastIndexByte(p, '/'):])
 }
 
 func limit(v *uint64, source string) string {
 	if v == nil {
 		return "-"
 	}
-	return strconv.FormatUint(*v, 10) + " (" + source + ")"
+	return strconv.FormatUint(*v, 10) + " (" + escape(source) + ")"
 }

@@ -14,7 +14,9 @@ func newWhoamiCmd() *cobra.Command {
 		Long: `Print the identity the agent derives from the kernel for this process:
 the systemd unit owning its cgroup (NAME.service, NAME.scope) or cgroup:/PATH.
 This is the identity that owns what the caller publishes and that policy
-matches when it acquires. --json adds the cgroup, uid and pid.`,
+matches when it acquires. An identity holding control characters or
+invalid UTF-8 (cgroup names may) is printed as a quoted Go string
+("cgroup:/\x1b..."). --json adds the cgroup, uid and pid.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := dial()
@@ -29,7 +31,7 @@ matches when it acquires. --json adds the cgroup, uid and pid.`,
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), id)
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), id.Name)
+			fmt.Fprintln(cmd.OutOrStdout(), escape(id.Name))
 			return nil
 		},
 	}

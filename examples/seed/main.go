@@ -100,7 +100,9 @@ func orchestrate() error {
 		return err
 	}
 
-	slice := filepath.Join(mount, fmt.Sprintf("capd-seed-%d.slice", os.Getpid()))
+	// A top-level slice as systemd names them: a '-' would say it belongs
+	// below another slice, and the units in it would get no unit identity.
+	slice := filepath.Join(mount, fmt.Sprintf("capd_seed_%d.slice", os.Getpid()))
 	defer removeCgroups(slice)
 	cgs := map[string]int{}
 	for _, unit := range []string{"rpm-ostreed.service", "zincati.service"} {

@@ -232,10 +232,19 @@ func FileID(fd int) (dev, ino uint64, err error) {
 	return st.Dev, st.Ino, nil
 }
 
-// FdKind classifies the open file behind fd for humans: "socket", "pipe",
-// "memfd", "tmpfile", "file", "dir", "chardev", "blockdev", "eventfd",
-// "pidfd", "anon:NAME" or "unknown".
+// FdKind classifies the open file behind fd for humans: "path" (an O_PATH
+// fd, of a file or a directory: it names the file but cannot read, write
+// or map it), "socket", "pipe", "memfd", "tmpfile", "file", "dir",
+// "chardev", "blockdev", "eventfd", "pidfd", "anon:NAME" or "unknown".
 func FdKind(fd int) string {
+	// fstat works on O_PATH fds too, so ask for the open flags first.
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return "unknown"
+	}
+	if fl&unix.O_PATH != 0 {
+		return "path"
+	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return "unknown"

@@ -79,6 +79,27 @@ func OpenInRoot(root int, name string, flags int) (int, error) {
 	return fd, nil
 }
 
+// OpenBeneath opens name below the directory dir without ever leaving it:
+// openat2 with RESOLVE_BENEATH (".." above dir and absolute paths fail
+// with EXDEV), RESOLVE_NO_SYMLINKS (ELOOP) and RESOLVE_NO_XDEV (no mount
+// crossings, EXDEV). flags is O_PATH|O_DIRECTORY and the like; O_CLOEXEC
+// is added.
+func OpenBeneath(dir int, name string, flags int) (int, error) {
+	how := unix.OpenHow{
+		Flags:   uint64(flags | unix.O_CLOEXEC),
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_XDEV,
+	}
+	var fd int
+	err := ignoringEINTR(func() (err error) {
+		fd, err = unix.Openat2(dir, name, &how)
+		return err
+	})
+	if err != nil {
+		return -1, &os.PathError{Op: "openat2", Path: name, Err: err}
+	}
+	return fd, nil
+}
+
 // MkdirInRoot makes directory name (one component) in the directory dir,
 // which it opens and returns as an O_PATH fd; an existing directory is
 // just opened.

@@ -96,7 +96,7 @@ func RequireRoot(t testing.TB) {
 
 // Cgroup is a real cgroup v2 directory created for a test.
 type Cgroup struct {
-	Path string // relative to the v2 root, e.g. /capdtest-123.slice/zincati.service
+	Path string // relative to the v2 root, e.g. /capdtest_123_TestX.slice/zincati.service
 	Dir  string // absolute directory
 	FD   int    // O_PATH directory fd for SysProcAttr.CgroupFD
 
@@ -106,15 +106,22 @@ type Cgroup struct {
 
 // NewCgroup creates rel (e.g. "rpm-ostreed.service") below a slice unique to
 // this test, so that its identity is the unit name; the cgroup is emptied
-// (cgroup.kill) and removed when the test ends.
+// (cgroup.kill) and removed when the test ends. The slice is a top-level
+// one as systemd names them (no '-', which would imply a parent slice), so
+// that the path is systemd-shaped (see cgroup.Owner).
 func NewCgroup(t testing.TB, rel string) *Cgroup {
 	t.Helper()
 	mount, err := cgroup.V2Mountpoint()
 	if err != nil {
 		t.Fatal(err)
 	}
-	slice := fmt.Sprintf("/capdtest-%d-%s.slice", os.Getpid(), sanitize(t.Name()))
+	slice := fmt.Sprintf("/capdtest_%d_%s.slice", os.Getpid(), sanitize(t.Name()))
 	p := filepath.Join(slice, rel)
+	if unit, _, _ := strings.Cut(rel, "/"); strings.HasSuffix(unit, ".service") || strings.HasSuffix(unit, ".scope") {
+		if id := cgroup.IdentityFromPath(p); id != unit {
+			t.Fatalf("test cgroup %s has identity %s, not %s: the harness slice is not systemd-shaped", p, id, unit)
+		}
+	}
 	dir := filepath.Join(mount, p)
 	if _, err := cgroup2.NewManager(mount, p, &cgroup2.Resources{}); err != nil {
 		t.Fatalf("create cgroup %s: %v", dir, err)

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestEscape(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		// Printable text is unchanged, backslashes and all.
+		{"", ""},
+		{"rpm-ostreed.service", "rpm-ostreed.service"},
+		{"cgroup:/system.slice/x y", "cgroup:/system.slice/x y"},
+		{`system-foo\x2dbar.slice`, `system-foo\x2dbar.slice`},
+		{`a\b`, `a\b`},
+		{"grüße-日本語-Ωμέγα", "grüße-日本語-Ωμέγα"},
+		{`quota cgroup="/a"`, `quota cgroup="/a"`},
+		// Control characters, as Go escapes in a quoted string.
+		{"\x1b]0;pwned\x07", `"\x1b]0;pwned\a"`},
+		{"/\x1b[2J", `"/\x1b[2J"`},
+		{"a\rb", `"a\rb"`},
+		{"a\nb\tc\x00", `"a\nb\tc\x00"`},
+		{"del\x7f", `"del\x7f"`},
+		{"c1\u0080\u009b2J\u009f", `"c1\u0080\u009b2J\u009f"`},
+		{"bidi\u202egnp.exe", `"bidi\u202egnp.exe"`},
+		// Invalid UTF-8, byte by byte.
+		{"bad\xff\xc3", `"bad\xff\xc3"`},
+		// Once quoted, backslashes and quotes are escaped too, so that the
+		// result is unambiguous.
+		{"\x1b" + `\x1b"`, `"\x1b\\x1b\""`},
+		// A plain string never reads as a quoted one.
+		{`"\x1b"`, `"\"\\x1b\""`},
+	} {
+		got := escape(tc.in)
+		if got != tc.want {
+			t.Errorf("escape(%q) = %s, want %s", tc.in, got, tc.want)
+		}
+		for _, c := range got {
+			if c < 0x20 || (c >= 0x7f && c <= 0x9f) {
+				t.Errorf("escape(%q) = %q keeps control character %U", tc.in, got, c)
+			}
+		}
+		if got != tc.in {
+			if back, err := strconv.Unquote(got); err != nil || back != tc.in {
+				t.Errorf("escape(%q) = %s does not unquote to the input: %q, %v", tc.in, got, back, err)
+			}
+		}
+	}
+}
+
+// The status tree escapes the last component only, after the indentation.
+func TestTreeEscapes(t *testing.T) {
+	if got, want := tree("/a.slice/\x1b[2J"), `    "/\x1b[2J"`; got != want {
+		t.Errorf("tree = %q, want %q", got, want)
+	}
+	if got := tree("/a.slice/b.service"); got != "    /b.service" {
+		t.Errorf("tree = %q", got)
+	}
+	if got := limit(new(uint64), "quota cgroup=/\x1b"); strings.ContainsRune(got, 0x1b) {
+		t.Errorf("limit = %q", got)
+	}
+}

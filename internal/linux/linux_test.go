@@ -1,0 +1,60 @@
+package linux_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/internal/testutil"
+)
+
+func TestMain(m *testing.M) { os.Exit(testutil.LeakCheck(m)) }
+
+// TestFdKind classifies real fds; O_PATH fds are "path" whatever they name,
+// as fstat alone would call them "file" or "dir".
+func TestFdKind(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "f")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	open := func(path string, flags int) func() (int, error) {
+		return func() (int, error) { return unix.Open(path, flags|unix.O_CLOEXEC, 0) }
+	}
+	for _, tc := range []struct {
+		name string
+		open func() (int, error)
+		want string
+	}{
+		{"dir", open(dir, unix.O_RDONLY|unix.O_DIRECTORY), "dir"},
+		{"O_PATH file", open(file, unix.O_PATH), "path"},
+		{"O_PATH dir", open(dir, unix.O_PATH|unix.O_DIRECTORY), "path"},
+		{"memfd", func() (int, error) { return linux.MemfdCreate("capd-test") }, "memfd"},
+		{"regular file", open(file, unix.O_RDWR), "file"},
+		{"tmpfile", open(dir, unix.O_TMPFILE|unix.O_RDWR), "tmpfile"},
+		{"pipe", func() (int, error) {
+			var p [2]int
+			if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+				return -1, err
+			}
+			unix.Close(p[1])
+			return p[0], nil
+		}, "pipe"},
+		{"socket", func() (int, error) { return unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0) }, "socket"},
+	} {
+		fd, err := tc.open()
+		if err != nil {
+			t.Fatalf("%s: open: %v", tc.name, err)
+		}
+		if got := linux.FdKind(fd); got != tc.want {
+			t.Errorf("FdKind(%s) = %q, want %q", tc.name, got, tc.want)
+		}
+		unix.Close(fd)
+	}
+	if got := linux.FdKind(-1); got != "unknown" {
+		t.Errorf("FdKind(-1) = %q, want unknown", got)
+	}
+}
