@@ -341,6 +341,41 @@ func TestListenEnvironment(t *testing.T) {
 	}
 }
 
+// A socket-activated unit running capd acquire keeps its own fds: those
+// passed to capd itself (LISTEN_PID is capd's pid) come first with their
+// names, the acquired ones after (issue: acquire replaced a unit's socket).
+func TestAcquireKeepsSocketActivatedFDs(t *testing.T) {
+	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
+	a := tempFile(t, "a")
+	defer a.Close()
+	e.mustRun("rpm-ostreed.service", []*os.File{a}, "publish", "zincati-fd", "--fd", "3")
+	own1, own2 := tempFile(t, "own1"), tempFile(t, "own2")
+	defer own1.Close()
+	defer own2.Close()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// exec keeps the shell's pid, as systemd's exec of ExecStart= does.
+	cmd := e.cgs["zincati.service"].Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" acquire rpm-ostreed.service:zincati-fd -- "$1"`, capd, self)
+	cmd.Env = e.agent.Env("CAPD_TEST_ROLE=listen-env", "LISTEN_FDS=2", "LISTEN_FDNAMES=web:admin")
+	cmd.ExtraFiles = []*os.File{own1, own2}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("acquire: %v", err)
+	}
+	var le listenEnv
+	if err := json.Unmarshal(out, &le); err != nil {
+		t.Fatalf("role output %q: %v", out, err)
+	}
+	if le.LISTEN_FDS != "3" || le.LISTEN_FDNAMES != "web:admin:zincati-fd" || le.LISTEN_PID != strconv.Itoa(le.PID) {
+		t.Fatalf("environment = %+v", le)
+	}
+	if le.FDs["3"] != own1.Name() || le.FDs["4"] != own2.Name() || le.FDs["5"] != a.Name() || len(le.FDs) != 3 {
+		t.Fatalf("fds = %v, want 3 -> %s, 4 -> %s, 5 -> %s", le.FDs, own1.Name(), own2.Name(), a.Name())
+	}
+}
+
 func TestOptional(t *testing.T) {
 	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
 	e.publishFile("rpm-ostreed.service", "zincati-fd", "x")

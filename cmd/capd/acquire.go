@@ -29,9 +29,14 @@ systemd socket-activation protocol:
   LISTEN_FDNAMES=<the entry NAMEs, ':'-separated, in order>
   LISTEN_PID=<the pid, which COMMAND keeps>
 
-so any sd_listen_fds_with_names() program consumes them unchanged. No other
-fd above 2 that capd inherited reaches COMMAND, and LISTEN_* variables from
-the caller's environment are replaced.
+so any sd_listen_fds_with_names() program consumes them unchanged.
+
+Fds that capd itself received by socket activation (LISTEN_PID is capd's
+own pid, as when a unit with its own .socket runs ExecStart=capd acquire
+...) are kept: they come first, at 3, 4, ..., with their names from
+LISTEN_FDNAMES ("unknown" where it names none), and the acquired fds follow.
+No other fd above 2 that capd inherited reaches COMMAND, and LISTEN_*
+variables meant for another process are replaced.
 
 An entry that is absent (not-found) or not granted (permission-denied) makes
 capd fail before COMMAND runs, naming the entry and the reason. With
@@ -98,8 +103,7 @@ func acquireExec(cmd *cobra.Command, refs, command []string, optional, privatePr
 	}
 	// Bare fds, never *os.File: os.File.Fd would switch a non-blocking
 	// open file description to blocking for every holder.
-	var fds []int
-	var names []string
+	fds, names := inheritedFDs()
 	for _, r := range parsed {
 		fd, err := c.AcquireFD(r.owner, r.name)
 		if err != nil {
@@ -139,4 +143,31 @@ func acquireExec(cmd *cobra.Command, refs, command []string, optional, privatePr
 	fmt.Fprintf(os.Stderr, "capd: acquire: %v\n", err)
 	os.Exit(exitCannotExec)
 	return nil
+}
+
+// inheritedFDs returns the fds passed to capd itself by socket activation
+// (LISTEN_PID is this process, LISTEN_FDS=N: fds 3 to N+2) and their names
+// from LISTEN_FDNAMES, "unknown" where it has none, as sd_listen_fds(3)
+// reads them. Fds that are not open are left out.
+func inheritedFDs() (fds []int, names []string) {
+	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
+		return nil, nil
+	}
+	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	if err != nil || n <= 0 || n > 1024 {
+		return nil, nil
+	}
+	given := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
+	for i := range n {
+		fd := 3 + i
+		if !linux.FDOpen(fd) {
+			continue
+		}
+		name := "unknown"
+		if len(given) == n && given[i] != "" {
+			name = given[i]
+		}
+		fds, names = append(fds, fd), append(names, name)
+	}
+	return fds, names
 }

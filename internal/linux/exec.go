@@ -91,3 +91,9 @@ func ExecInNewMountNS(argv, env []string) (entered bool, err error) {
 	}
 	return true, os.NewSyscallError("execve "+exe, unix.Exec(exe, argv, env))
 }
+
+// FDOpen reports whether fd is open in the calling process.
+func FDOpen(fd int) bool {
+	_, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	return err == nil
+}
