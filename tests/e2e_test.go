@@ -376,6 +376,63 @@ func TestAcquireKeepsSocketActivatedFDs(t *testing.T) {
 	}
 }
 
+// capd publish chain-loads: it publishes, then executes COMMAND with every
+// fd and LISTEN_* intact; --listen-fds publishes the socket-activated fds
+// under their names; stdin is the default fd; several NAME=FD at once.
+func TestPublishChainLoads(t *testing.T) {
+	e := newEnv(t, seedPolicy+"\n[[grant]]\nconsumer = \"zincati.service\"\nacquire = [\"rpm-ostreed.service:*\"]\n", "rpm-ostreed.service", "zincati.service")
+	web, admin, in := tempFile(t, "web"), tempFile(t, "admin"), tempFile(t, "from-stdin")
+	defer web.Close()
+	defer admin.Close()
+	defer in.Close()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := e.cgs["rpm-ostreed.service"].Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" publish --listen-fds --pin -- "$1"`, capd, self)
+	cmd.Env = e.agent.Env("CAPD_TEST_ROLE=listen-env", "LISTEN_FDS=2", "LISTEN_FDNAMES=web:admin")
+	cmd.ExtraFiles = []*os.File{web, admin}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("publish --listen-fds: %v\n%s", err, e.agent.Log)
+	}
+	var le listenEnv
+	if err := json.Unmarshal(out, &le); err != nil {
+		t.Fatalf("role output %q: %v", out, err)
+	}
+	if le.LISTEN_FDS != "2" || le.LISTEN_FDNAMES != "web:admin" || le.LISTEN_PID != strconv.Itoa(le.PID) || le.FDs["3"] != web.Name() || le.FDs["4"] != admin.Name() {
+		t.Fatalf("the chain-loaded program got %+v", le)
+	}
+	for name, want := range map[string]string{"web": "web", "admin": "admin"} {
+		r := e.mustRun("zincati.service", nil, "acquire", "rpm-ostreed.service:"+name, "--", "cat", "/proc/self/fd/3")
+		if r.stdout != want {
+			t.Errorf("%s: %q", name, r.stdout)
+		}
+	}
+	// stdin by default.
+	cmd = e.cgs["rpm-ostreed.service"].Command(capd, "publish", "stdin-fd")
+	cmd.Env, cmd.Stdin = e.agent.Env(), in
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("publish from stdin: %v %s", err, b)
+	}
+	if r := e.mustRun("zincati.service", nil, "acquire", "rpm-ostreed.service:stdin-fd", "--", "cat", "/proc/self/fd/3"); r.stdout != "from-stdin" {
+		t.Errorf("stdin-fd: %q", r.stdout)
+	}
+	// Two at once.
+	e.mustRun("rpm-ostreed.service", []*os.File{web, admin}, "publish", "two-a=3", "two-b=4")
+	if r := e.mustRun("zincati.service", nil, "acquire", "rpm-ostreed.service:two-b", "--", "cat", "/proc/self/fd/3"); r.stdout != "admin" {
+		t.Errorf("two-b: %q", r.stdout)
+	}
+	// An unpinned publish from a cgroup whose last process is capd warns.
+	lone := testutil.NewCgroup(t, "oneshot.service")
+	cmd = lone.Command(capd, "publish", "gone")
+	cmd.Env, cmd.Stdin = e.agent.Env(), in
+	b, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(b), "warning: capd is the last process") {
+		t.Errorf("unpinned publish from a lone capd: %v %q", err, b)
+	}
+}
+
 func TestOptional(t *testing.T) {
 	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
 	e.publishFile("rpm-ostreed.service", "zincati-fd", "x")
@@ -445,7 +502,12 @@ func TestCLIUsageErrors(t *testing.T) {
 		{[]string{"acquire", "--", "true"}, 2, "at least one OWNER:NAME"},
 		{[]string{"acquire", "noref", "--", "true"}, 2, "not OWNER:NAME"},
 		{[]string{"acquire", "a.service:x", "--", "/nonexistent/cmd"}, 127, "/nonexistent/cmd"},
-		{[]string{"publish", "x"}, 2, "--fd N is required"},
+		{[]string{"publish"}, 2, "at least one NAME"},
+		{[]string{"publish", "a", "b"}, 2, "NAME=FD"},
+		{[]string{"publish", "a=x"}, 2, "not an fd number"},
+		{[]string{"publish", "--listen-fds"}, 2, "not socket-activated"},
+		{[]string{"publish", "x", "--"}, 2, "missing COMMAND"},
+		{[]string{"publish", "x", "--fd", "0", "--", "/nonexistent/cmd"}, 127, "/nonexistent/cmd"},
 		{[]string{"publish", "x", "--fd", "9"}, 2, "fd 9 is not open"},
 		{[]string{"publish", "bad:name", "--fd", "0"}, 2, "contains"},
 		{[]string{"publish", "x", "--fd", "0", "--ttl", "0s"}, 2, "--ttl"},
