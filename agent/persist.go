@@ -239,9 +239,8 @@ func decodeMeta(b []byte) (*meta, error) {
 // like any other, and a cgroup path that is not clean and absolute would
 // never reach the root when walked up.
 func validRecord(r *record) error {
-	n, ok := strings.CutPrefix(r.ID, entryPrefix)
-	if _, err := strconv.ParseUint(n, 10, 64); !ok || err != nil || n == "" || n[0] == '0' {
-		return fmt.Errorf("stored fd name %q is not %sN", r.ID, entryPrefix)
+	if _, err := storedID(r.ID); err != nil {
+		return err
 	}
 	switch {
 	case r.Owner == "" || len(r.Owner) > proto.MaxIdentity || strings.ContainsFunc(r.Owner, unicode.IsControl):
@@ -263,6 +262,35 @@ func validRecord(r *record) error {
 		}
 	}
 	return nil
+}
+
+// storedName is the name of entry e's fd in systemd's fd store: "e-N", N
+// unique for the store's whole life, then the owner and name as far as
+// FDNAME allows ([A-Za-z0-9_.-], 255 bytes; other bytes become '_'), so
+// that an operator recognises them ("systemd-analyze fdstore capd").
+func storedName(n uint64, owner, name string) string {
+	b := []byte(entryPrefix + strconv.FormatUint(n, 10) + "." + owner + "." + name)
+	for i, c := range b {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '.', c == '-':
+		default:
+			b[i] = '_'
+		}
+	}
+	return string(b[:min(len(b), 255)])
+}
+
+// storedID returns the N of a stored-fd name "e-N" or "e-N.ANYTHING".
+func storedID(sid string) (uint64, error) {
+	n, ok := strings.CutPrefix(sid, entryPrefix)
+	if i := strings.IndexByte(n, '.'); i >= 0 {
+		n = n[:i]
+	}
+	v, err := strconv.ParseUint(n, 10, 64)
+	if !ok || err != nil || n == "" || n[0] == '0' || len(sid) > 255 {
+		return 0, fmt.Errorf("stored fd name %q is not %sN[.OWNER.NAME]", sid, entryPrefix)
+	}
+	return v, nil
 }
 
 // Stored is one fd handed to the agent at start (systemd's fd store, or a
@@ -366,7 +394,7 @@ func (s *Server) Restore(stored []Stored) int {
 			s.log.Warn("stored entry is invalid; skipped", "id", r.ID, "err", err)
 			continue
 		}
-		n, _ := strconv.ParseUint(strings.TrimPrefix(r.ID, entryPrefix), 10, 64)
+		n, _ := storedID(r.ID)
 		nextID = max(nextID, n+1)
 		fds, ok := byName[r.ID]
 		if !ok {

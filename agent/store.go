@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -292,7 +291,7 @@ func within(c, p string) bool {
 
 func (s *store) insertLocked(e *entry) {
 	s.seq++
-	e.sid = entryPrefix + strconv.FormatUint(s.seq, 10)
+	e.sid = storedName(s.seq, e.owner, e.name)
 	s.insertLockedNoPersist(e)
 	if s.persist != nil {
 		s.persist.added(e)
