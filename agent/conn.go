@@ -242,41 +242,73 @@ func badAttr(op proto.Op, t proto.Attr) error {
 
 func (c *conn) acquire(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder, *entry, error) {
 	var owner, name string
-	var haveOwner, haveName bool
+	var wait uint64
+	var haveOwner, haveName, haveWait bool
+	var err error
 	it := proto.Attrs(attrs)
-	for t, v, ok := it.Next(); ok; t, v, ok = it.Next() {
+	for t, v, ok := it.Next(); ok && err == nil; t, v, ok = it.Next() {
 		switch {
 		case t == proto.AttrOwner && !haveOwner:
 			owner, haveOwner = string(v), true
 		case t == proto.AttrName && !haveName:
 			name, haveName = string(v), true
+		case t == proto.AttrWait && !haveWait:
+			wait, err = proto.U64(v)
+			haveWait = true
 		default:
 			return proto.Builder{}, nil, badAttr(proto.OpAcquire, t)
 		}
 	}
-	if err := it.Err(); err != nil {
+	if err == nil {
+		err = it.Err()
+	}
+	if err != nil {
 		return proto.Builder{}, nil, err
 	}
 	if !haveOwner || !haveName {
 		return proto.Builder{}, nil, proto.Errorf(proto.CodeInvalidRequest, "acquire needs an owner and a name")
 	}
-	e := c.srv.store.acquire(owner, name)
-	if e == nil {
-		// Policy first, so that a refusal does not tell whether it exists.
-		if err := c.authorize(cfg, policy.Acquire, &policy.Target{Owner: owner, Name: name, UID: ^uint32(0)}); err != nil {
+	deadline := time.Now().Add(time.Duration(min(wait, proto.MaxWait)) * time.Millisecond)
+	for {
+		e, ready, done := c.srv.store.acquireOrWait(owner, name)
+		if e != nil {
+			if err := c.authorize(cfg, policy.Acquire, e.target()); err != nil {
+				c.srv.store.release(e)
+				return proto.Builder{}, nil, err
+			}
+			e.acquired.Add(1)
+			if c.log.Enabled(context.Background(), slog.LevelDebug) {
+				c.log.Debug("acquired", "consumer", c.peer.Identity, "pid", c.peer.PID, "entry", owner+":"+name)
+			}
+			return proto.NewMessage(out, proto.OpAcquire, proto.CodeOK), e, nil
+		}
+		// Policy first, so that a refusal does not tell whether it exists
+		// (asked as if the caller had published it: its own names are no
+		// secret to it).
+		if err := c.authorize(cfg, policy.Acquire, &policy.Target{Owner: owner, Name: name, UID: c.peer.UID}); err != nil {
+			done()
 			return proto.Builder{}, nil, err
 		}
-		return proto.Builder{}, nil, proto.Errorf(proto.CodeNotFound, "%s:%s is not published", owner, name)
+		left := time.Until(deadline)
+		if left <= 0 {
+			done()
+			return proto.Builder{}, nil, proto.Errorf(proto.CodeNotFound, "%s:%s is not published", owner, name)
+		}
+		// Wait for a publish of the name (an event, no polling), the
+		// deadline, or the agent stopping.
+		t := time.NewTimer(left)
+		select {
+		case <-ready:
+		case <-t.C:
+		case <-c.srv.quit:
+			t.Stop()
+			done()
+			return proto.Builder{}, nil, proto.Errorf(proto.CodeBusy, "agent is shutting down")
+		}
+		t.Stop()
+		done()
+		cfg = c.srv.cfg.Load()
 	}
-	if err := c.authorize(cfg, policy.Acquire, e.target()); err != nil {
-		c.srv.store.release(e)
-		return proto.Builder{}, nil, err
-	}
-	e.acquired.Add(1)
-	if c.log.Enabled(context.Background(), slog.LevelDebug) {
-		c.log.Debug("acquired", "consumer", c.peer.Identity, "pid", c.peer.PID, "entry", owner+":"+name)
-	}
-	return proto.NewMessage(out, proto.OpAcquire, proto.CodeOK), e, nil
 }
 
 func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {

@@ -160,7 +160,7 @@ func (s *Server) canAcquire(cfg *policy.Config, who *policy.Caller, owner, name 
 	e := s.store.acquire(owner, name)
 	if e == nil {
 		// Policy first, so that a refusal does not tell whether it exists.
-		if d := cfg.Authorize(who, policy.Acquire, &policy.Target{Owner: owner, Name: name, UID: ^uint32(0)}); !d.Allowed {
+		if d := cfg.Authorize(who, policy.Acquire, &policy.Target{Owner: owner, Name: name, UID: who.UID}); !d.Allowed {
 			return proto.CodePermissionDenied, d.Reason + " (permission-denied)"
 		}
 		return proto.CodeNotFound, fmt.Sprintf("%s:%s is not published (not-found)", owner, name)

@@ -33,6 +33,7 @@ type Server struct {
 	fdLimit  int  // soft RLIMIT_NOFILE, raised to the hard limit
 	fdStore  int  // entries systemd's fd store keeps (FileDescriptorStoreMax less the metadata); -1 without one
 	reloader func() (*policy.Config, error)
+	quit     chan struct{} // closed when the server stops: wakes waiting acquires
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -84,6 +85,7 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 		wake:     wake,
 		fdLimit:  limit,
 		fdStore:  -1,
+		quit:     make(chan struct{}),
 		conns:    make(map[*conn]struct{}),
 		perUID:   make(map[uint32]*uidState),
 	}
@@ -343,6 +345,7 @@ func (s *Server) Drain(ctx context.Context) error {
 		return nil
 	}
 	s.stopping = true
+	close(s.quit)
 	var one [8]byte
 	one[0] = 1
 	unix.Write(s.wake, one[:])

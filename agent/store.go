@@ -104,6 +104,13 @@ type store struct {
 	closer  closer
 	persist *persist // nil: not run by systemd with an fd store
 	seq     uint64   // the last stored-fd id given out; never reused, kept across restarts and hand-offs
+	waiters map[key]*waiter // one per awaited key, while someone waits
+}
+
+// waiter is closed when its key is published; n counts who waits on it.
+type waiter struct {
+	ch chan struct{}
+	n  int
 }
 
 func newStore() *store {
@@ -300,6 +307,10 @@ func (s *store) insertLocked(e *entry) {
 
 func (s *store) insertLockedNoPersist(e *entry) {
 	s.entries[e.key] = e
+	if w := s.waiters[e.key]; w != nil {
+		close(w.ch)
+		delete(s.waiters, e.key)
+	}
 	if !e.expires.IsZero() {
 		heap.Push(&s.exp, e)
 		if s.exp[0] == e {
@@ -355,6 +366,38 @@ func (s *store) charge(e *entry, d int) {
 		if u.entries == 0 {
 			delete(s.usage, p)
 		}
+	}
+}
+
+// acquireOrWait is acquire, or, when there is no such entry, a channel
+// that is closed when one is published under the name, and a function the
+// caller must call when it stops waiting.
+func (s *store) acquireOrWait(owner, name string) (*entry, <-chan struct{}, func()) {
+	k := key{owner, name}
+	if e := s.acquire(owner, name); e != nil {
+		return e, nil, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.entries[k]; e != nil {
+		e.refs.Add(1)
+		return e, nil, nil
+	}
+	if s.waiters == nil {
+		s.waiters = make(map[key]*waiter)
+	}
+	w := s.waiters[k]
+	if w == nil {
+		w = &waiter{ch: make(chan struct{})}
+		s.waiters[k] = w
+	}
+	w.n++
+	return nil, w.ch, func() {
+		s.mu.Lock()
+		if w.n--; w.n == 0 && s.waiters[k] == w {
+			delete(s.waiters, k)
+		}
+		s.mu.Unlock()
 	}
 }
 

@@ -427,6 +427,46 @@ func (c *Client) AcquireFD(owner, name string) (int, error) {
 	return fd, nil
 }
 
+// AcquireFDWait is AcquireFD that, while the entry is not published, waits
+// for it up to wait (forever if wait < 0): the agent answers as soon as it
+// is published (an event, not polling; one request waits at most
+// proto.MaxWait, and the client asks again until its deadline). A refusal
+// by policy comes at once, whether the entry exists or not.
+func (c *Client) AcquireFDWait(owner, name string, wait time.Duration) (int, error) {
+	if wait == 0 {
+		return c.AcquireFD(owner, name)
+	}
+	var deadline time.Time
+	if wait >= 0 {
+		deadline = time.Now().Add(wait)
+	}
+	for {
+		round := proto.MaxWait * time.Millisecond
+		if !deadline.IsZero() {
+			round = min(round, time.Until(deadline))
+		}
+		fd, err := c.acquireWait(owner, name, max(round, 0))
+		if err == nil || !errors.Is(err, ErrNotFound) || (!deadline.IsZero() && !time.Now().Before(deadline)) {
+			return fd, err
+		}
+	}
+}
+
+func (c *Client) acquireWait(owner, name string, wait time.Duration) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := proto.NewMessage(c.out, proto.OpAcquire, proto.CodeOK)
+	m.String(proto.AttrOwner, owner)
+	m.String(proto.AttrName, name)
+	m.U64(proto.AttrWait, uint64(wait.Milliseconds()))
+	c.out = m.Bytes()
+	_, fd, err := c.roundTrip(proto.OpAcquire, -1)
+	if err != nil {
+		return -1, fmt.Errorf("acquire %s:%s: %w", owner, name, err)
+	}
+	return fd, nil
+}
+
 // AcquireRef is Acquire with an "OWNER:NAME" reference.
 func (c *Client) AcquireRef(ref string) (*os.File, error) {
 	owner, name, err := proto.SplitRef(ref)

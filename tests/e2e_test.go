@@ -433,6 +433,50 @@ func TestPublishChainLoads(t *testing.T) {
 	}
 }
 
+// acquire --wait gets an entry published after it started, at once (the
+// agent tells it; no polling), fails as not-found when the time runs out,
+// and is refused at once where policy refuses.
+func TestAcquireWaits(t *testing.T) {
+	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
+	cmd := e.cgs["zincati.service"].Command(capd, "acquire", "--wait=20s", "rpm-ostreed.service:zincati-fd", "--", "cat", "/proc/self/fd/3")
+	cmd.Env = e.agent.Env()
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("acquire --wait returned before the publish: %v", err)
+	default:
+	}
+	published := time.Now()
+	e.publishFile("rpm-ostreed.service", "zincati-fd", "late")
+	select {
+	case err := <-done:
+		if err != nil || out.String() != "late" {
+			t.Fatalf("acquire --wait: %v %q", err, out.String())
+		}
+		t.Logf("delivered %v after the publish", time.Since(published))
+	case <-time.After(10 * time.Second):
+		t.Fatal("acquire --wait did not return 10s after the publish")
+	}
+	start := time.Now()
+	expectFail(t, e.run("zincati.service", nil, "acquire", "--wait=300ms", "rpm-ostreed.service:foo-op-fd", "--", "true"), 5, "not published")
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Errorf("--wait=300ms gave up after %v", d)
+	}
+	start = time.Now()
+	expectFail(t, e.run("zincati.service", nil, "acquire", "--wait", "rpm-ostreed.service:ungranted", "--", "true"), 4, "no grant")
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("a refusal with --wait took %v", d)
+	}
+	expectFail(t, e.run("zincati.service", nil, "acquire", "--wait=soon", "a.service:x", "--", "true"), 2, "--wait")
+}
+
 func TestOptional(t *testing.T) {
 	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
 	e.publishFile("rpm-ostreed.service", "zincati-fd", "x")

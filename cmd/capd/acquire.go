@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -18,8 +19,9 @@ import (
 
 func newAcquireCmd() *cobra.Command {
 	var optional, privateProc bool
+	var wait string
 	cmd := &cobra.Command{
-		Use:   "acquire [--optional] OWNER:NAME... -- COMMAND [ARG...]",
+		Use:   "acquire [--optional] [--wait[=TIMEOUT]] OWNER:NAME... -- COMMAND [ARG...]",
 		Short: "Run COMMAND with acquired fds, socket-activation style",
 		Long: `Acquire each OWNER:NAME from the agent and execute COMMAND in place of capd
 with the fds at 3, 4, ... in the order given, and the environment of the
@@ -42,6 +44,13 @@ An entry that is absent (not-found) or not granted (permission-denied) makes
 capd fail before COMMAND runs, naming the entry and the reason. With
 --optional such entries are skipped with a warning and the rest delivered;
 with no fd left, LISTEN_* are unset.
+
+--wait waits for entries that are not published yet (the agent answers the
+moment the publisher publishes; no polling), up to TIMEOUT (e.g. 30s; no
+TIMEOUT: forever), then fails as not-found. Refusals by policy come at once.
+It removes the need to order a consumer strictly after its publisher: a
+unit with After=publisher.service and 'capd acquire --wait=1min X -- prog'
+starts even while the publisher is still getting ready.
 
 Exposure. Whoever may ptrace COMMAND can take its fds (pidfd_getfd) or
 reopen /proc/PID/fd/N. What capd can set before exec and what survives it:
@@ -70,15 +79,29 @@ See docs/SECURITY.md and 'capd audit'.`,
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dash := cmd.ArgsLenAtDash()
-			return acquireExec(cmd, args[:dash], args[dash:], optional, privateProc)
+			timeout := time.Duration(-1)
+			if cmd.Flags().Changed("wait") && wait != "forever" {
+				d, err := time.ParseDuration(wait)
+				if err != nil || d < 0 {
+					return usageErr("--wait=%s: want a duration such as 30s, or no value to wait forever", wait)
+				}
+				timeout = d
+			} else if !cmd.Flags().Changed("wait") {
+				timeout = 0
+			}
+			return acquireExec(cmd, args[:dash], args[dash:], optional, privateProc, timeout)
 		},
 	}
 	cmd.Flags().BoolVar(&optional, "optional", false, "skip entries that are absent or not granted instead of failing")
+	cmd.Flags().StringVar(&wait, "wait", "", "wait up to this long for entries not yet published (no value: forever)")
+	cmd.Flags().Lookup("wait").NoOptDefVal = "forever"
 	cmd.Flags().BoolVar(&privateProc, "private-proc", false, "run COMMAND in its own mount namespace with a /proc that hides other users' processes (hidepid=invisible)")
 	return cmd
 }
 
-func acquireExec(cmd *cobra.Command, refs, command []string, optional, privateProc bool) error {
+// acquireExec acquires refs, waiting up to wait for entries not yet
+// published (0: not at all, < 0: forever), and executes command.
+func acquireExec(cmd *cobra.Command, refs, command []string, optional, privateProc bool, wait time.Duration) error {
 	type ref struct{ owner, name string }
 	parsed := make([]ref, len(refs))
 	for i, r := range refs {
@@ -105,7 +128,7 @@ func acquireExec(cmd *cobra.Command, refs, command []string, optional, privatePr
 	// open file description to blocking for every holder.
 	fds, names := inheritedFDs()
 	for _, r := range parsed {
-		fd, err := c.AcquireFD(r.owner, r.name)
+		fd, err := c.AcquireFDWait(r.owner, r.name, wait)
 		if err != nil {
 			if optional && (errors.Is(err, client.ErrNotFound) || errors.Is(err, client.ErrPermissionDenied)) {
 				fmt.Fprintf(cmd.ErrOrStderr(), "capd: skipping %s\n", escape(err.Error()))

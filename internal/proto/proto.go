@@ -114,7 +114,11 @@ const (
 	AttrFile          Attr = 35 // string, repeatable: a configuration file read (reload)
 	AttrGrants        Attr = 36 // u64: grants in the configuration (reload)
 	AttrQuotas        Attr = 37 // u64: quotas in the configuration (reload)
+	AttrWait          Attr = 38 // u64: acquire: wait up to this many milliseconds for the entry to be published
 )
+
+// MaxWait bounds one acquire's wait; a client that wants longer asks again.
+const MaxWait = 30_000 // milliseconds
 
 // Publish flags (AttrFlags).
 const (
