@@ -191,6 +191,31 @@ func (s *Server) checkCapacity(cfg *policy.Config) {
 	}
 }
 
+// Containers returns the number of registered containers.
+func (s *Server) Containers() int { return s.reg.len() }
+
+// Responsive reports whether the server's and the store's locks can be
+// taken within d: the watchdog's sign of life, which a deadlock fails.
+func (s *Server) Responsive(d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		// Taking each lock is the whole check.
+		s.mu.Lock()
+		s.mu.Unlock()
+		s.store.mu.Lock()
+		s.store.mu.Unlock()
+		close(done)
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
 // Entries returns the number of stored entries.
 func (s *Server) Entries() int { return s.store.len() }
 

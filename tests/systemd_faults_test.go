@@ -53,8 +53,12 @@ func TestSystemdFaults(t *testing.T) {
 		if strings.Count(out, "exit 7") != 1 || !strings.Contains(out, "FileDescriptorStoreMax") {
 			t.Fatalf("publishes past FileDescriptorStoreMax - 2: %q", out)
 		}
-		if !strings.Contains(m.must("journalctl", "-u", "capd", "--no-pager"), "max_entries does not fit systemd's fd store") {
-			t.Error("the agent did not warn that max_entries does not fit")
+		// At warning priority in the journal (the agent logs natively).
+		if !strings.Contains(m.must("journalctl", "-u", "capd", "--no-pager", "-o", "cat", "-p", "warning"), "max_entries does not fit systemd's fd store") {
+			t.Error("the agent did not warn, at warning priority, that max_entries does not fit")
+		}
+		if strings.Contains(m.must("journalctl", "-u", "capd", "--no-pager", "-o", "cat", "-p", "warning"), "agent serving") {
+			t.Error("an info line reached warning priority")
 		}
 		m.killAgent()
 		if n := m.entries(); n != 9 {
@@ -67,6 +71,24 @@ func TestSystemdFaults(t *testing.T) {
 		m.write("/etc/capd/capd.toml", "", 0o644)
 		m.must("systemctl", "daemon-reload")
 		m.must("systemctl", "restart", "capd.service")
+	}
+
+	{ // STATUS= and the watchdog
+		m.write("/run/systemd/system/capd.service.d/watchdog.conf", "[Service]\nWatchdogSec=2\n", 0o644)
+		m.must("systemctl", "daemon-reload")
+		m.must("systemctl", "restart", "capd.service")
+		pid := m.mainPID()
+		time.Sleep(5 * time.Second) // past two watchdog intervals
+		if m.mainPID() != pid {
+			j, _ := m.cmd("journalctl", "-u", "capd", "--no-pager", "-n", "20").CombinedOutput()
+			t.Fatalf("the watchdog restarted a healthy agent:\n%s", j)
+		}
+		want := strconv.Itoa(m.entries()) + " entries, 0 containers"
+		if st := strings.TrimSpace(m.must("systemctl", "show", "-p", "StatusText", "--value", "capd.service")); st != want {
+			t.Errorf("StatusText %q, want %q", st, want)
+		}
+		os.Remove(m.root + "/run/systemd/system/capd.service.d/watchdog.conf")
+		m.must("systemctl", "daemon-reload")
 	}
 
 	{ // crash loop

@@ -20,6 +20,7 @@ import (
 	"github.com/capd-dev/capd/agent"
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/journal"
 	"github.com/capd-dev/capd/internal/linux"
 )
 
@@ -63,7 +64,13 @@ A reload never drops entries, even where a lowered limit is now exceeded.`,
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return usageErr("--log-level: %v", err)
 			}
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			// Under journald, native records with real priorities and
+			// fields; elsewhere text on stderr.
+			var h slog.Handler = slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level})
+			if journal.Active() {
+				h = journal.NewHandler("capd", level)
+			}
+			log := slog.New(h)
 			if err := privateMountNS(); err != nil {
 				log.Warn("running in the caller's mount namespace", "err", err)
 			}
@@ -175,6 +182,9 @@ func runAgent(ctx context.Context, log *slog.Logger, configPath string, missingO
 	log.Info("agent serving", "socket", socketPath, "config", cfg.Files, "grants", len(cfg.Grants),
 		"quotas", len(cfg.Quotas))
 	daemon.SdNotify(false, daemon.SdNotifyReady)
+	stopNotify := make(chan struct{})
+	defer close(stopNotify)
+	go notifyLoop(log, srv, stopNotify)
 
 	var serveErr error
 loop:
@@ -216,6 +226,43 @@ loop:
 		serveErr = <-served
 	}
 	return serveErr
+}
+
+// notifyLoop keeps systemd informed until stop: STATUS= with the entry and
+// container counts when they change, and WATCHDOG=1 at half the interval
+// systemd asks for (WatchdogSec=), but only while the agent's locks can be
+// taken, so that a wedged agent is restarted.
+func notifyLoop(log *slog.Logger, srv *agent.Server, stop <-chan struct{}) {
+	watchdog, err := daemon.SdWatchdogEnabled(false)
+	if err != nil {
+		log.Warn("watchdog requested but unusable", "err", err)
+	}
+	tick := 2 * time.Second
+	if watchdog > 0 {
+		tick = min(tick, watchdog/2)
+	}
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	last := ""
+	for {
+		status := fmt.Sprintf("STATUS=%d entries, %d containers", srv.Entries(), srv.Containers())
+		if status != last {
+			daemon.SdNotify(false, status)
+			last = status
+		}
+		if watchdog > 0 {
+			if srv.Responsive(watchdog / 2) {
+				daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+			} else {
+				log.Error("the agent's locks are held past half the watchdog interval; not telling systemd it is alive", "watchdog", watchdog)
+			}
+		}
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // errHandoffUnsafe refuses a hand-off that would expose the store.
