@@ -102,8 +102,8 @@ type store struct {
 	owned   map[string]map[*entry]struct{} // owner cgroup -> its watched entries
 	watch   *cgroup.Watcher                // nil: entries do not follow their owners
 	closer  closer
-	persist *persist // nil: not run by systemd with an fd store
-	seq     uint64   // the last stored-fd id given out; never reused, kept across restarts and hand-offs
+	persist *persist        // nil: not run by systemd with an fd store
+	seq     uint64          // the last stored-fd id given out; never reused, kept across restarts and hand-offs
 	waiters map[key]*waiter // one per awaited key, while someone waits
 }
 
