@@ -57,6 +57,9 @@ type Config struct {
 	Quotas []Quota     `toml:"quota"`
 	// Files lists the files this Config was read from, in order.
 	Files []string `toml:"-"`
+	// Warnings are what loading found suspicious but not wrong, each with
+	// its file, line and column: patterns that can never match.
+	Warnings []string `toml:"-"`
 
 	byCgroup map[string]Limits // explicit quotas by cgroup path
 	byUnit   map[string]Limits // explicit quotas by unit name
@@ -224,6 +227,8 @@ type EntryRef struct {
 	Name  string
 }
 
+var lastKeyRE = regexp.MustCompile(`\(last key "([^"]+)"\)`)
+
 var nameGlob = regexp.MustCompile(`^[A-Za-z0-9._@+=*?\[\]!^-]+$`)
 
 // UnmarshalText splits at the last ':' and validates both halves.
@@ -330,11 +335,10 @@ func Load(file string, missingOK bool) (*Config, error) {
 			return nil, err
 		}
 	}
-	dropins, err := filepath.Glob(filepath.Join(filepath.Dir(file), "conf.d", "*.toml"))
+	dropins, err := DropIns(file)
 	if err != nil {
-		return nil, fmt.Errorf("list drop-ins: %w", err)
+		return nil, err
 	}
-	sort.Strings(dropins)
 	for _, f := range dropins {
 		if err := c.loadFile(f); err != nil {
 			return nil, err
@@ -342,6 +346,43 @@ func Load(file string, missingOK bool) (*Config, error) {
 	}
 	c.setDefaults()
 	return c, nil
+}
+
+// System drop-in directories, read for the default configuration file, in
+// ascending precedence as systemd reads its own: a file in /etc overrides
+// one of the same name in /run, which overrides /usr/lib.
+var systemDropIns = []string{"/usr/lib/capd/conf.d", "/run/capd/conf.d", "/etc/capd/conf.d"}
+
+// DropIns lists the *.toml drop-ins read after file, in the order read:
+// for DefaultPath those of /usr/lib/capd/conf.d, /run/capd/conf.d and
+// /etc/capd/conf.d, a name in a later directory replacing the same name in
+// an earlier one, sorted by name; for any other file those of conf.d beside
+// it.
+func DropIns(file string) ([]string, error) {
+	dirs := []string{filepath.Join(filepath.Dir(file), "conf.d")}
+	if filepath.Clean(file) == DefaultPath {
+		dirs = systemDropIns
+	}
+	byName := map[string]string{}
+	for _, d := range dirs {
+		found, err := filepath.Glob(filepath.Join(d, "*.toml"))
+		if err != nil {
+			return nil, fmt.Errorf("list drop-ins: %w", err)
+		}
+		for _, f := range found {
+			byName[filepath.Base(f)] = f
+		}
+	}
+	names := make([]string, 0, len(byName))
+	for n := range byName {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = byName[n]
+	}
+	return out, nil
 }
 
 // MaxFileSize bounds one configuration file.
@@ -385,24 +426,45 @@ func (c *Config) loadFile(file string) error {
 		return fmt.Errorf("read config: %w", err)
 	}
 	var one Config
+	at := scanPositions(file, data)
 	md, err := toml.Decode(string(data), &one)
 	if err != nil {
+		var pe toml.ParseError
+		switch {
+		case errors.As(err, &pe) && pe.Position.Line > 0:
+			return fmt.Errorf("%s:%d:%d: %w", file, pe.Position.Line, max(pe.Position.Col, 1), err)
+		case errors.As(err, &pe) && pe.LastKey != "":
+			return fmt.Errorf("%s: %w", at.atGeneric(pe.LastKey), err)
+		}
+		// Type errors carry only "(last key "a.b")" in their text.
+		if m := lastKeyRE.FindStringSubmatch(err.Error()); m != nil {
+			return fmt.Errorf("%s: %w", at.atGeneric(m[1]), err)
+		}
 		return fmt.Errorf("%s: %w", file, err)
 	}
 	if und := md.Undecoded(); len(und) > 0 {
 		k := und[0]
-		return fmt.Errorf("%s: line %d: unknown key %q", file, lineOf(string(data), k[len(k)-1]), k.String())
+		return fmt.Errorf("%s: unknown key %q", at.atGeneric(k.String()), k.String())
 	}
 	for i, g := range one.Grants {
+		el := fmt.Sprintf("grant#%d", i+1)
 		if g.Consumer == "" {
-			return fmt.Errorf("%s: grant #%d: missing key \"consumer\"", file, i+1)
+			return fmt.Errorf("%s: grant #%d: missing key \"consumer\"", at.at(el), i+1)
 		}
 		if len(g.Acquire) == 0 {
-			return fmt.Errorf("%s: grant #%d (consumer %q): missing or empty key \"acquire\"", file, i+1, g.Consumer)
+			return fmt.Errorf("%s: grant #%d (consumer %q): missing or empty key \"acquire\"", at.at(el), i+1, g.Consumer)
 		}
 		for _, k := range g.AllowKinds {
 			if !slices.Contains(unconfinedKinds, k) {
-				return fmt.Errorf("%s: grant #%d (consumer %q): allow_kinds: unknown kind %q (want %s)", file, i+1, g.Consumer, k, Kinds())
+				return fmt.Errorf("%s: grant #%d (consumer %q): allow_kinds: unknown kind %q (want %s)", at.at(el+".allow_kinds"), i+1, g.Consumer, k, Kinds())
+			}
+		}
+		if why := neverMatches(string(g.Consumer)); why != "" {
+			c.Warnings = append(c.Warnings, fmt.Sprintf("%s: grant #%d: consumer %q can never match: %s", at.at(el+".consumer"), i+1, g.Consumer, why))
+		}
+		for _, r := range g.Acquire {
+			if why := neverMatches(string(r.Owner)); why != "" {
+				c.Warnings = append(c.Warnings, fmt.Sprintf("%s: grant #%d: entry %q can never match: its owner %s", at.at(el+".acquire"), i+1, r.String(), why))
 			}
 		}
 	}
@@ -412,7 +474,7 @@ func (c *Config) loadFile(file string) error {
 	}
 	for i := range one.Quotas {
 		if err := c.addQuota(&one.Quotas[i]); err != nil {
-			return fmt.Errorf("%s: quota #%d: %w", file, i+1, err)
+			return fmt.Errorf("%s: quota #%d: %w", at.at(fmt.Sprintf("quota#%d", i+1)), i+1, err)
 		}
 	}
 	a := one.Agent
@@ -423,7 +485,7 @@ func (c *Config) loadFile(file string) error {
 		{"default_max_entries", a.DefaultMaxEntries}, {"default_max_pinned", a.DefaultMaxPinned},
 		{"max_entries_per_uid", a.MaxEntriesPerUID}, {"max_pinned_per_uid", a.MaxPinnedPerUID}} {
 		if v.n < 0 || (v.n == 0 && md.IsDefined("agent", v.key)) {
-			return fmt.Errorf("%s: line %d: agent.%s must be positive, not %d", file, lineOf(string(data), v.key), v.key, v.n)
+			return fmt.Errorf("%s: agent.%s must be positive, not %d", at.at("agent."+v.key), v.key, v.n)
 		}
 	}
 	c.Grants = append(c.Grants, one.Grants...)
@@ -494,15 +556,4 @@ func (c *Config) addQuota(q *Quota) error {
 	}
 	index[key] = l
 	return nil
-}
-
-// lineOf returns the first line that assigns key, or 0.
-func lineOf(data, key string) int {
-	re := regexp.MustCompile(`^\s*"?` + regexp.QuoteMeta(key) + `"?\s*=`)
-	for i, l := range strings.Split(data, "\n") {
-		if re.MatchString(l) {
-			return i + 1
-		}
-	}
-	return 0
 }

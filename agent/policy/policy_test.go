@@ -96,11 +96,11 @@ func TestBadConfigNamesFileLineKey(t *testing.T) {
 		{"[[grant]]\nconsumer = \"[!a]*.service\"\nacquire = [\"a.service:x\"]\n", `[^...]`},
 		{"[[grant]]\nconsumer = \"a.service\"\nacquire = [\"a.service:[!x]\"]\n", `[^...]`},
 		{"[[grant]]\nconsumer = \"a.service\"\nacquire = [\"a.service:bad/name\"]\n", `line 3`},
-		{"[[grant]]\nconsumer = \"a.service\"\nacqiure = [\"a.service:x\"]\n", `line 3: unknown key "grant.acqiure"`},
+		{"[[grant]]\nconsumer = \"a.service\"\nacqiure = [\"a.service:x\"]\n", `capd.toml:3:1: unknown key "grant.acqiure"`},
 		{"[[grant]]\nconsumer = \"a.service\"\n", `missing or empty key "acquire"`},
 		{"[[grant]]\nacquire = [\"a.service:x\"]\n", `missing key "consumer"`},
 		{"[agent]\nidle_timeout = \"-3s\"\n", `line 2 (last key "agent.idle_timeout")`},
-		{"[agent]\nmax_entries = -1\n", `line 2: agent.max_entries must be positive`},
+		{"[agent]\nmax_entries = -1\n", `capd.toml:2:1: agent.max_entries must be positive`},
 		{"[[grant]\n", `toml: line`},
 	} {
 		dir := t.TempDir()
@@ -220,5 +220,75 @@ func TestLoadRefusesNonRegularFiles(t *testing.T) {
 				t.Fatal("Load blocks on conf.d/zz.toml")
 			}
 		})
+	}
+}
+
+// Every error names file, line and column, also where a key repeats across
+// the elements of an array of tables; patterns that can never match are
+// warned about with their position.
+func TestPositionsAndWarnings(t *testing.T) {
+	for _, tc := range []struct{ body, want string }{
+		{"[[grant]]\nconsumer = \"a.service\"\nacquire = [\"b.service:x\"]\n\n[[grant]]\nconsumer = \"c.service\"\n", `capd.toml:5:1: grant #2 (consumer "c.service"): missing or empty key "acquire"`},
+		{"[[grant]]\nconsumer = \"a.service\"\nacquire = [\"b.service:x\"]\n[[grant]]\n  acquire = [\"b.service:x\"]\n", `capd.toml:4:1: grant #2: missing key "consumer"`},
+		{"[agent]\nmax_entries = 5\n[[quota]]\ncgroup = \"relative\"\nmax_pinned = 1\n", `capd.toml:3:1: quota #1`},
+		{"[agent]\n\n  max_connections = 0\n", `capd.toml:3:3: agent.max_connections must be positive`},
+		{"[[grant]]\nconsumer = \"a.service\"\nacquire = [\"b.service:x\"]\nallow_kinds = [\"fifo\"]\n", `capd.toml:4:1: grant #1`},
+		{"[agent]\nmax_entries = \"x\"\n", `capd.toml:2:`},
+	} {
+		_, err := Load(write(t, t.TempDir(), "capd.toml", tc.body), false)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("config %q: error %v, want %q", tc.body, err, tc.want)
+		}
+	}
+	c := mustParse(t, `
+[[grant]]
+consumer = "zincati.service"
+acquire  = ["rpm-ostreed:zincati-fd", "rpm-ostreed.service:ok"]
+
+[[grant]]
+consumer = "zincati"
+acquire  = ["container:*:x", "cgroup:machine.slice/x:y", "box:web:z", "*.slice:q"]
+
+[[grant]]
+consumer = "web-*"
+acquire  = ["*:x"]
+`)
+	got := strings.Join(c.Warnings, "\n")
+	for _, want := range []string{
+		`capd.toml:4:1: grant #1: entry "rpm-ostreed:zincati-fd" can never match`, `did you mean "rpm-ostreed.service"`,
+		`capd.toml:7:1: grant #2: consumer "zincati" can never match`,
+		`entry "cgroup:machine.slice/x:y" can never match`, `lacks the leading /`,
+		`entry "box:web:z" can never match`, `entry "*.slice:q" can never match`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("warnings lack %q:\n%s", want, got)
+		}
+	}
+	for _, quiet := range []string{"container:*:x", `"web-*"`, `"*:x"`, "rpm-ostreed.service:ok"} {
+		if strings.Contains(got, quiet) {
+			t.Errorf("warned about %s:\n%s", quiet, got)
+		}
+	}
+}
+
+// The default configuration reads the system drop-in directories the
+// systemd way: /etc overrides /run overrides /usr/lib by file name.
+func TestDropInPrecedence(t *testing.T) {
+	root := t.TempDir()
+	old := systemDropIns
+	systemDropIns = []string{filepath.Join(root, "usr"), filepath.Join(root, "run"), filepath.Join(root, "etc")}
+	defer func() { systemDropIns = old }()
+	write(t, root, "usr/10-a.toml", "")
+	write(t, root, "run/10-a.toml", "")
+	write(t, root, "usr/20-b.toml", "")
+	write(t, root, "etc/20-b.toml", "")
+	write(t, root, "run/30-c.toml", "")
+	got, err := DropIns(DefaultPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(root, "run/10-a.toml"), filepath.Join(root, "etc/20-b.toml"), filepath.Join(root, "run/30-c.toml")}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("drop-ins %v, want %v", got, want)
 	}
 }

@@ -36,8 +36,11 @@ func newAgentCmd() *cobra.Command {
 		Long: `Run the agent in the foreground. It listens on an AF_UNIX SOCK_SEQPACKET
 socket (--socket, else $CAPD_SOCKET, else ` + client.DefaultSocket + `; a socket passed
 by systemd socket activation is used instead), reads policy from --config
-(default ` + policy.DefaultPath + `, plus *.toml drop-ins in conf.d/ beside it; a
-missing default file means deny everything), and logs to stderr.
+(default $CAPD_CONFIG, else ` + policy.DefaultPath + `, plus *.toml drop-ins: for
+the default file those of /usr/lib/capd/conf.d, /run/capd/conf.d and
+/etc/capd/conf.d, a file in a later one replacing a file of the same name in
+an earlier one, as systemd reads drop-ins; for another file those of conf.d/
+beside it; a missing default file means deny everything), and logs to stderr.
 
 It refuses to start when another agent answers on the socket, and removes a
 stale socket file left by a dead one. It tells systemd READY=1 when serving.
@@ -74,17 +77,26 @@ A reload never drops entries, even where a lowered limit is now exceeded.`,
 			if err := privateMountNS(); err != nil {
 				log.Warn("running in the caller's mount namespace", "err", err)
 			}
-			missingOK := !cmd.Flags().Changed("config")
+			missingOK := !cmd.Flags().Changed("config") && os.Getenv("CAPD_CONFIG") == ""
 			if socketPath == "" {
 				socketPath = client.SocketPath()
 			}
 			return runAgent(cmd.Context(), log, configPath, missingOK, socketPath)
 		},
 	}
-	cmd.Flags().StringVar(&configPath, "config", policy.DefaultPath, "policy file")
+	cmd.Flags().StringVar(&configPath, "config", defaultConfig(), "policy file (default $CAPD_CONFIG, else "+policy.DefaultPath+")")
 	cmd.Flags().StringVar(&socketPath, "socket", "", "socket path (default $CAPD_SOCKET or "+client.DefaultSocket+")")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
+}
+
+// defaultConfig is the configuration file: $CAPD_CONFIG, else
+// policy.DefaultPath.
+func defaultConfig() string {
+	if p := os.Getenv("CAPD_CONFIG"); p != "" {
+		return p
+	}
+	return policy.DefaultPath
 }
 
 // nsMarker tells the re-executed agent that it already runs in its own
@@ -128,6 +140,9 @@ func runAgent(ctx context.Context, log *slog.Logger, configPath string, missingO
 	if err != nil {
 		return fmt.Errorf("load config: %w", err)
 	}
+	for _, w := range cfg.Warnings {
+		log.Warn("suspicious configuration", "warning", w)
+	}
 	if len(cfg.Files) == 0 {
 		log.Warn("no configuration file; every acquire except an owner's own is denied", "config", configPath)
 	}
@@ -170,6 +185,9 @@ func runAgent(ctx context.Context, log *slog.Logger, configPath string, missingO
 		if err != nil {
 			log.Error("reload failed; keeping the current configuration", "err", err)
 			return nil, err
+		}
+		for _, w := range next.Warnings {
+			log.Warn("suspicious configuration", "warning", w)
 		}
 		srv.Reload(next)
 		log.Info("configuration reloaded", "config", next.Files, "grants", len(next.Grants), "quotas", len(next.Quotas))

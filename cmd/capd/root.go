@@ -127,6 +127,7 @@ Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.Defaul
 		newHookCmd(),
 		newAuditCmd(),
 		newReloadCmd(),
+		newCheckConfigCmd(),
 	)
 	for _, c := range root.Commands() {
 		c.SetUsageTemplate(c.UsageTemplate() + "\n" + exitCodesHelp + "\n")
