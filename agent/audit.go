@@ -36,7 +36,7 @@ func (s *Server) audit() (*proto.AuditReport, error) {
 	}
 	tombs := append([]tombstone(nil), s.store.tombs...)
 	s.store.mu.RUnlock()
-	defer releaseAll(live)
+	defer s.store.releaseAll(live)
 
 	byFile := make(map[fileID][]int) // index into live
 	for i, e := range live {

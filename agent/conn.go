@@ -362,7 +362,7 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {
 		err = proto.ValidName(e.name)
 	}
 	if err != nil {
-		e.release()
+		c.srv.store.release(e)
 		var perr *proto.Error
 		if errors.As(err, &perr) {
 			return err

@@ -478,7 +478,7 @@ func sameFile(fd int, r *record) (string, error) {
 // ownership of e's fd. The fd is already in the fd store under e.sid.
 func (s *store) restore(e *entry, now time.Time) error {
 	var dead []*entry
-	defer func() { releaseAll(dead) }()
+	defer func() { s.releaseAll(dead) }()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	drop := func(err error) error {

@@ -65,7 +65,7 @@ func FuzzRestore(f *testing.F) {
 			dead = append(dead, s.store.removeLocked(e))
 		}
 		s.store.mu.Unlock()
-		releaseAll(dead)
+		s.store.releaseAll(dead)
 		s.reg.close()
 	})
 }

@@ -135,7 +135,7 @@ func TestRestoreSkipsBadState(t *testing.T) {
 				if e == nil {
 					t.Fatalf("%s not restored", name)
 				}
-				e.release()
+				s.store.release(e)
 			}
 			if s.Entries() != len(tc.want) || s.reg.len() != 0 {
 				t.Fatalf("store holds %d entries, %d containers", s.Entries(), s.reg.len())

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"container/heap"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -15,7 +16,7 @@ import (
 
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/cgroup"
-	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/internal/closer"
 	"github.com/capd-dev/capd/internal/proto"
 )
 
@@ -50,12 +51,9 @@ func newEntry(owner, name string, fd int) *entry {
 	return e
 }
 
-// release drops one reference; the last one closes the fd.
-func (e *entry) release() {
-	if e.refs.Add(-1) == 0 {
-		linux.Close(e.fd)
-	}
-}
+// unref drops one reference and reports whether it was the last: the
+// caller then owns e.fd and must hand it to the closer.
+func (e *entry) unref() bool { return e.refs.Add(-1) == 0 }
 
 // target describes the entry to the authorization decision.
 func (e *entry) target() *policy.Target {
@@ -101,10 +99,11 @@ type store struct {
 	pins    map[string]int                 // owner identity -> its pinned entries, wherever published
 	owned   map[string]map[*entry]struct{} // owner cgroup -> its watched entries
 	watch   *cgroup.Watcher                // nil: entries do not follow their owners
-	closer  closer
-	persist *persist        // nil: not run by systemd with an fd store
-	seq     uint64          // the last stored-fd id given out; never reused, kept across restarts and hand-offs
-	waiters map[key]*waiter // one per awaited key, while someone waits
+	closer  *closer.Closer                 // closes the fds of released entries; never on the caller's goroutine
+	persist *persist                       // nil: not run by systemd with an fd store
+	seq     uint64                         // the last stored-fd id given out; never reused, kept across restarts and hand-offs
+	waiters map[key]*waiter                // one per awaited key, while someone waits
+	stuck   map[uint32]int                 // after close: fds still in close(2), per uid
 }
 
 // waiter is closed when its key is published; n counts who waits on it.
@@ -124,63 +123,8 @@ func newStore() *store {
 	}
 	s.timer = time.AfterFunc(time.Hour, s.expire)
 	s.timer.Stop()
-	s.closer.start()
+	s.closer = closer.New(maxClosers, nil)
 	return s
-}
-
-// closer releases dropped entries on a goroutine of its own, so that a
-// close(2) that blocks (a socket lingering on unsent data, a stuck FUSE
-// file) stalls neither the watcher's nor the registry's nor the expiry
-// timer's goroutine, and with it every other owner's drops. Its queue is
-// bounded: when full, the caller releases inline.
-type closer struct {
-	mu      sync.Mutex
-	stopped bool
-	q       chan []*entry
-	done    chan struct{}
-}
-
-func (c *closer) start() {
-	c.q = make(chan []*entry, 256)
-	c.done = make(chan struct{})
-	go func() {
-		defer close(c.done)
-		for dead := range c.q {
-			releaseAll(dead)
-		}
-	}()
-}
-
-// release hands dead to the closer goroutine, or releases it inline when
-// the queue is full or the store is closed.
-func (c *closer) release(dead []*entry) {
-	if len(dead) == 0 {
-		return
-	}
-	c.mu.Lock()
-	if !c.stopped {
-		select {
-		case c.q <- dead:
-			c.mu.Unlock()
-			return
-		default:
-		}
-	}
-	c.mu.Unlock()
-	releaseAll(dead)
-}
-
-// stop releases what is queued and ends the goroutine.
-func (c *closer) stop() {
-	c.mu.Lock()
-	if c.stopped {
-		c.mu.Unlock()
-		return
-	}
-	c.stopped = true
-	close(c.q)
-	c.mu.Unlock()
-	<-c.done
 }
 
 // publish inserts e, taking ownership of its fd whatever the outcome. max
@@ -190,7 +134,7 @@ func (c *closer) stop() {
 // FUSE files) and must not stall the store.
 func (s *store) publish(e *entry, replace bool, mayReplace func(old *entry) error, cfg *policy.Config, max int) error {
 	var dead []*entry
-	defer func() { releaseAll(dead) }()
+	defer func() { s.releaseAll(dead) }()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old := s.entries[e.key]
@@ -250,9 +194,10 @@ func (s *store) admitLocked(e, old *entry, replace bool, cfg *policy.Config, lim
 				u.pinned--
 			}
 		}
+		closing := s.closer.Pending(e.acct) // released fds whose close(2) has not returned
 		switch {
-		case u.entries+1 > cfg.Agent.MaxEntriesPerUID:
-			return proto.Errorf(proto.CodeQuotaExceeded, "uid %d holds %d entries, its limit (max_entries_per_uid is %d)", e.acct, u.entries, cfg.Agent.MaxEntriesPerUID)
+		case u.entries+closing+1 > cfg.Agent.MaxEntriesPerUID:
+			return proto.Errorf(proto.CodeQuotaExceeded, "uid %d holds %d entries and %d fds still being closed, its limit (max_entries_per_uid is %d)", e.acct, u.entries, closing, cfg.Agent.MaxEntriesPerUID)
 		case e.pinned && u.pinned+1 > cfg.Agent.MaxPinnedPerUID:
 			return proto.Errorf(proto.CodeQuotaExceeded, "uid %d holds %d pinned entries, its limit (max_pinned_per_uid is %d)", e.acct, u.pinned, cfg.Agent.MaxPinnedPerUID)
 		}
@@ -401,8 +346,27 @@ func (s *store) acquireOrWait(owner, name string) (*entry, <-chan struct{}, func
 	}
 }
 
-// release drops a reference acquire took.
-func (s *store) release(e *entry) { e.release() }
+// maxClosers bounds the threads that may sit in close(2) at once for
+// released entries (a lingering socket, a stuck FUSE file); each owner uid
+// has at most one of them.
+const maxClosers = 16
+
+// release drops a reference (acquire's, or the store's own after removing
+// e). The last one hands the fd to the closer, keyed by the uid the entry
+// counts against: a close(2) that blocks delays nobody else's work, and
+// the owner's pending closes count against its limits.
+func (s *store) release(e *entry) {
+	if e.unref() {
+		s.closer.Close(e.acct, e.fd)
+	}
+}
+
+// releaseAll releases every entry of dead.
+func (s *store) releaseAll(dead []*entry) {
+	for _, e := range dead {
+		s.release(e)
+	}
+}
 
 // acquire returns the entry with a reference held for the caller, who must
 // release it (store.release).
@@ -484,7 +448,7 @@ func (s *store) dropOwned(p string) int {
 		dead = append(dead, s.removeLocked(e))
 	}
 	s.mu.Unlock()
-	s.closer.release(dead)
+	s.releaseAll(dead)
 	if len(dead) > 0 {
 		s.synced()
 	}
@@ -503,17 +467,11 @@ func (s *store) ownerEmptied(p string, epoch uint64) int {
 		}
 	}
 	s.mu.Unlock()
-	s.closer.release(dead)
+	s.releaseAll(dead)
 	if len(dead) > 0 {
 		s.synced()
 	}
 	return len(dead)
-}
-
-func releaseAll(dead []*entry) {
-	for _, e := range dead {
-		e.release()
-	}
 }
 
 // expire drops every entry whose deadline has passed and re-arms the timer.
@@ -528,7 +486,7 @@ func (s *store) expire() {
 		s.timer.Reset(s.exp[0].expires.Sub(now))
 	}
 	s.mu.Unlock()
-	s.closer.release(dead)
+	s.releaseAll(dead)
 	if len(dead) > 0 {
 		s.synced()
 	}
@@ -569,7 +527,7 @@ func (s *store) unpublish(e *entry) {
 	}
 	s.removeLocked(e)
 	s.mu.Unlock()
-	s.closer.release([]*entry{e})
+	s.release(e)
 }
 
 // snapshot returns the entries that visible admits, sorted by owner then
@@ -631,8 +589,13 @@ func (s *store) close() {
 		dead = append(dead, s.removeLocked(e))
 	}
 	s.mu.Unlock()
-	releaseAll(dead)
-	s.closer.stop()
+	s.releaseAll(dead)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if stuck, err := s.closer.Stop(ctx); err != nil {
+		// The process exits next; the kernel closes what is left.
+		s.stuck = stuck
+	}
 }
 
 // expiryHeap orders entries by deadline (container/heap).

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,14 +17,23 @@ import (
 // effect (issue: 11 of 20 tries ended in a reset, exit 1).
 func TestBusyReplyArrives(t *testing.T) {
 	e := newEnv(t, "[agent]\nmax_connections_per_uid = 2\n")
+	// Hold both slots (the start-up probes' connections may still count
+	// for a moment: busy is retried).
 	for range 2 {
-		c, err := client.Dial(e.agent.Socket)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if _, err := c.Whoami(); err != nil {
-			t.Fatal(err)
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			c, err := client.Dial(e.agent.Socket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = c.Whoami()
+			if err == nil {
+				defer c.Close()
+				break
+			}
+			c.Close()
+			if !errors.Is(err, client.ErrBusy) || time.Now().After(deadline) {
+				t.Fatal(err)
+			}
 		}
 	}
 	codes := map[int]int{}
