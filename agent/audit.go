@@ -1,30 +1,61 @@
 package agent
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/internal/procfs"
 	"github.com/capd-dev/capd/internal/proto"
 )
 
-type fileID struct{ dev, ino uint64 }
-
 // audit finds every process holding a copy of a store entry, and of
-// recently removed entries, and says how exposed each holder is. It walks
-// /proc once: for each process it first takes a pidfd, then lists its fds
-// and stats each (the link target's device and inode); only fds on the
-// file of an entry are compared with the entry's fd by kcmp(KCMP_FILE).
-// A process whose pidfd shows it exited by the end of its scan is left out,
-// so a recycled pid is never reported.
+// recently removed entries, and says how exposed each holder is.
+//
+// It never calls into the file system of a file it looks at: a stat through
+// /proc/PID/fd/N would wait forever on a FUSE mount whose server stopped
+// answering. Each fd is known by its link (readlink of the magic link is
+// d_path, or the pseudo file system's name for it) and, for files named by
+// a path and for pidfds, by the mount id and inode of its fdinfo; the other
+// anonymous inodes are known by their link's name only, since reading an
+// epoll instance's fdinfo waits for its mutex, which a thread stuck in
+// epoll_ctl on a stuck FUSE file holds. The agent knows its own copies the
+// same way (/proc/self, never fstat), so both sides compare on the same
+// terms, and a candidate is confirmed by kcmp(KCMP_FILE) against one of the
+// agent's fds for that open file description (entries sharing one are
+// grouped first, so each candidate costs one kcmp per open file
+// description, not per entry).
+//
+// Removed entries only have the device and inode that fstat gave at
+// publish (see tombstone). A candidate's mount id is mapped to its device
+// through the mountinfo of the holder's mount namespace (read once per
+// namespace and audit) or, for files on the kernel's internal mounts
+// (sockets, pipes, memfds, pidfds), through linux.KernelMounts. Where stat
+// reports another device than the superblock's (btrfs subvolumes, overlayfs
+// over several file systems) or the mount is in no namespace the holder
+// sees (detached), a stale copy is not found. Files on the shared anonymous
+// inode (eventfd, timerfd, epoll, ...) have no identity left once the
+// entry's open file description is closed, so no stale copy of them is
+// reported.
+//
+// It walks /proc once; for each process it first takes a pidfd and opens
+// /proc/PID (which stays bound to that process); a process whose pidfd
+// shows it exited by the end of its scan is left out, so a recycled pid is
+// never reported.
+//
+// What can still make it wait: kcmp takes the holder's exec_update_lock,
+// which a process stuck in execve closing a CLOEXEC fd on a stuck FUSE
+// mount holds (only candidates are compared, so only such a process that
+// also holds an entry's file); an fd that changes between its readlink and
+// its fdinfo read (internal/procfs says more).
 func (s *Server) audit() (*proto.AuditReport, error) {
 	rep := &proto.AuditReport{Time: time.Now(), PtraceScope: ptraceScope()}
 	// Hold a reference on every entry so that its fd stays open.
@@ -38,31 +69,18 @@ func (s *Server) audit() (*proto.AuditReport, error) {
 	s.store.mu.RUnlock()
 	defer s.store.releaseAll(live)
 
-	byFile := make(map[fileID][]int) // index into live
-	for i, e := range live {
-		byFile[fileID{e.dev, e.ino}] = append(byFile[fileID{e.dev, e.ino}], i)
-	}
-	tombByFile := make(map[fileID][]int)
-	for i, t := range tombs {
-		tombByFile[fileID{t.dev, t.ino}] = append(tombByFile[fileID{t.dev, t.ino}], i)
+	a := newAuditor(s, live, tombs)
+	if err := a.index(); err != nil {
+		return nil, err
 	}
 	liveHolders := make([][]proto.AuditHolder, len(live))
 	tombHolders := make([][]proto.AuditHolder, len(tombs))
-	hidden := map[string]bool{} // mount namespace -> /proc has hidepid
-
-	proc, err := os.Open("/proc")
+	pids, err := procfs.PIDs(nil, a.dirent)
 	if err != nil {
 		return nil, err
 	}
-	names, err := proc.Readdirnames(-1)
-	proc.Close()
-	if err != nil {
-		return nil, err
-	}
-	self := os.Getpid()
-	for _, name := range names {
-		pid, err := strconv.Atoi(name)
-		if err != nil || pid == self {
+	for _, pid := range pids {
+		if pid == a.self {
 			continue
 		}
 		pidfd, err := linux.PidfdOpen(pid)
@@ -70,22 +88,26 @@ func (s *Server) audit() (*proto.AuditReport, error) {
 			continue // exited
 		}
 		rep.Processes++
-		lh, th, nfd := s.scanProcess(pid, live, byFile, tombByFile)
-		rep.FDs += nfd
-		if len(lh)+len(th) > 0 {
-			h := s.holder(pid, pidfd, hidden, rep.PtraceScope)
-			if alive, _ := linux.PidfdAlive(pidfd); alive {
-				for _, m := range lh {
-					hh := h
-					hh.FD = m.fd
-					liveHolders[m.i] = append(liveHolders[m.i], hh)
-				}
-				for _, m := range th {
-					hh := h
-					hh.FD = m.fd
-					tombHolders[m.i] = append(tombHolders[m.i], hh)
+		p := &auditProc{pid: pid, pidfd: pidfd}
+		if p.dir, err = procfs.Open(pid); err == nil {
+			lm, tm, nfd := a.scan(p)
+			rep.FDs += nfd
+			if len(lm)+len(tm) > 0 {
+				h := a.holder(p, rep.PtraceScope)
+				if alive, _ := linux.PidfdAlive(pidfd); alive {
+					for _, m := range lm {
+						hh := h
+						hh.FD = m.fd
+						liveHolders[m.i] = append(liveHolders[m.i], hh)
+					}
+					for _, m := range tm {
+						hh := h
+						hh.FD = m.fd
+						tombHolders[m.i] = append(tombHolders[m.i], hh)
+					}
 				}
 			}
+			p.dir.Close()
 		}
 		linux.Close(pidfd)
 	}
@@ -115,68 +137,271 @@ func nonNil(h []proto.AuditHolder) []proto.AuditHolder {
 
 type match struct{ i, fd int }
 
-// scanProcess lists pid's fds and returns those holding a live entry's
-// open file description, those on a removed entry's file, and the number
-// of fds seen.
-func (s *Server) scanProcess(pid int, live []*entry, byFile, tombByFile map[fileID][]int) (lm, tm []match, n int) {
-	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
-	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+// fdKey is what an fd is compared by before kcmp: a file named by a path,
+// or a pidfd, by mount id and inode (typ ""); a sockfs, pipefs or nsfs
+// inode by its type and inode; another anonymous inode by its whole link.
+type fdKey struct {
+	typ string
+	mnt int
+	ino uint64
+}
+
+// ofd is one open file description behind one or more live entries.
+type ofd struct {
+	fd      int   // the agent's fd of its first entry (audit holds a reference)
+	entries []int // indexes into auditor.live
+}
+
+// auditProc is the process being scanned.
+type auditProc struct {
+	pid, pidfd int
+	dir        procfs.Dir
+	ns         string // its mount namespace (/proc/PID/ns/mnt), once read
+}
+
+// auditor is one audit's state; it is used by one goroutine.
+type auditor struct {
+	s     *Server
+	self  int
+	live  []*entry
+	tombs []tombstone
+
+	ofds       map[fdKey][]*ofd
+	tombsByIno map[uint64][]int
+	pathInfo   bool // some entry or tombstone is a file known by fdinfo: read it for files named by a path
+
+	ns          map[string]bool // mount namespace -> its /proc has hidepid (read: its mounts are in devs)
+	devs        map[int]uint64  // mount id -> device, for every namespace read and the kernel's internal mounts
+	kernelMnts  bool            // devs has the kernel's internal mounts
+	names       map[string]string
+	cgroups     map[uint64]string // cgroup id -> path
+	dirent      []byte
+	link, info  []byte
+	fds         []int
+	mountinfo   []byte
+	statusBytes []byte
+}
+
+func newAuditor(s *Server, live []*entry, tombs []tombstone) *auditor {
+	return &auditor{
+		s: s, self: os.Getpid(), live: live, tombs: tombs,
+		ofds:        make(map[fdKey][]*ofd),
+		tombsByIno:  make(map[uint64][]int),
+		ns:          make(map[string]bool),
+		devs:        make(map[int]uint64),
+		names:       make(map[string]string),
+		cgroups:     make(map[uint64]string),
+		dirent:      make([]byte, 16<<10),
+		link:        make([]byte, 4096),
+		info:        make([]byte, 256),
+		statusBytes: make([]byte, 1024),
+	}
+}
+
+// index learns the key of every live entry's fd from /proc/self (the agent
+// holds them, so they cannot change under it), groups the entries that
+// share an open file description, and indexes the tombstones by inode.
+func (a *auditor) index() error {
+	self, err := procfs.Open(a.self)
+	if err != nil {
+		return err
+	}
+	defer self.Close()
+	for i, e := range a.live {
+		k, ok := a.key(self, e.fd, true)
+		if !ok {
+			a.s.log.Warn("audit cannot read its own copy of an entry; its holders are not reported", "owner", e.owner, "name", e.name, "fd", e.fd)
+			continue
+		}
+		a.pathInfo = a.pathInfo || k.typ == ""
+		o := a.sameOFD(k, e.fd)
+		if o == nil {
+			o = &ofd{fd: e.fd}
+			a.ofds[k] = append(a.ofds[k], o)
+		}
+		o.entries = append(o.entries, i)
+	}
+	for i, t := range a.tombs {
+		if t.ino != 0 {
+			a.tombsByIno[t.ino] = append(a.tombsByIno[t.ino], i)
+			a.pathInfo = true
+		}
+	}
+	return nil
+}
+
+// sameOFD returns the group of key k whose open file description fd (the
+// agent's) is, or nil.
+func (a *auditor) sameOFD(k fdKey, fd int) *ofd {
+	for _, o := range a.ofds[k] {
+		if same, err := linux.Kcmp(a.self, a.self, o.fd, fd); err == nil && same {
+			return o
+		}
+	}
+	return nil
+}
+
+// key reads how fd of the process behind d is compared. info says whether
+// to read the fdinfo of files named by a path (and pidfds); without it such
+// fds have no key.
+func (a *auditor) key(d procfs.Dir, fd int, info bool) (fdKey, bool) {
+	link, err := d.Link(fd, a.link)
+	if err != nil {
+		return fdKey{}, false
+	}
+	kind, typ, ino := procfs.Classify(link)
+	switch kind {
+	case procfs.Path, procfs.Pidfd:
+		if !info {
+			return fdKey{}, false
+		}
+		fi, err := d.FDInfo(fd, a.info)
+		if err != nil {
+			return fdKey{}, false
+		}
+		return fdKey{mnt: fi.MntID, ino: fi.Ino}, true
+	case procfs.Pseudo:
+		return fdKey{typ: a.name(typ), ino: ino}, true
+	}
+	return fdKey{typ: a.name(link)}, true
+}
+
+// name interns b, so that the few link types and names a host has are
+// allocated once per audit.
+func (a *auditor) name(b []byte) string {
+	if s, ok := a.names[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	a.names[s] = s
+	return s
+}
+
+// scan lists p's fds and returns those holding a live entry's open file
+// description, those on a removed entry's file, and the number of fds seen.
+func (a *auditor) scan(p *auditProc) (lm, tm []match, n int) {
+	fds, err := p.dir.FDs(a.fds[:0], a.dirent)
+	a.fds = fds
 	if err != nil {
 		return nil, nil, 0
 	}
-	f := os.NewFile(uintptr(dfd), dir)
-	fds, _ := f.Readdirnames(-1)
-	var st unix.Stat_t
-	for _, name := range fds {
-		fd, err := strconv.Atoi(name)
-		if err != nil {
+	for _, fd := range fds {
+		k, ok := a.key(p.dir, fd, a.pathInfo)
+		if !ok {
 			continue
 		}
-		n++
-		if unix.Fstatat(dfd, name, &st, 0) != nil {
-			continue
-		}
-		id := fileID{st.Dev, st.Ino}
-		for _, i := range byFile[id] {
-			if same, err := linux.Kcmp(os.Getpid(), pid, live[i].fd, fd); err == nil && same {
-				lm = append(lm, match{i, fd})
+		for _, o := range a.ofds[k] {
+			if same, err := linux.Kcmp(a.self, p.pid, o.fd, fd); err == nil && same {
+				for _, i := range o.entries {
+					lm = append(lm, match{i, fd})
+				}
 			}
 		}
-		for _, i := range tombByFile[id] {
-			tm = append(tm, match{i, fd})
+		if k.ino == 0 || len(a.tombsByIno[k.ino]) == 0 {
+			continue
+		}
+		mnt := k.mnt
+		if k.typ != "" {
+			// A sockfs, pipefs or nsfs inode: its fdinfo has the mount.
+			fi, err := p.dir.FDInfo(fd, a.info)
+			if err != nil || fi.Ino != k.ino {
+				continue
+			}
+			mnt = fi.MntID
+		}
+		dev, ok := a.dev(p, mnt)
+		if !ok {
+			continue
+		}
+		for _, i := range a.tombsByIno[k.ino] {
+			if a.tombs[i].dev == dev {
+				tm = append(tm, match{i, fd})
+			}
 		}
 	}
-	f.Close()
-	return lm, tm, n
+	return lm, tm, len(fds)
 }
 
-// holder describes process pid (held by pidfd) and its exposure.
-func (s *Server) holder(pid, pidfd int, hidden map[string]bool, scope int) proto.AuditHolder {
-	h := proto.AuditHolder{PID: pid, UID: -1}
-	if p, _, err := cgroupOf(pidfd, pid, s.resolver); err == nil {
-		h.Cgroup = p
-		h.Identity, _ = cgroup.Owner(p)
-		if ct := s.reg.lookup(p); ct != nil {
-			h.Identity = ct.identity
+// dev returns the device of mount mnt, which p has a file open through.
+func (a *auditor) dev(p *auditProc, mnt int) (uint64, bool) {
+	if d, ok := a.devs[mnt]; ok {
+		return d, true
+	}
+	a.hidepid(p) // reads p's mount namespace's mountinfo into devs
+	if d, ok := a.devs[mnt]; ok {
+		return d, true
+	}
+	if !a.kernelMnts {
+		a.kernelMnts = true
+		m, err := kernelMounts()
+		if err != nil {
+			a.s.log.Debug("audit: some kernel-internal mounts are unknown", "err", err)
+		}
+		for id, d := range m {
+			a.devs[id] = d
 		}
 	}
-	if uid, ok := procUID(pid); ok {
-		h.UID = uid
-	}
-	var st unix.Stat_t
-	if h.UID > 0 && unix.Stat("/proc/"+strconv.Itoa(pid), &st) == nil {
-		// Linux makes a non-dumpable process's /proc files root's.
-		d := st.Uid != 0
-		h.Dumpable = &d
-	}
-	if ns, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/mnt"); err == nil {
-		hid, ok := hidden[ns]
-		if !ok {
-			hid = procHasHidepid(pid)
-			hidden[ns] = hid
+	d, ok := a.devs[mnt]
+	return d, ok
+}
+
+// kernelMounts is linux.KernelMounts, asked once per agent: those mounts
+// live as long as the kernel.
+var kernelMounts = sync.OnceValues(linux.KernelMounts)
+
+// hidepid reports whether the /proc of p's mount namespace hides other
+// processes, reading the namespace's mountinfo (once per audit) and noting
+// its mounts' devices on the way.
+func (a *auditor) hidepid(p *auditProc) bool {
+	if p.ns == "" {
+		ns, err := p.dir.Readlink("ns/mnt")
+		if err != nil {
+			return false
 		}
-		h.ProcHidden = hid
+		p.ns = ns
 	}
+	if hid, ok := a.ns[p.ns]; ok {
+		return hid
+	}
+	b, err := p.dir.ReadFile("mountinfo", a.mountinfo)
+	if err != nil {
+		return false // not remembered: the process may just have exited
+	}
+	a.mountinfo = b
+	hid := false
+	for _, m := range procfs.ParseMountinfo(b) {
+		a.devs[m.ID] = m.Dev
+		// The last mount on /proc hides those below it.
+		if m.Point == "/proc" {
+			hid = hidesPIDs(m.Options) || hidesPIDs(m.Super)
+		}
+	}
+	a.ns[p.ns] = hid
+	return hid
+}
+
+func hidesPIDs(opts string) bool {
+	for _, o := range strings.Split(opts, ",") {
+		switch o {
+		case "hidepid=invisible", "hidepid=noaccess", "hidepid=ptraceable", "hidepid=2", "hidepid=4":
+			return true
+		}
+	}
+	return false
+}
+
+// holder describes process p and its exposure.
+func (a *auditor) holder(p *auditProc, scope int) proto.AuditHolder {
+	h := proto.AuditHolder{PID: p.pid, UID: -1}
+	a.identify(p, &h)
+	if h.UID > 0 {
+		if owner, err := p.dir.Owner(); err == nil {
+			// Linux makes a non-dumpable process's /proc files root's.
+			d := owner != 0
+			h.Dumpable = &d
+		}
+	}
+	h.ProcHidden = a.hidepid(p)
 	uid := strconv.Itoa(h.UID)
 	switch {
 	case h.UID == 0:
@@ -189,7 +414,7 @@ func (s *Server) holder(pid, pidfd int, hidden map[string]bool, scope int) proto
 		// Yama restricts ptrace attach (pidfd_getfd), never the read
 		// access that reopening /proc/PID/fd/N needs.
 		h.Exposed = true
-		h.Exposure = append(h.Exposure, "dumpable: any process of uid "+uid+" may reopen /proc/"+strconv.Itoa(pid)+"/fd/N")
+		h.Exposure = append(h.Exposure, "dumpable: any process of uid "+uid+" may reopen /proc/"+strconv.Itoa(p.pid)+"/fd/N")
 		switch {
 		case scope <= 0:
 			h.Exposure = append(h.Exposure, "and pidfd_getfd it (no Yama restriction)")
@@ -205,42 +430,59 @@ func (s *Server) holder(pid, pidfd int, hidden map[string]bool, scope int) proto
 	return h
 }
 
-// procUID reads the real uid from /proc/PID/status.
-func procUID(pid int) (int, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0, false
+// identify sets h's cgroup, identity and uid from one PIDFD_GET_INFO,
+// with the cgroup paths cached by cgroup id (ids are never reused). Without
+// the ioctl (Linux < 6.13), or when open_by_handle_at is denied, it falls
+// back to cgroupOf and /proc/PID/status.
+func (a *auditor) identify(p *auditProc, h *proto.AuditHolder) {
+	var info *unix.PidfdInfo
+	if !oldKernel.Load() {
+		info, _ = linux.PidfdGetInfo(p.pidfd, unix.PIDFD_INFO_CGROUPID|unix.PIDFD_INFO_CREDS)
 	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "Uid:"); ok {
-			f := strings.Fields(v)
+	cg, ok := "", false
+	if info != nil && info.Mask&unix.PIDFD_INFO_CGROUPID != 0 {
+		if cg, ok = a.cgroups[info.Cgroupid]; !ok {
+			if path, err := a.s.resolver.PathByID(info.Cgroupid); err == nil {
+				cg, ok = path, true
+				a.cgroups[info.Cgroupid] = path
+			}
+		}
+	}
+	if !ok {
+		if path, _, err := cgroupOf(p.pidfd, p.pid, a.s.resolver); err == nil {
+			cg, ok = path, true
+		}
+	}
+	if ok {
+		h.Cgroup = cg
+		h.Identity, _ = cgroup.Owner(cg)
+		if ct := a.s.reg.lookup(cg); ct != nil {
+			h.Identity = ct.identity
+		}
+	}
+	if info != nil && info.Mask&unix.PIDFD_INFO_CREDS != 0 {
+		h.UID = int(info.Ruid)
+	} else if b, err := p.dir.ReadHead("status", a.statusBytes); err == nil {
+		if uid, ok := statusUID(b); ok {
+			h.UID = uid
+		}
+	}
+}
+
+// statusUID finds the real uid in the start of /proc/PID/status.
+func statusUID(b []byte) (int, bool) {
+	for len(b) > 0 {
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte{'\n'})
+		if v, ok := bytes.CutPrefix(line, []byte("Uid:")); ok {
+			f := bytes.Fields(v)
 			if len(f) > 0 {
-				uid, err := strconv.Atoi(f[0])
+				uid, err := strconv.Atoi(string(f[0]))
 				return uid, err == nil
 			}
 		}
 	}
 	return 0, false
-}
-
-// procHasHidepid reports whether the /proc in pid's mount namespace (the
-// last mount on /proc, which hides those below it) hides other processes.
-func procHasHidepid(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/mountinfo")
-	if err != nil {
-		return false
-	}
-	hidden := false
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 5 || f[4] != "/proc" {
-			continue
-		}
-		hidden = strings.Contains(l, "hidepid=invisible") || strings.Contains(l, "hidepid=noaccess") ||
-			strings.Contains(l, "hidepid=2") || strings.Contains(l, "hidepid=4") || strings.Contains(l, "hidepid=ptraceable")
-	}
-	return hidden
 }
 
 // ptraceScope reads Yama's ptrace_scope, -1 without Yama.

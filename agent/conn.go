@@ -30,11 +30,14 @@ type conn struct {
 	fd int
 }
 
-// shutdown wakes the connection's blocked recvmsg; serve then closes.
+// shutdown wakes the connection's blocked recvmsg; serve then answers a
+// request still queued with busy and closes. Only the receiving side is
+// shut: the busy reply can still be sent, and the client's later sends
+// fail (EPIPE) instead of queueing.
 func (c *conn) shutdown() {
 	c.mu.Lock()
 	if c.fd >= 0 {
-		unix.Shutdown(c.fd, unix.SHUT_RDWR)
+		unix.Shutdown(c.fd, unix.SHUT_RD)
 	}
 	c.mu.Unlock()
 }
@@ -119,6 +122,17 @@ func (c *conn) serve(cfg *policy.Config) {
 		}
 		if n == 0 && len(fds) == 0 {
 			return // orderly close
+		}
+		if c.srv.draining() {
+			// A request queued when the agent began to stop: not acted on,
+			// so the client may safely send it again (to the next agent).
+			for _, fd := range fds {
+				linux.Close(fd)
+			}
+			m := proto.NewMessage(out[:0], 0, proto.CodeBusy)
+			m.String(proto.AttrMessage, "agent is shutting down; the request was not acted on")
+			fdpass.Send(c.fd, m.Bytes())
+			return
 		}
 		reqFD := -1
 		if len(fds) == 1 {

@@ -45,11 +45,14 @@ type persist struct {
 	gen uint64
 	st  *store
 	reg *registry
-	// fmu guards failed: the stored-fd names whose Add or Remove systemd
+	// fmu guards failed and removals. failed: the stored-fd names whose Add systemd
 	// refused, until the request that made the change takes the error. A
 	// leaf lock, taken under the store's.
-	fmu    sync.Mutex
-	failed map[string]error
+	fmu      sync.Mutex
+	failed   map[string]error
+	removals []string // stored-fd names to drop once metadata without them is confirmed
+	stale    []uint64 // metadata generations to drop after the next confirmed one (under mu)
+	room     int      // entries the fd store keeps (FileDescriptorStoreMax less the metadata); -1: unknown
 }
 
 // meta is the stored metadata: the entries and the registered containers,
@@ -102,11 +105,23 @@ func (p *persist) added(e *entry) {
 }
 
 // removed drops e's fd from the fd store; called under the store lock.
+//
+// The fd leaves systemd's fd store only after metadata that no longer
+// names it is confirmed (see upload): removed before, a crash in between
+// would find the old metadata naming an fd that is gone, and lose an
+// entry whose replacement was not yet recorded.
 func (p *persist) removed(e *entry) {
-	if err := p.fs.Remove(e.sid); err != nil {
-		p.log.Error("cannot remove an entry from systemd's fd store", "owner", e.owner, "name", e.name, "err", err)
-		p.fail(e.sid, fmt.Errorf("remove %s:%s from systemd's fd store: %w", e.owner, e.name, err))
-	}
+	p.fmu.Lock()
+	p.removals = append(p.removals, e.sid)
+	p.fmu.Unlock()
+}
+
+// pendingRemovals is how many fds systemd still holds for entries removed
+// since the last confirmed upload. Called under the store's lock.
+func (p *persist) pendingRemovals() int {
+	p.fmu.Lock()
+	defer p.fmu.Unlock()
+	return len(p.removals)
 }
 
 // sync uploads the metadata of the store as it is now, removes the
@@ -140,10 +155,27 @@ func (p *persist) takeFailure(sid string) error {
 }
 
 // upload stores the current metadata and waits for systemd to confirm.
-func (p *persist) upload() error {
+//
+// Order, for crash safety: the new generation is stored and confirmed
+// (BARRIER) first; only then are the previous generations and the fds of
+// entries removed before the snapshot dropped from the fd store. A crash at
+// any point leaves the highest complete generation naming fds that systemd
+// still holds; fds no generation names are dropped at the next start.
+func (p *persist) upload() (err error) {
 	p.st.mu.RLock()
 	m := meta{NextID: p.st.seq + 1, Entries: records(p.st.entries)}
+	p.fmu.Lock()
+	removals := p.removals
+	p.removals = nil
+	p.fmu.Unlock()
 	p.st.mu.RUnlock()
+	defer func() {
+		if err != nil { // not confirmed: drop them after a later upload
+			p.fmu.Lock()
+			p.removals = append(removals, p.removals...)
+			p.fmu.Unlock()
+		}
+	}()
 	m.Containers = p.reg.records()
 	b, err := json.Marshal(m)
 	if err != nil {
@@ -154,16 +186,28 @@ func (p *persist) upload() error {
 		return err
 	}
 	defer linux.Close(fd)
+	if p.gen > 0 {
+		p.stale = append(p.stale, p.gen)
+	}
 	p.gen++
 	if err := p.fs.Add(metaPrefix+strconv.FormatUint(p.gen, 10), fd); err != nil {
 		return err
 	}
-	if p.gen > 1 {
-		if err := p.fs.Remove(metaPrefix + strconv.FormatUint(p.gen-1, 10)); err != nil {
-			return err
+	if err := p.fs.Barrier(5 * time.Second); err != nil {
+		return err
+	}
+	for _, g := range p.stale {
+		if err := p.fs.Remove(metaPrefix + strconv.FormatUint(g, 10)); err != nil {
+			p.log.Warn("cannot remove old metadata from systemd's fd store; dropped at the next start", "generation", g, "err", err)
 		}
 	}
-	return p.fs.Barrier(5 * time.Second)
+	p.stale = p.stale[:0]
+	for _, sid := range removals {
+		if err := p.fs.Remove(sid); err != nil {
+			p.log.Warn("cannot remove a removed entry's fd from systemd's fd store; dropped at the next start", "name", sid, "err", err)
+		}
+	}
+	return nil
 }
 
 // records describes entries, sorted by id.

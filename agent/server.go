@@ -101,7 +101,7 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		log.Warn("systemd's notification socket is unusable; entries will not survive a restart", "err", err)
 	} else if fs != nil {
-		s.store.persist = &persist{fs: fs, log: log, st: s.store, reg: s.reg}
+		s.store.persist = &persist{fs: fs, log: log, st: s.store, reg: s.reg, room: -1}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		n, err := fdstore.Capacity(ctx)
 		cancel()
@@ -110,6 +110,7 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 		} else {
 			s.fdStore = max(n-metaFDs, 0)
 		}
+		s.store.persist.room = s.fdStore
 	}
 	s.cfg.Store(cfg)
 	s.checkCapacity(cfg)
@@ -188,6 +189,16 @@ func (s *Server) checkCapacity(cfg *policy.Config) {
 	}
 	if n := s.store.len(); n > room {
 		s.log.Warn("the store holds more entries than now fit; keeping them, refusing new ones", "entries", n, "entries_that_fit", room)
+	}
+}
+
+// draining reports whether Drain or Shutdown has begun.
+func (s *Server) draining() bool {
+	select {
+	case <-s.quit:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -180,6 +180,8 @@ func (s *store) admitLocked(e, old *entry, replace bool, cfg *policy.Config, lim
 		return proto.Errorf(proto.CodeExists, "%s:%s is already published (revoke it first, or publish with replace)", e.owner, e.name)
 	case old == nil && len(s.entries) >= limit:
 		return proto.Errorf(proto.CodeQuotaExceeded, "cgroup / (the whole agent) holds %d entries, its limit (max_entries, or what RLIMIT_NOFILE or systemd's FileDescriptorStoreMax leaves room for)", len(s.entries))
+	case s.persist != nil && s.persist.room >= 0 && s.fdStoreNeedLocked() > s.persist.room:
+		return proto.Errorf(proto.CodeQuotaExceeded, "systemd's fd store would hold %d fds for entries, more than it keeps (FileDescriptorStoreMax less 2 for the metadata is %d; fds of removed entries leave it once the next metadata is confirmed)", s.fdStoreNeedLocked(), s.persist.room)
 	case old == nil && e.limited && len(s.entries) >= limit-cfg.Agent.AdminReserve(limit):
 		return proto.Errorf(proto.CodeQuotaExceeded, "the agent holds %d entries; the last %d of its %d are kept for host administrators", len(s.entries), cfg.Agent.AdminReserve(limit), limit)
 	}
@@ -234,6 +236,14 @@ func (s *store) admitLocked(e, old *entry, replace bool, cfg *policy.Config, lim
 		}
 	}
 	return nil
+}
+
+// fdStoreNeedLocked is how many entry fds systemd's fd store would hold
+// with one more fd: the entries', those of removed entries still waiting to
+// leave it, and the new one. A replace is no different: the old entry's fd
+// stays until the next confirmed metadata, beside the new one.
+func (s *store) fdStoreNeedLocked() int {
+	return len(s.entries) + s.persist.pendingRemovals() + 1
 }
 
 // within reports whether cgroup c is p or below it.

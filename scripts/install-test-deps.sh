@@ -8,7 +8,7 @@ packages=(
   runc podman     # real container runtimes for the OCI hook tests
   busybox-static  # the test containers' rootfs
   systemd-container  # systemd-nspawn: a real systemd PID 1 for the fd store tests
-  disorderfs fuse3   # a FUSE server that answers FUSE_FLUSH and can be stopped (stuck close/stat tests)
+  disorderfs fuse3   # a FUSE server that answers FUSE_FLUSH and can be stopped (stuck close and stat tests); fuse3 for its "fuse"
 )
 missing=()
 for p in "${packages[@]}"; do

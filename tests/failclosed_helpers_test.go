@@ -130,6 +130,9 @@ func runFCRole(role string) int {
 			default:
 			}
 			res.Rounds++
+			if res.Rounds == 1 && os.Getenv("CAPD_FC_READY") != "" {
+				os.WriteFile(os.Getenv("CAPD_FC_READY"), nil, 0o644) // the test starts the hand-offs now
+			}
 			pidfd, err := unix.PidfdOpen(pid, 0)
 			if err != nil {
 				continue

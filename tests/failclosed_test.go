@@ -803,7 +803,8 @@ func TestFailClosedHandoffIsNeverDumpable(t *testing.T) {
 
 	args := append(append([]string{}, noPtrace[1:]...), attacker(t))
 	steal := exec.Command(noPtrace[0], args...)
-	steal.Env = append(os.Environ(), "CAPD_FC_ROLE=steal", "CAPD_FC_PID="+strconv.Itoa(pid), "CAPD_FC_MARK="+mark)
+	ready := filepath.Join(t.TempDir(), "ready")
+	steal.Env = append(os.Environ(), "CAPD_FC_ROLE=steal", "CAPD_FC_PID="+strconv.Itoa(pid), "CAPD_FC_MARK="+mark, "CAPD_FC_READY="+ready)
 	stop, err := steal.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -814,6 +815,14 @@ func TestFailClosedHandoffIsNeverDumpable(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { steal.Process.Kill(); steal.Wait() })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if _, err := os.Stat(ready); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the attacker did not start in 10s: %s", out.String())
+		}
+	}
 	// An agent that refuses the hand-off (it says "no hand-off" and
 	// serves on) exposes nothing either.
 	const handoffs = 10

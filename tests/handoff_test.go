@@ -119,3 +119,29 @@ func TestRepeatedHandoffKeepsEveryEntry(t *testing.T) {
 		t.Errorf("the hand-offs warned:\n%s", e.agent.Log)
 	}
 }
+
+// SIGUSR2 arriving while a new agent process starts (between execve and its
+// signal handlers) waits for it instead of killing it, and the store with
+// it (issue: a second SIGUSR2 a few ms after the first killed the agent).
+func TestSIGUSR2DuringStartIsKept(t *testing.T) {
+	e := newEnv(t, "[[grant]]\nconsumer = \"cgroup:/\"\nacquire = [\"own-a.service:*\"]\n", "own-a.service")
+	e.publishFile("own-a.service", "kept", "still here", "--pin")
+	p := e.agent.Cmd.Process
+	for i := range 10 {
+		before := strings.Count(e.agent.Log.String(), "agent serving")
+		p.Signal(syscall.SIGUSR2)
+		time.Sleep(time.Duration(2+i%7) * time.Millisecond)
+		p.Signal(syscall.SIGUSR2)
+		e.agent.WaitLog(t, "agent serving", before)
+		if e.agent.Cmd.ProcessState != nil {
+			t.Fatalf("the agent died: %v\n%s", e.agent.Cmd.ProcessState, e.agent.Log)
+		}
+	}
+	// Let the last pending SIGUSR2 play out.
+	for n := -1; n != strings.Count(e.agent.Log.String(), "agent serving"); time.Sleep(500 * time.Millisecond) {
+		n = strings.Count(e.agent.Log.String(), "agent serving")
+	}
+	if r := e.run("", nil, "acquire", "own-a.service:kept", "--", "cat", "/proc/self/fd/3"); r.code != 0 || r.stdout != "still here" {
+		t.Fatalf("after the hand-offs: exit %d %q %s\n%s", r.code, r.stdout, r.stderr, e.agent.Log)
+	}
+}

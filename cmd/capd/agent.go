@@ -90,6 +90,13 @@ A reload never drops entries, even where a lowered limit is now exceeded.`,
 	return cmd
 }
 
+// agentSignals are the signals the agent handles. Its re-execs (into its
+// own mount namespace at start, and the SIGUSR2 hand-off) block them across
+// execve, so that one arriving before the new process's signal.Notify stays
+// pending for it instead of killing the process, and the store with it, by
+// its default action.
+var agentSignals = []unix.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGUSR2}
+
 // defaultConfig is the configuration file: $CAPD_CONFIG, else
 // policy.DefaultPath.
 func defaultConfig() string {
@@ -119,7 +126,7 @@ func privateMountNS() error {
 		}
 	}
 	env = append(env, nsMarker+"="+pid)
-	entered, err := linux.ExecInNewMountNS(os.Args, env)
+	entered, err := linux.ExecInNewMountNS(os.Args, env, agentSignals)
 	if !entered {
 		return err
 	}
@@ -134,7 +141,7 @@ func runAgent(ctx context.Context, log *slog.Logger, configPath string, missingO
 	// agent restores its store waits for the loop below instead of killing
 	// the process (the default action) with the store in its fd table.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGUSR2)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGUSR2) // unblocks what the re-exec blocked
 	defer signal.Stop(sigs)
 	cfg, err := policy.Load(configPath, missingOK)
 	if err != nil {
@@ -343,7 +350,7 @@ func handoff(log *slog.Logger, srv *agent.Server, l *agent.Listener, served <-ch
 	}
 	env = append(env, "LISTEN_FDS="+strconv.Itoa(len(fds)), "LISTEN_FDNAMES="+strings.Join(names, ":"),
 		"LISTEN_PID="+pid, handoffMarker+"="+pid)
-	err = linux.ExecWithFDs(exe, os.Args, env, fds, false)
+	err = linux.ExecAgentWithFDs(exe, os.Args, env, fds, agentSignals)
 	fmt.Fprintf(os.Stderr, "capd: agent: hand-off: %v\n", err)
 	os.Exit(exitFailure)
 	return nil

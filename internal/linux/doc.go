@@ -1,6 +1,7 @@
 // Package linux wraps the raw Linux system calls capd relies on: pidfds,
 // SO_PEERPIDFD and SO_PEERCRED, PIDFD_GET_INFO, kcmp(2), F_DUPFD_QUERY,
-// memfd_create(2), open_by_handle_at(2) and fd classification.
+// memfd_create(2), open_by_handle_at(2), fd classification and the
+// devices of the kernel's internal mounts (KernelMounts).
 //
 // Every wrapper retries EINTR and returns errors built with
 // os.NewSyscallError, so errors.Is(err, unix.ESRCH) and friends keep working.

@@ -26,6 +26,34 @@ import (
 // (private propagation) with a new /proc mounted hidepid=invisible, so that
 // other users' processes that share it cannot see it in /proc.
 func ExecWithFDs(path string, argv, env []string, fds []int, privateProc bool) error {
+	return execWithFDs(path, argv, env, fds, privateProc, nil)
+}
+
+// ExecAgentWithFDs is ExecWithFDs for the agent re-executing itself: the
+// signals in block are blocked on the exec'ing thread, and so in the new
+// program from its first instruction (execve keeps the signal mask), so
+// that one arriving before the new program installs its handlers stays
+// pending for them instead of killing it by its default action.
+func ExecAgentWithFDs(path string, argv, env []string, fds []int, block []unix.Signal) error {
+	return execWithFDs(path, argv, env, fds, false, block)
+}
+
+// blockSignals blocks sigs on the calling (locked) thread.
+func blockSignals(sigs []unix.Signal) error {
+	if len(sigs) == 0 {
+		return nil
+	}
+	var set unix.Sigset_t
+	for _, s := range sigs {
+		set.Val[(s-1)/64] |= 1 << (uint(s-1) % 64)
+	}
+	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &set, nil); err != nil {
+		return os.NewSyscallError("rt_sigprocmask", err)
+	}
+	return nil
+}
+
+func execWithFDs(path string, argv, env []string, fds []int, privateProc bool, block []unix.Signal) error {
 	runtime.LockOSThread() // never unlocked: this thread execs or dies
 	if err := unix.Unshare(unix.CLONE_FILES); err != nil {
 		return os.NewSyscallError("unshare CLONE_FILES", err)
@@ -60,6 +88,9 @@ func ExecWithFDs(path string, argv, env []string, fds []int, privateProc bool) e
 	if err := unix.CloseRange(uint(3+n), ^uint(0), 0); err != nil {
 		return os.NewSyscallError("close_range", err)
 	}
+	if err := blockSignals(block); err != nil {
+		return err
+	}
 	return os.NewSyscallError("execve "+path, unix.Exec(path, argv, env))
 }
 
@@ -74,7 +105,9 @@ func ExecWithFDs(path string, argv, env []string, fds []int, privateProc bool) e
 // is made private, and that thread execs. ExecInNewMountNS only returns on
 // failure. entered reports whether the calling thread had already left its
 // mount namespace: it is then never unlocked, and the caller should exit.
-func ExecInNewMountNS(argv, env []string) (entered bool, err error) {
+//
+// The signals in block are blocked across the exec, as in ExecAgentWithFDs.
+func ExecInNewMountNS(argv, env []string, block []unix.Signal) (entered bool, err error) {
 	runtime.LockOSThread()
 	if err := unix.Unshare(unix.CLONE_NEWNS | unix.CLONE_FS); err != nil {
 		runtime.UnlockOSThread() // nothing changed on this thread
@@ -88,6 +121,9 @@ func ExecInNewMountNS(argv, env []string) (entered bool, err error) {
 	exe, err := os.Readlink("/proc/self/exe")
 	if err != nil || strings.HasSuffix(exe, " (deleted)") {
 		exe = "/proc/self/exe"
+	}
+	if err := blockSignals(block); err != nil {
+		return true, err
 	}
 	return true, os.NewSyscallError("execve "+exe, unix.Exec(exe, argv, env))
 }

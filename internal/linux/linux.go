@@ -306,3 +306,47 @@ func FdPath(fd int) (string, error) {
 	}
 	return p, nil
 }
+
+// KernelMounts returns the device of each of the kernel's internal mounts
+// whose files belong to no mount namespace, by mount id (the mnt_id of
+// /proc/PID/fdinfo): sockfs, pipefs, the shmem mount behind memfds, pidfs
+// (Linux >= 6.9), nsfs and the anonymous inode mount. It makes one file of
+// each kind, statx(2)s it (none of these file systems leaves the kernel)
+// and closes it. These mounts live as long as the kernel does. Kinds this
+// kernel cannot make are left out and named in the error.
+func KernelMounts() (map[int]uint64, error) {
+	out := make(map[int]uint64)
+	var errs []error
+	add := func(what string, fd int, err error) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", what, err))
+			return
+		}
+		defer Close(fd)
+		var st unix.Statx_t
+		if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &st); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", what, os.NewSyscallError("statx", err)))
+			return
+		}
+		if st.Mask&unix.STATX_MNT_ID != 0 {
+			out[int(st.Mnt_id)] = unix.Mkdev(st.Dev_major, st.Dev_minor)
+		}
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	add("socket", fd, os.NewSyscallError("socket", err))
+	var p [2]int
+	err = unix.Pipe2(p[:], unix.O_CLOEXEC)
+	if err == nil {
+		Close(p[1])
+	}
+	add("pipe", p[0], os.NewSyscallError("pipe2", err))
+	fd, err = MemfdCreate("capd-probe")
+	add("memfd", fd, err)
+	fd, err = PidfdOpen(os.Getpid())
+	add("pidfd", fd, err)
+	fd, err = unix.Open("/proc/self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	add("nsfs", fd, os.NewSyscallError("open /proc/self/ns/net", err))
+	fd, err = unix.Eventfd(0, unix.EFD_CLOEXEC)
+	add("eventfd", fd, os.NewSyscallError("eventfd", err))
+	return out, errors.Join(errs...)
+}

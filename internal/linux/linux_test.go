@@ -58,3 +58,43 @@ func TestFdKind(t *testing.T) {
 		t.Errorf("FdKind(-1) = %q, want unknown", got)
 	}
 }
+
+// KernelMounts knows the mount and device of every kind of file that lives
+// on a kernel-internal mount, and so of any other file of that kind.
+func TestKernelMounts(t *testing.T) {
+	m, err := linux.KernelMounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(sock)
+	mfd, err := linux.MemfdCreate("other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(mfd)
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	pidfd, err := linux.PidfdOpen(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	for what, fd := range map[string]int{"socket": sock, "memfd": mfd, "pipe": p[1], "pidfd": pidfd} {
+		var st unix.Statx_t
+		if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &st); err != nil {
+			t.Fatal(err)
+		}
+		dev, ok := m[int(st.Mnt_id)]
+		if !ok || dev != unix.Mkdev(st.Dev_major, st.Dev_minor) {
+			t.Errorf("%s on mount %d (device %d:%d): KernelMounts has %x, %v (%v)", what, st.Mnt_id, st.Dev_major, st.Dev_minor, dev, ok, m)
+		}
+	}
+}

@@ -25,7 +25,9 @@ import (
 //
 // Cleanup, registered by MountFUSE, resumes and kills the server (ending
 // every request still waiting), lazily unmounts and removes the
-// directories, so nothing is left hanging whatever the test did.
+// directories, so nothing is left hanging whatever the test did. If the
+// test binary dies instead, the server dies with it (PR_SET_PDEATHSIG) and
+// fusermount unmounts (auto_unmount).
 type FUSE struct {
 	Dir    string // the mount point
 	Source string // the directory it mirrors
@@ -58,7 +60,7 @@ func MountFUSE(t testing.TB) *FUSE {
 	}
 	log := &LogBuffer{}
 	f.cmd = exec.Command(bin, "-f", "-q", "--reverse-dirents=no", "--pad-blocks=0",
-		"-o", "allow_other,attr_timeout=0,entry_timeout=0,negative_timeout=0", f.Source, f.Dir)
+		"-o", "allow_other,auto_unmount,attr_timeout=0,entry_timeout=0,negative_timeout=0", f.Source, f.Dir)
 	f.cmd.Stdout, f.cmd.Stderr = log, log
 	f.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := f.cmd.Start(); err != nil {

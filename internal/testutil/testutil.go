@@ -1,9 +1,11 @@
 // Package testutil holds what capd's tests share: an fd-leak check for
-// TestMain, real cgroup v2 directories to run processes in, and building and
-// starting the real capd binary. It is imported only by tests.
+// TestMain, real cgroup v2 directories to run processes in, building and
+// starting the real capd binary, and a FUSE mount whose server a test can
+// stop (MountFUSE). It is imported only by tests.
 //
 // Fd ownership: a Cgroup owns one directory fd (for CLONE_INTO_CGROUP),
-// closed by its cleanup.
+// closed by its cleanup. A FUSE owns its server process and mount, ended by
+// its cleanup; the fds OpenFD returns are the caller's.
 package testutil
 
 import (
