@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/activation"
 	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/proto"
 )
@@ -169,28 +170,15 @@ func acquireExec(cmd *cobra.Command, refs, command []string, optional, privatePr
 }
 
 // inheritedFDs returns the fds passed to capd itself by socket activation
-// (LISTEN_PID is this process, LISTEN_FDS=N: fds 3 to N+2) and their names
-// from LISTEN_FDNAMES, "unknown" where it has none, as sd_listen_fds(3)
-// reads them. Fds that are not open are left out.
+// (LISTEN_PID is this process) and their names, "unknown" where
+// LISTEN_FDNAMES has none, as sd_listen_fds_with_names(3) reads them. Fds
+// that are not open are left out.
 func inheritedFDs() (fds []int, names []string) {
-	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
-		return nil, nil
-	}
-	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
-	if err != nil || n <= 0 || n > 1024 {
-		return nil, nil
-	}
-	given := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
-	for i := range n {
-		fd := 3 + i
-		if !linux.FDOpen(fd) {
-			continue
+	files, _ := activation.Files()
+	for _, f := range files {
+		if linux.FDOpen(f.FD) {
+			fds, names = append(fds, f.FD), append(names, f.Name)
 		}
-		name := "unknown"
-		if len(given) == n && given[i] != "" {
-			name = given[i]
-		}
-		fds, names = append(fds, fd), append(names, name)
 	}
 	return fds, names
 }

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -20,6 +19,7 @@ import (
 	"github.com/capd-dev/capd/agent"
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/activation"
 	"github.com/capd-dev/capd/internal/journal"
 	"github.com/capd-dev/capd/internal/linux"
 )
@@ -362,15 +362,16 @@ func handoff(log *slog.Logger, srv *agent.Server, l *agent.Listener, served <-ch
 func listener(socketPath string) (*agent.Listener, []agent.Stored, error) {
 	var stored []agent.Stored
 	var socks []int
-	for _, f := range activation.Files(true) {
-		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 3)
-		name := f.Name()
-		f.Close()
+	files, _ := activation.Files()
+	activation.Unset()
+	for _, f := range files {
+		fd, err := linux.DupCloexec(f.FD, 3)
+		unix.Close(f.FD)
 		if err != nil {
-			return nil, nil, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", err)
+			return nil, stored, err
 		}
-		if strings.HasPrefix(name, "e-") || strings.HasPrefix(name, "c-") || strings.HasPrefix(name, "capd-meta-") {
-			stored = append(stored, agent.Stored{Name: name, FD: fd})
+		if strings.HasPrefix(f.Name, "e-") || strings.HasPrefix(f.Name, "c-") || strings.HasPrefix(f.Name, "capd-meta-") {
+			stored = append(stored, agent.Stored{Name: f.Name, FD: fd})
 		} else {
 			socks = append(socks, fd)
 		}

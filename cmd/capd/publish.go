@@ -16,6 +16,7 @@ import (
 
 	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/activation"
 	"github.com/capd-dev/capd/internal/proto"
 )
 
@@ -189,22 +190,18 @@ func publishList(names []string, fd int, fdSet, listen bool) ([]toPublish, error
 		}
 	}
 	if listen {
-		if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
-			return nil, usageErr("--listen-fds: capd was not socket-activated (LISTEN_PID is not its pid)")
+		files, named := activation.Files()
+		if files == nil {
+			return nil, usageErr("--listen-fds: capd was not socket-activated (LISTEN_PID is not its pid, or LISTEN_FDS passes no fd)")
 		}
-		n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
-		if err != nil || n <= 0 {
-			return nil, usageErr("--listen-fds: LISTEN_FDS=%q passes no fd", os.Getenv("LISTEN_FDS"))
+		if !named {
+			return nil, usageErr("--listen-fds: LISTEN_FDNAMES does not name the %d fds LISTEN_FDS passes: set FileDescriptorName= in the .socket", len(files))
 		}
-		given := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
-		if len(given) != n {
-			return nil, usageErr("--listen-fds: LISTEN_FDNAMES names %d fds, LISTEN_FDS passes %d: set FileDescriptorName= in the .socket", len(given), n)
-		}
-		for i, name := range given {
-			if name == "unknown" || name == "stored" || name == "" {
-				return nil, usageErr("--listen-fds: fd %d has no name of its own (%q): set FileDescriptorName= in the .socket", 3+i, name)
+		for _, f := range files {
+			if f.Name == "unknown" || f.Name == "stored" {
+				return nil, usageErr("--listen-fds: fd %d has no name of its own (%q): set FileDescriptorName= in the .socket", f.FD, f.Name)
 			}
-			if err := add(name, 3+i); err != nil {
+			if err := add(f.Name, f.FD); err != nil {
 				return nil, err
 			}
 		}
