@@ -375,9 +375,11 @@ func TestPodmanHooksD(t *testing.T) {
 }
 
 // A service hands its fds to a container it starts: capd acquire ... --
-// podman run --preserve-fds N. The container sees them at 3.. with
-// LISTEN_FDS and LISTEN_FDNAMES, and LISTEN_PID=1 (podman rewrites it for
-// the container's pid 1). No hook, no registration: the identity that
+// podman run. podman takes LISTEN_FDS meant for it (LISTEN_PID is its pid,
+// which exec kept) and passes the fds on: no --preserve-fds, which would
+// only make podman warn. The container sees them at 3.. with LISTEN_FDS
+// and LISTEN_FDNAMES, and LISTEN_PID=1 (podman rewrites it for the
+// container's pid 1). No hook, no registration: the identity that
 // acquires is the service.
 func TestPodmanPreserveFDs(t *testing.T) {
 	e := newCtrEnv(t, `
@@ -388,11 +390,14 @@ acquire  = ["rpm-ostreed.service:zincati-fd"]
 	store := t.TempDir()
 	args := []string{"acquire", "rpm-ostreed.service:zincati-fd", "--", "podman", "--root", filepath.Join(store, "root"),
 		"--runroot", filepath.Join(store, "run"), "--tmpdir", filepath.Join(store, "tmp")}
-	args = append(append(append(args, podmanGlobal...), "run", "--rm", "--preserve-fds", "1"), podmanRun...)
+	args = append(append(append(args, podmanGlobal...), "run", "--rm"), podmanRun...)
 	args = append(args, "--rootfs", newRootfs(t), "sh", "-c", `echo "$LISTEN_FDS $LISTEN_FDNAMES $LISTEN_PID"; cat <&3; echo`)
 	r := e.mustRun("db.service", nil, args...)
 	if r.stdout != "1 zincati-fd 1\nsecret\n" {
 		t.Fatalf("container saw %q\nstderr: %s", r.stdout, r.stderr)
+	}
+	if strings.Contains(strings.ToLower(r.stderr), "warn") {
+		t.Errorf("podman warned: %s", r.stderr)
 	}
 	if e.status().Containers != 0 {
 		t.Fatal("a container without the annotation was registered")
