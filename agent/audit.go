@@ -201,6 +201,12 @@ func newAuditor(s *Server, live []*entry, tombs []tombstone) *auditor {
 // index learns the key of every live entry's fd from /proc/self (the agent
 // holds them, so they cannot change under it), groups the entries that
 // share an open file description, and indexes the tombstones by inode.
+//
+// A removed entry's fd is closed, so kcmp cannot confirm a copy of it; its
+// inode can, only for kinds whose inode no unrelated process can open on
+// its own. A regular file, a directory or a device (/dev/null) is opened by
+// anyone, and every pidfd of a process shares one inode: their stale copies
+// are not reported at all rather than reported wrongly.
 func (a *auditor) index() error {
 	self, err := procfs.Open(a.self)
 	if err != nil {
@@ -222,7 +228,7 @@ func (a *auditor) index() error {
 		o.entries = append(o.entries, i)
 	}
 	for i, t := range a.tombs {
-		if t.ino != 0 {
+		if t.ino != 0 && staleCopiesKnowable(t.kind) {
 			a.tombsByIno[t.ino] = append(a.tombsByIno[t.ino], i)
 			a.pathInfo = true
 		}
@@ -505,4 +511,15 @@ func auditFD(rep *proto.AuditReport) (int, error) {
 		return -1, err
 	}
 	return sealedMemfd("capd-audit", b)
+}
+
+// staleCopiesKnowable reports whether a file of kind has an inode that only
+// descendants of its own open (a dup, an SCM_RIGHTS copy, a fork, a reopen
+// of /proc/PID/fd/N) can hold.
+func staleCopiesKnowable(kind string) bool {
+	switch kind {
+	case "memfd", "socket", "pipe", "tmpfile":
+		return true
+	}
+	return false
 }

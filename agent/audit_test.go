@@ -57,10 +57,12 @@ func fileFD(t *testing.T, fd int, name string) *os.File {
 }
 
 // Audit finds copies of every kind of entry, and after a revoke the stale
-// copies of those whose file keeps an identity: memfds and sockets live on
-// kernel-internal mounts that no mountinfo lists, files and O_TMPFILE files
-// on mounts that the holder's does. An eventfd shares the one anonymous
-// inode with every other, so none of its copies is reported once revoked.
+// copies of those whose inode only copies of the entry can hold: memfds,
+// sockets and pipes (on kernel-internal mounts that no mountinfo lists) and
+// O_TMPFILE files (on mounts the holder's mountinfo lists). A regular
+// file, which anyone may open, a pidfd, whose inode every pidfd of the
+// process shares, and an eventfd, whose anonymous inode every eventfd
+// shares, report no stale copies: nothing could confirm them.
 func TestAuditKinds(t *testing.T) {
 	s := startServer(t, policy.Default())
 	c, err := client.Dial(s.path)
@@ -111,9 +113,9 @@ func TestAuditKinds(t *testing.T) {
 		{"memfd", fileFD(t, mfd, "memfd"), true},
 		{"socket", fileFD(t, sp[0], "socket"), true},
 		{"pipe", fileFD(t, p[0], "pipe"), true},
-		{"pidfd", fileFD(t, pidfd, "pidfd"), true},
+		{"pidfd", fileFD(t, pidfd, "pidfd"), false}, // every pidfd of the process shares the inode
 		{"tmpfile", fileFD(t, tmp, "tmpfile"), true},
-		{"file", plain, true},
+		{"file", plain, false}, // anyone may open the same file
 		{"eventfd", fileFD(t, ev, "eventfd"), false},
 	}
 	var files []*os.File

@@ -41,8 +41,8 @@ func holders(entries []client.AuditEntryReport, owner, name string) map[int]clie
 
 // audit finds exactly the processes holding an entry's open file
 // description (not a process that opened the same file anew), says who
-// they are and whether they are exposed, and after a revoke lists the
-// stale copies.
+// they are and whether they are exposed, and after a revoke reports no
+// stale copy it cannot confirm.
 func TestAudit(t *testing.T) {
 	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
 	f := tempFile(t, "secret")
@@ -102,9 +102,12 @@ func TestAudit(t *testing.T) {
 	if len(holders(rep.Entries, "rpm-ostreed.service", "zincati-fd")) != 0 {
 		t.Fatal("a revoked entry is still live")
 	}
-	stale := holders(rep.Removed, "rpm-ostreed.service", "zincati-fd")
-	if _, ok := stale[cons.Process.Pid]; !ok {
-		t.Fatalf("after revoke, stale holders %+v lack the consumer", stale)
+	// A regular file's stale copies cannot be told from the same file
+	// opened anew once the agent's copy is closed (kcmp needs it): none is
+	// reported, least of all the other opener (agent/audit_test.go checks
+	// the kinds whose stale copies are known).
+	if stale := holders(rep.Removed, "rpm-ostreed.service", "zincati-fd"); len(stale) != 0 {
+		t.Fatalf("after revoke, unconfirmable stale holders reported: %+v", stale)
 	}
 	expectFail(t, e.runAs("", 65534, nil, "audit"), 4, "host administrator")
 }

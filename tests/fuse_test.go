@@ -198,12 +198,11 @@ func TestAuditWithStoppedFUSE(t *testing.T) {
 		t.Errorf("consumer %+v", c)
 	}
 
+	// After a revoke audit still answers; a regular file's stale copies
+	// cannot be confirmed, so none is reported.
 	e.mustRun("rpm-ostreed.service", nil, "revoke", "zincati-fd")
-	stale := holders(e.auditWithin(20*time.Second, "after a revoke, with the FUSE server stopped").Removed, "rpm-ostreed.service", "zincati-fd")
-	for _, pid := range []int{cons.Process.Pid, holder.Process.Pid} {
-		if _, ok := stale[pid]; !ok {
-			t.Errorf("stale holders %+v lack %d", stale, pid)
-		}
+	if stale := holders(e.auditWithin(20*time.Second, "after a revoke, with the FUSE server stopped").Removed, "rpm-ostreed.service", "zincati-fd"); len(stale) != 0 {
+		t.Errorf("unconfirmable stale holders reported: %+v", stale)
 	}
 }
 
