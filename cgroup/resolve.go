@@ -3,7 +3,6 @@ package cgroup
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 
@@ -38,9 +37,9 @@ func NewResolver() (*Resolver, error) {
 	if err != nil {
 		return nil, err
 	}
-	fd, err := unix.Open(mount, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, err := linux.Open(mount, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open cgroup v2 mount %s: %w", mount, os.NewSyscallError("open", err))
+		return nil, fmt.Errorf("open cgroup v2 mount: %w", err)
 	}
 	return &Resolver{mount: mount, mountFD: fd}, nil
 }

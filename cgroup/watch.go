@@ -121,14 +121,14 @@ type parent struct {
 // the watcher's goroutine, without the watcher's lock held; it may call Add
 // and Remove.
 func NewWatcher(mount string, onEmpty func(path string, epoch uint64)) (*Watcher, error) {
-	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	fd, err := linux.InotifyInit1(unix.IN_NONBLOCK)
 	if err != nil {
-		return nil, os.NewSyscallError("inotify_init1", err)
+		return nil, err
 	}
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	wake, err := linux.Eventfd(0, 0)
 	if err != nil {
 		linux.Close(fd)
-		return nil, os.NewSyscallError("eventfd", err)
+		return nil, err
 	}
 	w := &Watcher{
 		mount:   mount,
@@ -181,7 +181,7 @@ func (w *Watcher) Add(p string) (epoch uint64, populated, recreated bool, err er
 	// Add the watch every time: on the same inode the kernel returns the
 	// same wd; a new wd means the cgroup at p was removed and created
 	// again since (a restarted service), and the old watch is stale.
-	wd, err := unix.InotifyAddWatch(w.fd, dir+"/cgroup.events", unix.IN_MODIFY)
+	wd, err := linux.InotifyAddWatch(w.fd, dir+"/cgroup.events", unix.IN_MODIFY)
 	switch {
 	case errors.Is(err, unix.ENOENT):
 		// Removed: not populated, and nothing to watch.
@@ -189,11 +189,11 @@ func (w *Watcher) Add(p string) (epoch uint64, populated, recreated bool, err er
 		if wt.refs == 0 {
 			w.dropLocked(wt)
 		}
-		return 0, false, false, fmt.Errorf("watch cgroup %s: %w", p, os.NewSyscallError("inotify_add_watch", err))
+		return 0, false, false, fmt.Errorf("watch cgroup %s: %w", p, err)
 	case int32(wd) != wt.wd:
 		if wt.wd >= 0 {
 			delete(w.wds, wt.wd)
-			unix.InotifyRmWatch(w.fd, uint32(wt.wd))
+			linux.InotifyRmWatch(w.fd, uint32(wt.wd))
 			if wt.refs > 0 {
 				w.epoch++
 				wt.epoch = w.epoch
@@ -203,7 +203,7 @@ func (w *Watcher) Add(p string) (epoch uint64, populated, recreated bool, err er
 		wt.wd = int32(wd)
 		w.wds[wt.wd] = wt
 		var st unix.Stat_t
-		if unix.Stat(dir, &st) == nil {
+		if linux.Stat(dir, &st) == nil {
 			wt.ino = st.Ino
 		}
 	}
@@ -241,7 +241,7 @@ func (w *Watcher) dropLocked(wt *watch) {
 		delete(pa.children, name)
 		if len(pa.children) == 0 {
 			delete(w.pwds, pa.wd)
-			unix.InotifyRmWatch(w.fd, uint32(pa.wd))
+			linux.InotifyRmWatch(w.fd, uint32(pa.wd))
 			delete(w.parents, pp)
 		}
 	}
@@ -252,7 +252,7 @@ func (w *Watcher) dropLocked(wt *watch) {
 func (w *Watcher) unwatchLocked(wt *watch) {
 	if wt.wd >= 0 {
 		delete(w.wds, wt.wd)
-		unix.InotifyRmWatch(w.fd, uint32(wt.wd))
+		linux.InotifyRmWatch(w.fd, uint32(wt.wd))
 		wt.wd = -1
 	}
 }
@@ -263,9 +263,9 @@ func (w *Watcher) addParentLocked(wt *watch) error {
 	pp := path.Clean(dir)
 	pa := w.parents[pp]
 	if pa == nil {
-		wd, err := unix.InotifyAddWatch(w.fd, w.dir(pp), unix.IN_DELETE|unix.IN_ONLYDIR)
+		wd, err := linux.InotifyAddWatch(w.fd, w.dir(pp), unix.IN_DELETE|unix.IN_ONLYDIR)
 		if err != nil {
-			return fmt.Errorf("watch cgroup %s: %w", pp, os.NewSyscallError("inotify_add_watch", err))
+			return fmt.Errorf("watch cgroup %s: %w", pp, err)
 		}
 		pa = &parent{path: pp, wd: int32(wd), children: make(map[string]*watch)}
 		w.parents[pp] = pa
@@ -287,7 +287,7 @@ func (w *Watcher) Len() int {
 func (w *Watcher) Close() error {
 	var one [8]byte
 	one[0] = 1
-	unix.Write(w.wake, one[:])
+	linux.Write(w.wake, one[:])
 	<-w.done
 	linux.Close(w.wake)
 	return linux.Close(w.fd)
@@ -305,13 +305,13 @@ func (w *Watcher) run() {
 	var out []fired
 	for {
 		fds[0].Revents, fds[1].Revents = 0, 0
-		if _, err := unix.Poll(fds, -1); err != nil && !errors.Is(err, unix.EINTR) {
+		if _, err := linux.Poll(fds, -1); err != nil {
 			return
 		}
 		if fds[1].Revents != 0 {
 			return
 		}
-		n, err := unix.Read(w.fd, buf)
+		n, err := linux.Read(w.fd, buf)
 		if err != nil || n <= 0 {
 			continue // EAGAIN: another reader (none) or spurious wakeup
 		}
@@ -356,7 +356,7 @@ func (w *Watcher) handle(b []byte, out []fired) []fired {
 			// event is about the old one, which Add accounted for.
 			if wt := pa.children[name]; wt != nil && ev.Mask&unix.IN_DELETE != 0 {
 				var st unix.Stat_t
-				if unix.Stat(w.dir(wt.path), &st) == nil && st.Ino == wt.ino && wt.wd >= 0 {
+				if linux.Stat(w.dir(wt.path), &st) == nil && st.Ino == wt.ino && wt.wd >= 0 {
 					continue
 				}
 				w.unwatchLocked(wt)

@@ -70,23 +70,17 @@ func DialDeadline(path string, deadline time.Time) (*Client, error) {
 // connect opens a new connection, with the socket timeouts armed before
 // connect(2) (SO_SNDTIMEO bounds waiting for room in a full backlog).
 func (c *Client) connect() (int, error) {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	fd, err := linux.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET, 0)
 	if err != nil {
-		return -1, os.NewSyscallError("socket", err)
+		return -1, err
 	}
 	if err := c.arm(fd); err != nil {
 		linux.Close(fd)
 		return -1, fmt.Errorf("connect to capd agent at %s: %w", c.path, err)
 	}
-	for {
-		err = unix.Connect(fd, &unix.SockaddrUnix{Name: c.path})
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
-	if err != nil {
+	if err := linux.Connect(fd, &unix.SockaddrUnix{Name: c.path}); err != nil {
 		linux.Close(fd)
-		return -1, fmt.Errorf("connect to capd agent at %s: %w", c.path, c.timedOut(os.NewSyscallError("connect", err)))
+		return -1, fmt.Errorf("connect to capd agent at %s: %w", c.path, c.timedOut(err))
 	}
 	return fd, nil
 }
@@ -116,13 +110,10 @@ func setTimeouts(fd int, d time.Duration) error {
 		d = time.Microsecond // a zero timeval means no timeout at all
 	}
 	tv := unix.NsecToTimeval(d.Nanoseconds())
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return os.NewSyscallError("setsockopt SO_RCVTIMEO", err)
+	if err := linux.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return err
 	}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
-		return os.NewSyscallError("setsockopt SO_SNDTIMEO", err)
-	}
-	return nil
+	return linux.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
 }
 
 // timedOut marks err as ErrTimeout when it is the EAGAIN that a socket

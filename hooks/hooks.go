@@ -20,7 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -193,9 +192,9 @@ func hardenOnly(id string, pid int, bundle string) error {
 		return err
 	}
 	return nsenter.MountNS(pidfd, func() error {
-		rootfd, err := unix.Open(b.Root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		rootfd, err := linux.Open(b.Root, unix.O_PATH|unix.O_DIRECTORY, 0)
 		if err != nil {
-			return &os.PathError{Op: "open", Path: b.Root, Err: err}
+			return err
 		}
 		defer linux.Close(rootfd)
 		if err := hideProcesses(rootfd, b, hostProc); err != nil {
@@ -220,8 +219,8 @@ func hideProcesses(rootfd int, b *oci.Bundle, hostProc uint64) error {
 	}
 	defer linux.Close(proc)
 	var st unix.Stat_t
-	if err := unix.Fstat(proc, &st); err != nil {
-		return os.NewSyscallError("fstat /proc", err)
+	if err := linux.Fstat(proc, &st); err != nil {
+		return fmt.Errorf("the container's /proc: %w", err)
 	}
 	if st.Dev == hostProc {
 		return errors.New("the container's /proc is the host's procfs: not hiding processes there (it would hide them on the host)")
@@ -235,8 +234,8 @@ func hideProcesses(rootfd int, b *oci.Bundle, hostProc uint64) error {
 // procDev returns the device of the runtime's own /proc.
 func procDev() (uint64, error) {
 	var st unix.Stat_t
-	if err := unix.Stat("/proc", &st); err != nil {
-		return 0, os.NewSyscallError("stat /proc", err)
+	if err := linux.Stat("/proc", &st); err != nil {
+		return 0, err
 	}
 	return st.Dev, nil
 }
@@ -279,9 +278,9 @@ func expose(pidfd int, b *oci.Bundle, socket string) error {
 			}
 			return fd, err
 		}
-		rootfd, err := open(unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0))
+		rootfd, err := open(linux.Open(root, unix.O_PATH|unix.O_DIRECTORY, 0))
 		if err != nil {
-			return &os.PathError{Op: "open", Path: root, Err: err}
+			return err
 		}
 		run, err := open(linux.MkdirInRoot(rootfd, "run", 0o755))
 		if err != nil {

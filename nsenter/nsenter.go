@@ -16,10 +16,11 @@ package nsenter
 
 import (
 	"fmt"
-	"os"
 	"runtime"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/capd-dev/capd/internal/linux"
 )
 
 // MountNS runs fn in the mount namespace of the process behind pidfd and
@@ -32,12 +33,12 @@ func MountNS(pidfd int, fn func() error) error {
 	go func() {
 		runtime.LockOSThread()
 		// No UnlockOSThread: the thread leaves with the goroutine.
-		if err := unix.Unshare(unix.CLONE_FS); err != nil {
-			done <- os.NewSyscallError("unshare CLONE_FS", err)
+		if err := linux.Unshare(unix.CLONE_FS); err != nil {
+			done <- err
 			return
 		}
-		if err := unix.Setns(pidfd, unix.CLONE_NEWNS); err != nil {
-			done <- fmt.Errorf("enter mount namespace: %w", os.NewSyscallError("setns", err))
+		if err := linux.Setns(pidfd, unix.CLONE_NEWNS); err != nil {
+			done <- fmt.Errorf("enter mount namespace: %w", err)
 			return
 		}
 		done <- fn()

@@ -17,6 +17,7 @@ import (
 	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/client"
 	"github.com/capd-dev/capd/internal/activation"
+	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/proto"
 )
 
@@ -127,8 +128,8 @@ with '-- COMMAND'.`,
 			}
 			// Every fd the caller passed stays open across exec (none carries
 			// FD_CLOEXEC), and so does the environment.
-			err = unix.Exec(path, command, os.Environ())
-			return &exitError{code: exitCannotExec, err: fmt.Errorf("publish: exec %s: %w", path, err)}
+			err = linux.Execve(path, command, os.Environ())
+			return &exitError{code: exitCannotExec, err: fmt.Errorf("publish: %w", err)}
 		},
 	}
 	cmd.Flags().IntVar(&fd, "fd", 0, "the fd to publish under a NAME without =FD, as the caller passed it to capd (default stdin)")
@@ -243,7 +244,7 @@ func inheritedFD(n int) (*os.File, error) {
 	if n < 0 {
 		return nil, usageErr("--fd must be a file descriptor number, not %d", n)
 	}
-	flags, err := unix.FcntlInt(uintptr(n), unix.F_GETFD, 0)
+	flags, err := linux.FcntlGetFD(n)
 	if err != nil || flags&unix.FD_CLOEXEC != 0 {
 		return nil, usageErr("fd %d is not open in the caller (pass it to capd, e.g. '%d<file')", n, n)
 	}

@@ -1,9 +1,14 @@
 // Package linux wraps the raw Linux system calls capd relies on: pidfds,
 // SO_PEERPIDFD and SO_PEERCRED, PIDFD_GET_INFO, kcmp(2), F_DUPFD_QUERY,
 // memfd_create(2), open_by_handle_at(2), fd classification and the
-// devices of the kernel's internal mounts (KernelMounts).
+// devices of the kernel's internal mounts (KernelMounts); and, for the
+// packages outside internal/, thin wrappers named after the system call
+// they make (Socket, Connect, SetsockoptTimeval, Open, Stat, Fstat, Read,
+// Write, FcntlGetFD, Poll, Eventfd, InotifyInit1, InotifyAddWatch,
+// InotifyRmWatch, Unshare, Setns, Execve).
 //
-// Every wrapper retries EINTR and returns errors built with
+// Every wrapper retries EINTR where its system call can fail with it
+// (never close(2): see Close) and returns errors built with
 // os.NewSyscallError, so errors.Is(err, unix.ESRCH) and friends keep working.
 //
 // Fd ownership: functions that return an int fd hand its ownership to the

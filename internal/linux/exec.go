@@ -91,7 +91,7 @@ func execWithFDs(path string, argv, env []string, fds []int, privateProc bool, b
 	if err := blockSignals(block); err != nil {
 		return err
 	}
-	return os.NewSyscallError("execve "+path, unix.Exec(path, argv, env))
+	return Execve(path, argv, env)
 }
 
 // ExecInNewMountNS re-executes the running binary with argv and env in a
@@ -125,7 +125,14 @@ func ExecInNewMountNS(argv, env []string, block []unix.Signal) (entered bool, er
 	if err := blockSignals(block); err != nil {
 		return true, err
 	}
-	return true, os.NewSyscallError("execve "+exe, unix.Exec(exe, argv, env))
+	return true, Execve(exe, argv, env)
+}
+
+// Execve replaces the process image with path, argv and env (execve(2))
+// and only returns on failure. Fds without FD_CLOEXEC stay open in the new
+// program. Errors name the path: "execve PATH".
+func Execve(path string, argv, env []string) error {
+	return os.NewSyscallError("execve "+path, unix.Exec(path, argv, env))
 }
 
 // FDOpen reports whether fd is open in the calling process.

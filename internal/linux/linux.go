@@ -48,13 +48,10 @@ func PeerCred(sock int) (*unix.Ucred, error) {
 // It fails with ESRCH when the process has exited, and with ENOTTY or EINVAL
 // on kernels without the ioctl.
 func PidfdGetInfo(pidfd int, mask uint64) (*unix.PidfdInfo, error) {
-	info := &unix.PidfdInfo{Mask: mask}
+	info := new(unix.PidfdInfo)
 	err := ignoringEINTR(func() error {
-		_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(pidfd), unix.PIDFD_GET_INFO, uintptr(unsafe.Pointer(info)))
-		if e != 0 {
-			return e
-		}
-		return nil
+		*info = unix.PidfdInfo{Mask: mask}
+		return unix.IoctlPidfdInfo(pidfd, info)
 	})
 	if err != nil {
 		return nil, os.NewSyscallError("ioctl PIDFD_GET_INFO", err)

@@ -201,3 +201,56 @@ func parseProcStatus(b []byte) (ProcStatus, error) {
 
 // HasCap reports whether the effective set holds capability bit c.
 func (s ProcStatus) HasCap(c uint) bool { return s.CapEff&(1<<c) != 0 }
+
+// Unshare gives the calling thread its own copy of what flags name
+// (unshare(2)): CLONE_FS, CLONE_FILES, CLONE_NEWNS, ... Lock the thread
+// first (runtime.LockOSThread). Errors name the flags: "unshare CLONE_FS".
+func Unshare(flags int) error {
+	if err := unix.Unshare(flags); err != nil {
+		return os.NewSyscallError("unshare "+cloneFlagNames(flags), err)
+	}
+	return nil
+}
+
+// Setns moves the calling thread into the namespace fd names, a namespace
+// file or a pidfd (setns(2)); nstype is 0 or the CLONE_NEW* kind that fd
+// must be. Lock the thread first.
+func Setns(fd, nstype int) error {
+	if err := unix.Setns(fd, nstype); err != nil {
+		return os.NewSyscallError("setns", err)
+	}
+	return nil
+}
+
+var cloneFlags = []struct {
+	flag int
+	name string
+}{
+	{unix.CLONE_FILES, "CLONE_FILES"},
+	{unix.CLONE_FS, "CLONE_FS"},
+	{unix.CLONE_NEWCGROUP, "CLONE_NEWCGROUP"},
+	{unix.CLONE_NEWIPC, "CLONE_NEWIPC"},
+	{unix.CLONE_NEWNET, "CLONE_NEWNET"},
+	{unix.CLONE_NEWNS, "CLONE_NEWNS"},
+	{unix.CLONE_NEWPID, "CLONE_NEWPID"},
+	{unix.CLONE_NEWTIME, "CLONE_NEWTIME"},
+	{unix.CLONE_NEWUSER, "CLONE_NEWUSER"},
+	{unix.CLONE_NEWUTS, "CLONE_NEWUTS"},
+	{unix.CLONE_SYSVSEM, "CLONE_SYSVSEM"},
+}
+
+// cloneFlagNames spells flags as "CLONE_FS|CLONE_NEWNS", with unnamed bits
+// in hex.
+func cloneFlagNames(flags int) string {
+	var names []string
+	for _, f := range cloneFlags {
+		if flags&f.flag != 0 {
+			names = append(names, f.name)
+			flags &^= f.flag
+		}
+	}
+	if flags != 0 || len(names) == 0 {
+		names = append(names, fmt.Sprintf("%#x", flags))
+	}
+	return strings.Join(names, "|")
+}
