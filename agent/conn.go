@@ -37,7 +37,7 @@ type conn struct {
 func (c *conn) shutdown() {
 	c.mu.Lock()
 	if c.fd >= 0 {
-		unix.Shutdown(c.fd, unix.SHUT_RD)
+		linux.Shutdown(c.fd, unix.SHUT_RD)
 	}
 	c.mu.Unlock()
 }

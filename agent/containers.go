@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/capd-dev/capd/cgroup"
+	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/proto"
 )
 
@@ -83,7 +84,7 @@ func (r *registry) overlapping(p string) string {
 // cgroupID returns the inode of cgroup p's directory.
 func (r *registry) cgroupID(p string) (uint64, error) {
 	var st unix.Stat_t
-	if err := unix.Stat(r.abs(p), &st); err != nil {
+	if err := linux.Stat(r.abs(p), &st); err != nil {
 		return 0, fmt.Errorf("cgroup %s: %w", p, err)
 	}
 	return st.Ino, nil

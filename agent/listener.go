@@ -36,28 +36,28 @@ func Listen(path string) (*Listener, error) {
 	if err := removeStale(path); err != nil {
 		return nil, err
 	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	fd, err := linux.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET, 0)
 	if err != nil {
-		return nil, os.NewSyscallError("socket", err)
+		return nil, err
 	}
 	// Bind under a restrictive umask, then open up: no window in which the
 	// socket exists with other permissions than intended.
-	old := unix.Umask(0o177)
-	err = unix.Bind(fd, &unix.SockaddrUnix{Name: path})
-	unix.Umask(old)
+	old := linux.Umask(0o177)
+	err = linux.Bind(fd, &unix.SockaddrUnix{Name: path})
+	linux.Umask(old)
 	if err != nil {
 		linux.Close(fd)
-		return nil, fmt.Errorf("bind %s: %w", path, os.NewSyscallError("bind", err))
+		return nil, fmt.Errorf("bind %s: %w", path, err)
 	}
 	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
+	if err := linux.Stat(path, &st); err != nil {
 		linux.Close(fd)
-		return nil, os.NewSyscallError("stat", err)
+		return nil, err
 	}
 	l := &Listener{fd: fd, path: path, ino: st.Ino}
-	if err := unix.Listen(fd, 128); err != nil {
+	if err := linux.Listen(fd, 128); err != nil {
 		l.Close()
-		return nil, os.NewSyscallError("listen", err)
+		return nil, err
 	}
 	// Only root can connect until now; from here on everyone can, and
 	// connections queue until Serve accepts them.
@@ -71,16 +71,19 @@ func Listen(path string) (*Listener, error) {
 // FileListener adopts an inherited listening socket (socket activation). It
 // takes ownership of fd.
 func FileListener(fd int) (*Listener, error) {
-	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	typ, err := linux.SocketType(fd)
 	if err != nil {
 		linux.Close(fd)
-		return nil, os.NewSyscallError("getsockopt SO_TYPE", err)
+		return nil, err
 	}
 	if typ != unix.SOCK_SEQPACKET {
 		linux.Close(fd)
 		return nil, fmt.Errorf("inherited fd %d is not a SOCK_SEQPACKET socket (use ListenSequentialPacket=)", fd)
 	}
-	unix.CloseOnExec(fd)
+	if err := linux.SetCloexec(fd); err != nil {
+		linux.Close(fd)
+		return nil, err
+	}
 	return &Listener{fd: fd}, nil
 }
 
@@ -95,12 +98,12 @@ func removeStale(path string) error {
 	if fi.Mode().Type() != os.ModeSocket {
 		return fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
 	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	fd, err := linux.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET, 0)
 	if err != nil {
-		return os.NewSyscallError("socket", err)
+		return err
 	}
 	defer linux.Close(fd)
-	err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+	err = linux.Connect(fd, &unix.SockaddrUnix{Name: path})
 	switch {
 	case err == nil, errors.Is(err, unix.EAGAIN):
 		return fmt.Errorf("%s: %w", path, ErrAgentRunning)
@@ -110,7 +113,7 @@ func removeStale(path string) error {
 		}
 		return nil
 	default:
-		return fmt.Errorf("probe %s: %w", path, os.NewSyscallError("connect", err))
+		return fmt.Errorf("probe %s: %w", path, err)
 	}
 }
 
@@ -122,7 +125,7 @@ func (l *Listener) FD() int { return l.fd }
 func (l *Listener) Close() error {
 	if l.path != "" {
 		var st unix.Stat_t
-		if unix.Stat(l.path, &st) == nil && st.Ino == l.ino {
+		if linux.Stat(l.path, &st) == nil && st.Ino == l.ino {
 			os.Remove(l.path)
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path"
 	"slices"
 	"sort"
@@ -230,10 +229,10 @@ func sealedMemfd(name string, b []byte) (int, error) {
 		return -1, err
 	}
 	for off := 0; off < len(b); {
-		n, err := unix.Write(fd, b[off:])
+		n, err := linux.Write(fd, b[off:])
 		if err != nil {
 			linux.Close(fd)
-			return -1, os.NewSyscallError("write", err)
+			return -1, err
 		}
 		off += n
 	}
@@ -246,24 +245,24 @@ func sealedMemfd(name string, b []byte) (int, error) {
 
 // readMeta reads a metadata memfd, which must be sealed against writes.
 func readMeta(fd int) (*meta, error) {
-	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	seals, err := linux.Seals(fd)
 	if err != nil {
-		return nil, fmt.Errorf("not a memfd: %w", os.NewSyscallError("fcntl F_GET_SEALS", err))
+		return nil, fmt.Errorf("not a memfd: %w", err)
 	}
 	const want = unix.F_SEAL_SEAL | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE
 	if seals&want != want {
 		return nil, fmt.Errorf("memfd is not sealed (seals %#x)", seals)
 	}
 	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, os.NewSyscallError("fstat", err)
+	if err := linux.Fstat(fd, &st); err != nil {
+		return nil, err
 	}
 	if st.Size > maxMeta {
 		return nil, fmt.Errorf("metadata of %d bytes is larger than %d", st.Size, maxMeta)
 	}
 	b := make([]byte, st.Size)
-	if _, err := unix.Pread(fd, b, 0); err != nil {
-		return nil, os.NewSyscallError("pread", err)
+	if _, err := linux.Pread(fd, b, 0); err != nil {
+		return nil, err
 	}
 	return decodeMeta(b)
 }

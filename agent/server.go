@@ -72,10 +72,10 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	wake, err := linux.Eventfd(0, 0)
 	if err != nil {
 		r.Close()
-		return nil, os.NewSyscallError("eventfd", err)
+		return nil, err
 	}
 	s := &Server{
 		log:      log,
@@ -235,11 +235,8 @@ func (s *Server) Serve(l *Listener) error {
 	fds := []unix.PollFd{{Fd: int32(l.fd), Events: unix.POLLIN}, {Fd: int32(s.wake), Events: unix.POLLIN}}
 	for {
 		fds[0].Revents, fds[1].Revents = 0, 0
-		if _, err := unix.Poll(fds, -1); err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return os.NewSyscallError("poll", err)
+		if _, err := linux.Poll(fds, -1); err != nil {
+			return err
 		}
 		if fds[1].Revents != 0 {
 			return nil
@@ -247,17 +244,17 @@ func (s *Server) Serve(l *Listener) error {
 		if fds[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 {
 			return fmt.Errorf("listening socket failed (revents %#x)", fds[0].Revents)
 		}
-		nfd, _, err := unix.Accept4(l.fd, unix.SOCK_CLOEXEC)
+		nfd, err := linux.Accept4(l.fd)
 		if err != nil {
 			switch {
-			case errors.Is(err, unix.EINTR), errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ECONNABORTED):
+			case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ECONNABORTED):
 				continue
 			case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE), errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
 				s.log.Warn("accept failed; backing off", "err", err)
 				time.Sleep(100 * time.Millisecond)
 				continue
 			}
-			return os.NewSyscallError("accept4", err)
+			return err
 		}
 		s.admit(nfd)
 	}
@@ -317,7 +314,7 @@ func refuse(nfd int, reason string) {
 	m.String(proto.AttrMessage, reason)
 	setTimeout(nfd, unix.SO_SNDTIMEO, 100*time.Millisecond)
 	fdpass.Send(nfd, m.Bytes())
-	unix.Shutdown(nfd, unix.SHUT_RD)
+	linux.Shutdown(nfd, unix.SHUT_RD)
 	oob := make([]byte, fdpass.OOBSize(maxRecvFDs))
 	var fdbuf [maxRecvFDs]int
 	for range 64 { // a client has at most a few requests queued
@@ -384,7 +381,7 @@ func (s *Server) Drain(ctx context.Context) error {
 	close(s.quit)
 	var one [8]byte
 	one[0] = 1
-	unix.Write(s.wake, one[:])
+	linux.Write(s.wake, one[:])
 	for c := range s.conns {
 		c.shutdown()
 	}
@@ -421,5 +418,5 @@ func (s *Server) Close() error {
 
 func setTimeout(fd, opt int, d time.Duration) error {
 	tv := unix.NsecToTimeval(d.Nanoseconds())
-	return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, opt, &tv)
+	return linux.SetsockoptTimeval(fd, unix.SOL_SOCKET, opt, &tv)
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -17,6 +16,7 @@ import (
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/internal/closer"
+	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/proto"
 )
 
@@ -411,9 +411,9 @@ func (s *store) revoke(owner, name string, may func(*entry) error, shutdown bool
 		return "", proto.Errorf(proto.CodeInvalidRequest, "%s:%s is a %s, not a socket: shutdown cannot reach its other holders (revoke without it)", owner, name, e.kind)
 	}
 	if shutdown {
-		if err := unix.Shutdown(e.fd, unix.SHUT_RDWR); err != nil && !errors.Is(err, unix.ENOTCONN) {
+		if err := linux.Shutdown(e.fd, unix.SHUT_RDWR); err != nil && !errors.Is(err, unix.ENOTCONN) {
 			s.mu.Unlock()
-			return "", fmt.Errorf("shutdown %s:%s: %w", owner, name, os.NewSyscallError("shutdown", err))
+			return "", fmt.Errorf("shutdown %s:%s: %w", owner, name, err)
 		}
 	}
 	s.removeLocked(e)

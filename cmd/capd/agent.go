@@ -166,7 +166,7 @@ func runAgent(ctx context.Context, log *slog.Logger, configPath string, missingO
 	l, stored, err := listener(socketPath)
 	if err != nil {
 		for _, st := range stored {
-			unix.Close(st.FD)
+			linux.Close(st.FD)
 		}
 		return err
 	}
@@ -366,7 +366,7 @@ func listener(socketPath string) (*agent.Listener, []agent.Stored, error) {
 	activation.Unset()
 	for _, f := range files {
 		fd, err := linux.DupCloexec(f.FD, 3)
-		unix.Close(f.FD)
+		linux.Close(f.FD)
 		if err != nil {
 			return nil, stored, err
 		}
@@ -388,7 +388,7 @@ func listener(socketPath string) (*agent.Listener, []agent.Stored, error) {
 		return l, stored, err
 	}
 	for _, fd := range socks {
-		unix.Close(fd)
+		linux.Close(fd)
 	}
 	return nil, stored, fmt.Errorf("systemd passed %d sockets; capd takes exactly one", len(socks))
 }

@@ -140,3 +140,37 @@ func InotifyRmWatch(fd int, wd uint32) error {
 	}
 	return nil
 }
+
+// Pread reads from fd at off (pread(2)), retrying EINTR.
+func Pread(fd int, b []byte, off int64) (int, error) {
+	var n int
+	err := ignoringEINTR(func() (err error) {
+		n, err = unix.Pread(fd, b, off)
+		return err
+	})
+	if err != nil {
+		return n, os.NewSyscallError("pread", err)
+	}
+	return n, nil
+}
+
+// Seals returns the seals of a memfd (fcntl F_GET_SEALS).
+func Seals(fd int) (int, error) {
+	s, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	if err != nil {
+		return 0, os.NewSyscallError("fcntl F_GET_SEALS", err)
+	}
+	return s, nil
+}
+
+// SetCloexec sets FD_CLOEXEC on fd (fcntl F_SETFD).
+func SetCloexec(fd int) error {
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+		return os.NewSyscallError("fcntl F_SETFD", err)
+	}
+	return nil
+}
+
+// Umask sets the process's file mode creation mask and returns the old one
+// (umask(2), which cannot fail).
+func Umask(mask int) int { return unix.Umask(mask) }

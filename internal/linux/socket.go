@@ -51,3 +51,52 @@ func sockoptName(level, opt int) string {
 	}
 	return fmt.Sprintf("level %d option %d", level, opt)
 }
+
+// Shutdown shuts down part or all of a full-duplex connection
+// (shutdown(2)); how is unix.SHUT_RD, SHUT_WR or SHUT_RDWR.
+func Shutdown(sock, how int) error {
+	if err := unix.Shutdown(sock, how); err != nil {
+		return os.NewSyscallError("shutdown", err)
+	}
+	return nil
+}
+
+// Bind binds sock to sa (bind(2)).
+func Bind(sock int, sa unix.Sockaddr) error {
+	if err := unix.Bind(sock, sa); err != nil {
+		return os.NewSyscallError("bind", err)
+	}
+	return nil
+}
+
+// Listen marks sock as accepting connections (listen(2)).
+func Listen(sock, backlog int) error {
+	if err := unix.Listen(sock, backlog); err != nil {
+		return os.NewSyscallError("listen", err)
+	}
+	return nil
+}
+
+// Accept4 accepts a connection on sock with SOCK_CLOEXEC (accept4(2)),
+// retrying EINTR. EAGAIN, ECONNABORTED and the fd limits come back as
+// they are, wrapped: the caller decides.
+func Accept4(sock int) (int, error) {
+	var fd int
+	err := ignoringEINTR(func() (err error) {
+		fd, _, err = unix.Accept4(sock, unix.SOCK_CLOEXEC)
+		return err
+	})
+	if err != nil {
+		return -1, os.NewSyscallError("accept4", err)
+	}
+	return fd, nil
+}
+
+// SocketType returns the type of socket sock (SO_TYPE).
+func SocketType(sock int) (int, error) {
+	t, err := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return 0, os.NewSyscallError("getsockopt SO_TYPE", err)
+	}
+	return t, nil
+}
