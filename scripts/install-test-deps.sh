@@ -9,6 +9,7 @@ packages=(
   busybox-static  # the test containers' rootfs
   systemd-container  # systemd-nspawn: a real systemd PID 1 for the fd store tests
   disorderfs fuse3   # a FUSE server that answers FUSE_FLUSH and can be stopped (stuck close and stat tests); fuse3 for its "fuse"
+  bash-completion    # the shell completion test runs capd's bash completion
 )
 missing=()
 for p in "${packages[@]}"; do

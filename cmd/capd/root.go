@@ -95,10 +95,13 @@ cgroup:/path), never from the request.
   capd hook                           OCI hook for containers (see 'capd hook --help')
   capd audit                          who holds copies of capabilities (root)
   capd whoami                         the identity the agent sees
+  capd version                        this binary's version and build
+  capd completion SHELL               shell completion (bash, zsh, fish)
 
 Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.DefaultSocket + `.
 
 ` + exitCodesHelp,
+		Version:       readBuildInfo().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.ArbitraryArgs,
@@ -110,6 +113,7 @@ Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.Defaul
 			return usageErr("unknown command %q (see 'capd --help')", args[0])
 		},
 	}
+	root.SetVersionTemplate("{{.Version}}")
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -128,7 +132,10 @@ Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.Defaul
 		newAuditCmd(),
 		newReloadCmd(),
 		newCheckConfigCmd(),
+		newVersionCmd(),
+		newGenManCmd(),
 	)
+	addCompletions(root, args)
 	for _, c := range root.Commands() {
 		c.SetUsageTemplate(c.UsageTemplate() + "\n" + exitCodesHelp + "\n")
 	}
