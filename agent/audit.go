@@ -11,7 +11,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/procfs"
 	"github.com/capd-dev/capd/internal/proto"
@@ -461,7 +460,7 @@ func (a *auditor) identify(p *auditProc, h *proto.AuditHolder) {
 	}
 	if ok {
 		h.Cgroup = cg
-		h.Identity, _ = cgroup.Owner(cg)
+		h.Identity, _, _ = identityOf(cg)
 		if ct := a.s.reg.lookup(cg); ct != nil {
 			h.Identity = ct.identity
 		}

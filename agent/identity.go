@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -101,7 +102,12 @@ func resolvePeer(sock int, r *cgroup.Resolver, h host) (peer, error) {
 	if err != nil {
 		return peer{}, err
 	}
-	p.Identity, p.OwnerCgroup = cgroup.Owner(p.Cgroup)
+	p.Identity, p.OwnerCgroup, p.Aliases = identityOf(p.Cgroup)
+	if strings.HasPrefix(p.Identity, "machine:") {
+		// A machine is a container: never host authority, and the
+		// kinds that reach outside a root stay out.
+		p.Container = p.Identity
+	}
 
 	st, err := linux.ReadProcStatus(fmt.Sprint(cred.Pid))
 	if err == nil {
