@@ -89,14 +89,24 @@ lint:
 
 test: lint
 	$(GO) test -race -count=1 ./...
-	$(MAKE) fuzz FUZZTIME=10s
+	$(MAKE) fuzz FUZZTIME=20000x
 
-# Fuzz targets, each for FUZZTIME (the test command runs them briefly;
+# Fuzz targets, each for FUZZTIME (the test command runs 20,000 inputs of
+# each, some seconds: a count, as Go 1.26's -fuzztime DURATION can end in a
+# spurious "context deadline exceeded";
 # 'make fuzz FUZZTIME=10m' hunts longer). A crash found is saved under the
 # package's testdata/fuzz and becomes a regression test.
 FUZZTIME ?= 1m
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRestore$$' -fuzztime $(FUZZTIME) ./agent/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) ./internal/proto/
+	$(GO) test -run '^$$' -fuzz '^FuzzAttrs$$' -fuzztime $(FUZZTIME) ./internal/proto/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRights$$' -fuzztime $(FUZZTIME) ./internal/fdpass/
+	$(GO) test -run '^$$' -fuzz '^FuzzRecv$$' -fuzztime $(FUZZTIME) ./internal/fdpass/
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./agent/policy/
+	$(GO) test -run '^$$' -fuzz '^FuzzPattern$$' -fuzztime $(FUZZTIME) ./agent/policy/
+	$(GO) test -run '^$$' -fuzz '^FuzzReadState$$' -fuzztime $(FUZZTIME) ./oci/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./oci/
 
 # Benchmarks with their baselines, alternating in one run (see BENCHMARKS.md).
 bench:

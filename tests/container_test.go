@@ -96,7 +96,9 @@ func (e *ctrEnv) bundle(args []string, ann map[string]string, readOnly bool) str
 	if ann == nil {
 		return e.writeBundle(args, nil, "", nil, readOnly)
 	}
-	return e.writeBundle(args, ann, e.hook, []string{"capd", "hook", "--socket", e.agent.Socket}, readOnly, "createRuntime", "poststop")
+	// A generous timeout: on a loaded machine the default 5 s can pass, and
+	// a container not marked required then starts without capd.
+	return e.writeBundle(args, ann, e.hook, []string{"capd", "hook", "--socket", e.agent.Socket, "--timeout", "60s"}, readOnly, "createRuntime", "poststop")
 }
 
 // bundleHooks writes a runc bundle (read-only root) running args, with the

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -444,7 +445,12 @@ func (c *Config) loadFile(file string) error {
 	}
 	if und := md.Undecoded(); len(und) > 0 {
 		k := und[0]
-		return fmt.Errorf("%s: unknown key %q", at.atGeneric(k.String()), k.String())
+		return fmt.Errorf("%s: unknown key %q", at.atKey(k), k.String())
+	}
+	for _, k := range md.Keys() {
+		if caseFolded(k) {
+			return fmt.Errorf("%s: unknown key %q (keys are case-sensitive)", at.atKey(k), k.String())
+		}
 	}
 	for i, g := range one.Grants {
 		el := fmt.Sprintf("grant#%d", i+1)
@@ -519,6 +525,44 @@ func (c *Config) loadFile(file string) error {
 	}
 	c.Files = append(c.Files, file)
 	return nil
+}
+
+// caseFolded reports whether a part of key k names a setting only when
+// compared without case ("Consumer", "[[Grant]]"). TOML keys are
+// case-sensitive, but the decoder also matches fields case-insensitively:
+// "acquire" and "Acquire" in one table would land in one field, the
+// winner chosen by map order. Keys that name nothing are not its concern
+// (md.Undecoded reports them).
+func caseFolded(k toml.Key) bool {
+	t := reflect.TypeFor[Config]()
+	for _, part := range k {
+		for t.Kind() == reflect.Slice || t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			return false
+		}
+		var next reflect.Type
+		folded := false
+		for f := range t.Fields() {
+			name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+			if name == "" {
+				name = f.Name
+			}
+			switch {
+			case !f.IsExported() || name == "-":
+			case name == part:
+				next = f.Type
+			case strings.EqualFold(name, part):
+				folded = true
+			}
+		}
+		if next == nil {
+			return folded
+		}
+		t = next
+	}
+	return false
 }
 
 // addQuota validates q and indexes it. A target may be named once across

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"path"
 	"strings"
+
+	"github.com/BurntSushi/toml"
 )
 
 // positions knows where each key of a configuration file is: TOML's
@@ -83,6 +85,20 @@ func (p *positions) atGeneric(key string) string {
 		return fmt.Sprintf("%s:%d:%d", p.file, qs[0].line, qs[0].col)
 	}
 	return p.file
+}
+
+// atKey formats the position of a key as the decoder gives it: a key =
+// value line ("grant.acqiure") or a table header ("grnt"), "FILE" if
+// unknown.
+func (p *positions) atKey(k toml.Key) string {
+	key := strings.Join(k, ".")
+	if s := p.atGeneric(key); s != p.file {
+		return s
+	}
+	if s := p.at(key); s != p.file {
+		return s
+	}
+	return p.at(key + "#1")
 }
 
 // kinds are the prefixes identities carry; an identity without one is a

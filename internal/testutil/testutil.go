@@ -1,7 +1,8 @@
-// Package testutil holds what capd's tests share: an fd-leak check for
-// TestMain, real cgroup v2 directories to run processes in, building and
-// starting the real capd binary, and a FUSE mount whose server a test can
-// stop (MountFUSE). It is imported only by tests.
+// Package testutil holds what capd's tests share: an fd- and
+// goroutine-leak check for TestMain (LeakCheck), real cgroup v2
+// directories to run processes in, building and starting the real capd
+// binary, and a FUSE mount whose server a test can stop (MountFUSE). It is
+// imported only by tests.
 //
 // Fd ownership: a Cgroup owns one directory fd (for CLONE_INTO_CGROUP),
 // closed by its cleanup. A FUSE owns its server process and mount, ended by
@@ -15,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,33 +56,6 @@ func CountFDs(pid int) (int, error) {
 		return 0, err
 	}
 	return len(ents), nil
-}
-
-// LeakCheck runs m and fails the binary if it leaves fds open that were not
-// open before. Use it as TestMain: os.Exit(testutil.LeakCheck(m)).
-func LeakCheck(m *testing.M) int {
-	before := FDs()
-	code := m.Run()
-	var leaked []string
-	// Finalizers of dropped *os.Files may still be pending.
-	for try := 0; try < 20; try++ {
-		runtime.GC()
-		leaked = leaked[:0]
-		for fd, t := range FDs() {
-			if _, ok := before[fd]; !ok && !strings.HasPrefix(t, "anon_inode:[eventpoll]") && !strings.HasPrefix(t, "anon_inode:[eventfd]") && !strings.HasPrefix(t, "anon_inode:[pidfd]") {
-				leaked = append(leaked, fmt.Sprintf("%d -> %s", fd, t))
-			}
-		}
-		if len(leaked) == 0 {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if len(leaked) > 0 && code == 0 {
-		fmt.Fprintf(os.Stderr, "FAIL: fds leaked by the tests: %s\n", strings.Join(leaked, ", "))
-		return 1
-	}
-	return code
 }
 
 // RequireRoot fails the test loudly unless it runs as root with cgroup v2.
