@@ -190,9 +190,9 @@ func TestFailClosedSurvivorKeepsContainerIdentity(t *testing.T) {
 		t.Fatalf("runc run --detach: %v\n%s\nagent log:\n%s", err, l, e.agent.Log)
 	}
 	var out string
-	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(out, "done"); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(60 * time.Second); !strings.Contains(out, "done"); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("the survivor did not finish in 20s; its output %q\nagent log:\n%s", out, e.agent.Log)
+			t.Fatalf("the survivor did not finish in 60s; its output %q\nagent log:\n%s", out, e.agent.Log)
 		}
 		b, _ := os.ReadFile(outFile)
 		out = string(b)
