@@ -73,6 +73,16 @@ func TestSystemdFaults(t *testing.T) {
 		m.must("systemctl", "restart", "capd.service")
 	}
 
+	{ // systemctl reload fails when the agent rejects the configuration
+		m.write("/etc/capd/capd.toml", "[[grant]]\nconsumer = \"a.service\"\n", 0o644)
+		out, err := m.cmd("systemctl", "reload", "capd.service").CombinedOutput()
+		if err == nil {
+			t.Errorf("systemctl reload with a bad configuration succeeded: %s", out)
+		}
+		m.write("/etc/capd/capd.toml", "", 0o644)
+		m.must("systemctl", "reload", "capd.service")
+	}
+
 	{ // STATUS= and the watchdog
 		m.write("/run/systemd/system/capd.service.d/watchdog.conf", "[Service]\nWatchdogSec=2\n", 0o644)
 		m.must("systemctl", "daemon-reload")
