@@ -58,3 +58,24 @@ exec sleep 1000`)
 		t.Errorf("status in the machine: %s", st)
 	}
 }
+
+// A service hands its fds to a systemd-nspawn container it starts: capd
+// acquire ... -- systemd-nspawn. nspawn passes socket-activated fds to its
+// payload (at 3, LISTEN_FDS, LISTEN_PID=1) but drops LISTEN_FDNAMES
+// (systemd 252); --setenv=LISTEN_FDNAMES=... gives the names back.
+func TestNspawnDelivery(t *testing.T) {
+	e := newCtrEnv(t, `
+[[grant]]
+consumer = "db.service"
+acquire  = ["rpm-ostreed.service:zincati-fd"]
+`)
+	root := newRootfs(t)
+	os.MkdirAll(root+"/usr", 0o755) // nspawn wants an OS tree
+	os.WriteFile(root+"/etc/os-release", []byte("ID=capdtest\n"), 0o644)
+	r := e.mustRun("db.service", nil, "acquire", "rpm-ostreed.service:zincati-fd", "--",
+		"systemd-nspawn", "--quiet", "--console=pipe", "--register=no", "--keep-unit", "--setenv=LISTEN_FDNAMES=zincati-fd", "-D", root,
+		"/bin/sh", "-c", `echo "$LISTEN_FDS $LISTEN_FDNAMES $LISTEN_PID"; cat <&3; echo`)
+	if r.stdout != "1 zincati-fd 1\nsecret\n" {
+		t.Fatalf("the nspawn payload saw %q\nstderr: %s", r.stdout, r.stderr)
+	}
+}
