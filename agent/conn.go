@@ -22,9 +22,14 @@ const maxRecvFDs = 8
 
 type conn struct {
 	srv  *Server
-	acct uint32       // the accounting uid admission counted the connection against
-	log  *slog.Logger // rate-limited per accounting uid
-	peer peer
+	acct uint32 // the accounting uid admission counted the connection against
+	// cred and pidfd (or pidfdErr) are the peer as admission read it; serve
+	// identifies the peer with them and closes pidfd.
+	cred     *unix.Ucred
+	pidfd    int
+	pidfdErr error
+	log      *slog.Logger // rate-limited per accounting uid
+	peer     peer
 
 	mu sync.Mutex // guards fd against Shutdown
 	fd int
@@ -77,7 +82,11 @@ func (c *conn) serve(cfg *policy.Config) {
 	oob := make([]byte, fdpass.OOBSize(maxRecvFDs))
 	var fdbuf [maxRecvFDs]int
 
-	id, err := resolvePeer(c.fd, c.srv.resolver, c.srv.host)
+	id, err := resolvePeer(c.cred, c.pidfd, c.pidfdErr, c.srv.resolver, c.srv.host)
+	if c.pidfd >= 0 {
+		linux.Close(c.pidfd)
+		c.pidfd = -1
+	}
 	if err != nil {
 		log.Warn("cannot identify client; closing", "err", err)
 		m := proto.NewMessage(out, 0, proto.CodePermissionDenied)

@@ -75,7 +75,9 @@ func peerPidfd(sock int, cred *unix.Ucred) (int, error) {
 	return pidfd, nil
 }
 
-// resolvePeer learns the identity of the process that connected sock.
+// resolvePeer learns the identity of the process that connected a socket,
+// from its credentials (SO_PEERCRED) and a pidfd of it (peerPidfd, or the
+// error getting one), which the caller took once at accept and still owns.
 //
 // Credentials come from SO_PEERCRED (fixed at connect). Everything else
 // comes from a pidfd of the peer, or from /proc read by pid and accepted
@@ -85,17 +87,12 @@ func peerPidfd(sock int, cred *unix.Ucred) (int, error) {
 // (/proc/PID/status), and the user namespace (PIDFD_GET_USER_NAMESPACE,
 // else /proc/PID/ns/user). Nothing the client sends takes part. A fact the
 // agent cannot establish is left false, which gives less authority.
-func resolvePeer(sock int, r *cgroup.Resolver, h host) (peer, error) {
-	cred, err := linux.PeerCred(sock)
-	if err != nil {
-		return peer{}, err
+func resolvePeer(cred *unix.Ucred, pidfd int, pidfdErr error, r *cgroup.Resolver, h host) (peer, error) {
+	if pidfdErr != nil {
+		return peer{}, pidfdErr
 	}
-	pidfd, err := peerPidfd(sock, cred)
-	if err != nil {
-		return peer{}, err
-	}
-	defer linux.Close(pidfd)
 	p := peer{GID: cred.Gid, PID: cred.Pid}
+	var err error
 	p.UID, p.Acct = cred.Uid, cred.Uid
 
 	p.Cgroup, _, err = cgroupOf(pidfd, int(cred.Pid), r)
@@ -165,17 +162,15 @@ func userNS(pidfd, pid int) (linux.NsID, error) {
 	return linux.NamespaceID(fd)
 }
 
-// acctUID returns the uid that connection limits count the peer of sock
-// against: its uid, or, when it runs in a user namespace below the agent's,
+// acctUID returns the uid that connection limits count the peer behind
+// pidfd (-1: none could be had) against: its uid, or, when it runs in a user namespace below the agent's,
 // the uid (in the agent's namespace) that created the outermost of those
 // namespaces, so that one user with many mapped uids is still one user.
 // Where the kernel does not tell, it is the peer's uid.
-func acctUID(sock int, cred *unix.Ucred, h host) uint32 {
-	pidfd, err := peerPidfd(sock, cred)
-	if err != nil {
+func acctUID(cred *unix.Ucred, pidfd int, h host) uint32 {
+	if pidfd < 0 {
 		return cred.Uid
 	}
-	defer linux.Close(pidfd)
 	fd, err := linux.PidfdNamespace(pidfd, linux.UserNS)
 	if err != nil {
 		return cred.Uid

@@ -264,12 +264,15 @@ func (s *Server) Serve(l *Listener) error {
 // case the client gets one busy reply and a closed connection.
 func (s *Server) admit(nfd int) {
 	cfg := s.cfg.Load()
+	// Credentials and a pidfd once per connection: admission counts them,
+	// the connection's goroutine identifies the peer with them.
 	cred, err := linux.PeerCred(nfd)
 	if err != nil {
 		linux.Close(nfd)
 		return
 	}
-	acct := acctUID(nfd, cred, s.host)
+	pidfd, pidfdErr := peerPidfd(nfd, cred)
+	acct := acctUID(cred, pidfd, s.host)
 	s.mu.Lock()
 	us := s.uidLocked(acct)
 	var reason string
@@ -290,10 +293,13 @@ func (s *Server) admit(nfd int) {
 	if reason != "" {
 		s.mu.Unlock()
 		log.Warn("connection refused", "uid", cred.Uid, "acct_uid", acct, "pid", cred.Pid, "reason", reason)
+		if pidfd >= 0 {
+			linux.Close(pidfd)
+		}
 		refuse(nfd, reason)
 		return
 	}
-	c := &conn{srv: s, fd: nfd, acct: acct, log: log}
+	c := &conn{srv: s, fd: nfd, acct: acct, log: log, cred: cred, pidfd: pidfd, pidfdErr: pidfdErr}
 	s.conns[c] = struct{}{}
 	us.conns++
 	s.wg.Add(1)
