@@ -370,7 +370,9 @@ func (s *Server) forget(c *conn) {
 // closes every stored fd. ctx bounds the wait for connections.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.Drain(ctx)
-	s.store.close()
+	if stuck, cerr := s.store.close(); cerr != nil {
+		s.log.Warn("fds still being closed at shutdown; left to the kernel", "per_uid", stuck, "err", cerr)
+	}
 	return err
 }
 

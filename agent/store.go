@@ -103,7 +103,6 @@ type store struct {
 	persist *persist                       // nil: not run by systemd with an fd store
 	seq     uint64                         // the last stored-fd id given out; never reused, kept across restarts and hand-offs
 	waiters map[key]*waiter                // one per awaited key, while someone waits
-	stuck   map[uint32]int                 // after close: fds still in close(2), per uid
 }
 
 // waiter is closed when its key is published; n counts who waits on it.
@@ -589,8 +588,10 @@ func (s *store) len() int {
 	return len(s.entries)
 }
 
-// close releases every entry; the store accepts no more publishes.
-func (s *store) close() {
+// close releases every entry; the store accepts no more publishes. It
+// waits up to 2 s for the closes and returns, per uid, the fds still in
+// close(2) then (the process exits next; the kernel closes what is left).
+func (s *store) close() (stuck map[uint32]int, err error) {
 	var dead []*entry
 	s.mu.Lock()
 	s.closed = true
@@ -602,10 +603,7 @@ func (s *store) close() {
 	s.releaseAll(dead)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if stuck, err := s.closer.Stop(ctx); err != nil {
-		// The process exits next; the kernel closes what is left.
-		s.stuck = stuck
-	}
+	return s.closer.Stop(ctx)
 }
 
 // expiryHeap orders entries by deadline (container/heap).
