@@ -42,7 +42,7 @@ exec sleep 1000`)
 	var who []byte
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		who, _ = os.ReadFile(m.root + "/run/status.out")
-		if len(who) > 0 || time.Now().After(deadline) {
+		if strings.Contains(string(who), "status=") || time.Now().After(deadline) { // the leader's last line
 			break
 		}
 	}
