@@ -1,0 +1,420 @@
+package audit
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/capd-dev/capd/cgroup"
+	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/internal/proto"
+	"github.com/capd-dev/capd/internal/testutil"
+)
+
+func TestMain(m *testing.M) { os.Exit(testutil.LeakCheck(m)) }
+
+// env returns an Env as the agent builds it: cgroups by id through a
+// cgroup.Resolver, the fallback from /proc/PID/cgroup checked against the
+// pidfd, identities "cgroup:PATH"; and the log it writes to.
+func env(t *testing.T) (Env, *bytes.Buffer) {
+	t.Helper()
+	var log bytes.Buffer
+	e := Env{
+		Log: slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		CgroupOf: func(pidfd, pid int) (string, error) {
+			p, err := cgroup.ProcPath(pid)
+			if err != nil {
+				return "", err
+			}
+			if alive, err := linux.PidfdAlive(pidfd); err != nil || !alive {
+				return "", fmt.Errorf("pid %d exited: %w", pid, unix.ESRCH)
+			}
+			return p, nil
+		},
+		Identity: func(cg string) string { return "cgroup:" + cg },
+	}
+	if r, err := cgroup.NewResolver(); err == nil {
+		t.Cleanup(func() { r.Close() })
+		e.PathByID = r.PathByID
+	} else {
+		t.Logf("no cgroup resolver (%v): cgroups come from /proc", err)
+	}
+	return e, &log
+}
+
+// holding starts a process that holds files at fds 3, 4, ... until the test
+// ends (or stop is called). uid >= 0 runs it as that uid.
+func holding(t *testing.T, uid int, files ...*os.File) (pid int, stop func()) {
+	t.Helper()
+	cmd := exec.Command("sleep", "600")
+	cmd.ExtraFiles = files
+	if uid >= 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}
+	t.Cleanup(stop)
+	return cmd.Process.Pid, stop
+}
+
+// holders returns the holders of entry name in entries, by pid.
+func holders(entries []proto.AuditEntry, name string) map[int]proto.AuditHolder {
+	out := map[int]proto.AuditHolder{}
+	for _, e := range entries {
+		if e.Name == name {
+			for _, h := range e.Holders {
+				out[h.PID] = h
+			}
+		}
+	}
+	return out
+}
+
+// fileFD wraps fd, which the test closes at its end.
+func fileFD(t *testing.T, fd int, name string) *os.File {
+	t.Helper()
+	f := os.NewFile(uintptr(fd), name)
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+func memfd(t *testing.T, name string) *os.File {
+	t.Helper()
+	fd, err := linux.MemfdCreate(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fileFD(t, fd, name)
+}
+
+func run(t *testing.T, e Env, live []Item, tombs []Tomb) *proto.AuditReport {
+	t.Helper()
+	rep, err := Run(e, live, tombs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+// A memfd held by a child is found at the child's fd, with its cgroup,
+// identity and uid, and the agent (this process) is not among its holders;
+// once the child has exited it is not.
+func TestRunLiveHolder(t *testing.T) {
+	e, _ := env(t)
+	f := memfd(t, "audit-live")
+	pid, stop := holding(t, -1, f)
+	live := []Item{{Owner: "o", Name: "m", Kind: "memfd", FD: int(f.Fd())}}
+
+	rep := run(t, e, live, nil)
+	if len(rep.Entries) != 1 || rep.Entries[0].Owner != "o" || rep.Entries[0].Kind != "memfd" {
+		t.Fatalf("entries %+v", rep.Entries)
+	}
+	hs := holders(rep.Entries, "m")
+	h, ok := hs[pid]
+	if len(hs) != 1 || !ok || h.FD != 3 {
+		t.Fatalf("holders %+v, want pid %d at fd 3", hs, pid)
+	}
+	cg, err := cgroup.ProcPath(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Cgroup != cg || h.Identity != "cgroup:"+cg {
+		t.Errorf("cgroup %q identity %q, want %q", h.Cgroup, h.Identity, cg)
+	}
+	if h.UID != os.Getuid() {
+		t.Errorf("uid %d, want %d", h.UID, os.Getuid())
+	}
+	if rep.Processes == 0 || rep.FDs == 0 || len(rep.Removed) != 0 || rep.Removed == nil {
+		t.Errorf("processes %d fds %d removed %+v", rep.Processes, rep.FDs, rep.Removed)
+	}
+
+	stop()
+	rep = run(t, e, live, nil)
+	if len(rep.Entries) != 1 || rep.Entries[0].Holders == nil || len(rep.Entries[0].Holders) != 0 {
+		t.Errorf("after the holder's exit: entries %+v, want one without holders", rep.Entries)
+	}
+}
+
+// The fallbacks (OldKernel: cgroups from CgroupOf, uids from
+// /proc/PID/status) give the same holder as PIDFD_GET_INFO.
+func TestRunOldKernel(t *testing.T) {
+	e, _ := env(t)
+	f := memfd(t, "audit-old")
+	pid, _ := holding(t, -1, f)
+	live := []Item{{Name: "m", Kind: "memfd", FD: int(f.Fd())}}
+	modern := holders(run(t, e, live, nil).Entries, "m")[pid]
+	byID := e.PathByID
+	e.PathByID = func(id uint64) (string, error) {
+		t.Errorf("PathByID(%d) called with OldKernel", id)
+		return byID(id)
+	}
+	e.OldKernel = true
+	old := holders(run(t, e, live, nil).Entries, "m")[pid]
+	if fmt.Sprint(old) != fmt.Sprint(modern) || old.Cgroup == "" || old.PID != pid {
+		t.Errorf("fallback holder %+v, modern %+v", old, modern)
+	}
+}
+
+// Entries sharing one open file description (the same fd, a dup) are
+// grouped and each reported with the holder; a memfd of its own with the
+// same name is not confused with them.
+func TestRunSharedOFD(t *testing.T) {
+	e, _ := env(t)
+	f := memfd(t, "audit-shared")
+	dup, err := linux.DupCloexec(int(f.Fd()), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fileFD(t, dup, "dup")
+	other := memfd(t, "audit-shared")
+	pid, _ := holding(t, -1, f)
+	otherPID, _ := holding(t, -1, other)
+	live := []Item{
+		{Name: "a", Kind: "memfd", FD: int(f.Fd())},
+		{Name: "b", Kind: "memfd", FD: dup},
+		{Name: "c", Kind: "memfd", FD: int(f.Fd())},
+		{Name: "other", Kind: "memfd", FD: int(other.Fd())},
+	}
+	rep := run(t, e, live, nil)
+	for _, name := range []string{"a", "b", "c"} {
+		if hs := holders(rep.Entries, name); len(hs) != 1 || hs[pid].FD != 3 {
+			t.Errorf("%s: holders %+v, want pid %d at fd 3", name, hs, pid)
+		}
+	}
+	if hs := holders(rep.Entries, "other"); len(hs) != 1 || hs[otherPID].FD != 3 {
+		t.Errorf("other: holders %+v, want pid %d at fd 3", hs, otherPID)
+	}
+	if len(rep.Entries) != 4 || rep.Entries[3].Name != "other" {
+		t.Errorf("entries not in the Items' order: %+v", rep.Entries)
+	}
+}
+
+// An Item whose fd the agent cannot read is reported without holders, and
+// the log says so.
+func TestRunUnreadableOwnCopy(t *testing.T) {
+	e, log := env(t)
+	rep := run(t, e, []Item{{Owner: "o", Name: "gone", Kind: "memfd", FD: 1 << 20}}, nil)
+	if len(rep.Entries) != 1 || len(rep.Entries[0].Holders) != 0 {
+		t.Errorf("entries %+v", rep.Entries)
+	}
+	if !strings.Contains(log.String(), "audit cannot read its own copy of an entry") || !strings.Contains(log.String(), "name=gone") {
+		t.Errorf("log %q", log.String())
+	}
+}
+
+// After the agent closed its fd of a removed entry, a child's copy is
+// reported under Removed for kinds whose inode only copies of the entry
+// can hold (memfd, socket, pipe, O_TMPFILE); for a regular file, which
+// anyone may open, and an eventfd, on the shared anonymous inode, nothing
+// is reported.
+func TestRunRemoved(t *testing.T) {
+	e, _ := env(t)
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fileFD(t, sp[1], "peer")
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	fileFD(t, p[1], "pipe-w")
+	plain, err := os.Create(t.TempDir() + "/plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := []struct {
+		kind  string
+		f     *os.File
+		stale bool
+	}{
+		{"memfd", memfd(t, "audit-removed"), true},
+		{"socket", os.NewFile(uintptr(sp[0]), "socket"), true},
+		{"pipe", os.NewFile(uintptr(p[0]), "pipe"), true},
+		{"file", plain, false},
+		{"eventfd", os.NewFile(uintptr(ev), "eventfd"), false},
+	}
+	if tmp, err := unix.Open(t.TempDir(), unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600); err == nil {
+		kinds = append(kinds, struct {
+			kind  string
+			f     *os.File
+			stale bool
+		}{"tmpfile", os.NewFile(uintptr(tmp), "tmpfile"), true})
+	} else {
+		t.Logf("no O_TMPFILE in %s: %v", os.TempDir(), err)
+	}
+	var files []*os.File
+	var tombs []Tomb
+	removed := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, k := range kinds {
+		if got := linux.FdKind(int(k.f.Fd())); got != k.kind {
+			t.Fatalf("FdKind %q, want %q", got, k.kind)
+		}
+		dev, ino, err := linux.FileID(int(k.f.Fd()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tombs = append(tombs, Tomb{Owner: "o", Name: k.kind, Kind: k.kind, Dev: dev, Ino: ino, Removed: removed})
+		files = append(files, k.f)
+	}
+	pid, _ := holding(t, -1, files...)
+	for _, f := range files {
+		f.Close() // the agent's copy is gone
+	}
+
+	rep := run(t, e, nil, tombs)
+	if rep.Entries == nil || len(rep.Entries) != 0 {
+		t.Errorf("entries %+v, want none", rep.Entries)
+	}
+	for i, k := range kinds {
+		hs := holders(rep.Removed, k.kind)
+		switch {
+		case k.stale && (len(hs) != 1 || hs[pid].FD != 3+i):
+			t.Errorf("%s: stale holders %+v, want pid %d at fd %d", k.kind, hs, pid, 3+i)
+		case !k.stale && len(hs) != 0:
+			t.Errorf("%s: stale holders %+v, want none", k.kind, hs)
+		}
+	}
+	for _, r := range rep.Removed {
+		if !r.Removed.Equal(removed) || r.Owner != "o" || r.Kind != r.Name {
+			t.Errorf("removed entry %+v", r)
+		}
+	}
+}
+
+// A holder of another uid is exposed: dumpable, reachable through
+// /proc/PID/fd/N by its uid; a root holder is not.
+func TestRunExposure(t *testing.T) {
+	testutil.RequireRoot(t)
+	e, _ := env(t)
+	f := memfd(t, "audit-exposure")
+	const nobody = 65534
+	pid, _ := holding(t, nobody, f)
+	rootPID, _ := holding(t, -1, f)
+	rep := run(t, e, []Item{{Name: "m", Kind: "memfd", FD: int(f.Fd())}}, nil)
+	hs := holders(rep.Entries, "m")
+	if len(hs) != 2 {
+		t.Fatalf("holders %+v, want %d and %d", hs, pid, rootPID)
+	}
+	h := hs[pid]
+	if h.UID != nobody || h.Dumpable == nil || !*h.Dumpable || !h.Exposed || len(h.Exposure) < 2 ||
+		h.Exposure[0] != fmt.Sprintf("dumpable: any process of uid %d may reopen /proc/%d/fd/N", nobody, pid) {
+		t.Errorf("holder of uid %d: %+v", nobody, h)
+	}
+	r := hs[rootPID]
+	if r.UID != 0 || r.Dumpable != nil || r.Exposed || len(r.Exposure) != 1 || !strings.HasPrefix(r.Exposure[0], "uid 0: ") {
+		t.Errorf("root holder: %+v", r)
+	}
+}
+
+// Report renders the report into a sealed memfd whose JSON reads back the
+// same.
+func TestReport(t *testing.T) {
+	e, _ := env(t)
+	f := memfd(t, "audit-report")
+	holding(t, -1, f)
+	rep := run(t, e, []Item{{Owner: "o", Name: "m", Kind: "memfd", FD: int(f.Fd())}}, nil)
+	fd, err := Report(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer linux.Close(fd)
+	seals, err := linux.Seals(fd)
+	const all = unix.F_SEAL_SEAL | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE
+	if err != nil || seals&all != all {
+		t.Fatalf("seals %#x (%v)", seals, err)
+	}
+	var st unix.Stat_t
+	if err := linux.Fstat(fd, &st); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, st.Size)
+	if n, err := unix.Pread(fd, b, 0); err != nil || n != len(b) {
+		t.Fatalf("read %d of %d: %v", n, len(b), err)
+	}
+	want, _ := json.Marshal(rep)
+	if !bytes.Equal(b, want) {
+		t.Errorf("report %s, want %s", b, want)
+	}
+	if !bytes.Contains(b, []byte(`"removed":[]`)) {
+		t.Errorf("no empty removed list in %s", b)
+	}
+}
+
+func TestStatusUID(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		uid  int
+		isOK bool
+	}{
+		{"Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t1000\t1001\t1002\t1003\nGid:\t0\t0\t0\t0\n", 1000, true},
+		{"Uid:\t0\t0\t0\t0", 0, true},
+		{"Name:\tx\nUid: 65534 65534 65534 65534\n", 65534, true},
+		{"Name:\tx\nGid:\t5\t5\t5\t5\n", 0, false},
+		{"Uid:\n", 0, false},
+		{"Uid:\tabc\t0\n", 0, false},
+		{"", 0, false},
+		{"Name:\tUid: 7\nUid:\t8\n", 8, true}, // only a line's start counts
+		{"Uid:\t12", 12, true},                // cut short after the field
+	} {
+		uid, ok := statusUID([]byte(tc.in))
+		if ok != tc.isOK || (ok && uid != tc.uid) {
+			t.Errorf("statusUID(%q) = %d, %v; want %d, %v", tc.in, uid, ok, tc.uid, tc.isOK)
+		}
+	}
+}
+
+func TestHidesPIDs(t *testing.T) {
+	for opts, want := range map[string]bool{
+		"rw,nosuid,nodev,noexec,relatime":         false,
+		"rw,hidepid=invisible":                    true,
+		"rw,relatime,hidepid=noaccess,subset=pid": true,
+		"hidepid=ptraceable":                      true,
+		"rw,hidepid=2":                            true,
+		"rw,hidepid=4":                            true,
+		"rw,hidepid=0":                            false,
+		"rw,hidepid=1":                            false, // others' /proc/PID stay listed
+		"rw,hidepid=off":                          false,
+		"rw,gid=10,hidepid=invisible2":            false,
+		"":                                        false,
+		"rw,nosuid,nodev,noexec,relatime,hidepid=invisible": true,
+	} {
+		if got := hidesPIDs(opts); got != want {
+			t.Errorf("hidesPIDs(%q) = %v, want %v", opts, got, want)
+		}
+	}
+}
+
+// kinds are knowable as the agent names them (linux.FdKind).
+func TestStaleCopiesKnowable(t *testing.T) {
+	for kind, want := range map[string]bool{
+		"memfd": true, "socket": true, "pipe": true, "tmpfile": true,
+		"file": false, "dir": false, "chardev": false, "pidfd": false, "eventfd": false, "path": false, "": false,
+	} {
+		if got := staleCopiesKnowable(kind); got != want {
+			t.Errorf("staleCopiesKnowable(%q) = %v, want %v", kind, got, want)
+		}
+	}
+}
