@@ -98,7 +98,7 @@ test: lint
 # package's testdata/fuzz and becomes a regression test.
 FUZZTIME ?= 1m
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzRestore$$' -fuzztime $(FUZZTIME) ./agent/
+	$(GO) test -run '^$$' -fuzz '^FuzzRestore$$' -fuzztime $(FUZZTIME) ./agent/internal/persist/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) ./internal/proto/
 	$(GO) test -run '^$$' -fuzz '^FuzzAttrs$$' -fuzztime $(FUZZTIME) ./internal/proto/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRights$$' -fuzztime $(FUZZTIME) ./internal/fdpass/

@@ -10,6 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/capd-dev/capd/agent/internal/audit"
+	"github.com/capd-dev/capd/agent/internal/store"
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/internal/fdpass"
 	"github.com/capd-dev/capd/internal/linux"
@@ -81,8 +83,9 @@ func (c *conn) serve(cfg *policy.Config) {
 	out := make([]byte, 0, 512)
 	oob := make([]byte, fdpass.OOBSize(maxRecvFDs))
 	var fdbuf [maxRecvFDs]int
+	var reqFD linux.FD // the fd of the request being handled
 
-	id, err := resolvePeer(c.cred, c.pidfd, c.pidfdErr, c.srv.resolver, c.srv.host)
+	id, err := resolvePeer(c.cred, c.pidfd, c.pidfdErr, c.srv.resolver, c.srv.reg, c.srv.host)
 	if c.pidfd >= 0 {
 		linux.Close(c.pidfd)
 		c.pidfd = -1
@@ -95,9 +98,6 @@ func (c *conn) serve(cfg *policy.Config) {
 		return
 	}
 	id.Acct = c.acct
-	if ct := c.srv.reg.lookup(id.Cgroup); ct != nil {
-		id.Identity, id.OwnerCgroup, id.Container, id.Aliases = ct.identity, ct.cgroup, ct.id, ct.aliases
-	}
 	c.peer = id
 	debug := log.Enabled(context.Background(), slog.LevelDebug)
 	if debug {
@@ -143,54 +143,69 @@ func (c *conn) serve(cfg *policy.Config) {
 			fdpass.Send(c.fd, m.Bytes())
 			return
 		}
-		reqFD := -1
 		if len(fds) == 1 {
-			reqFD = fds[0]
+			reqFD.Own(fds[0])
 		}
-		resp, e, fatal := c.handle(c.srv.cfg.Load(), in[:n], reqFD, out[:0])
-		if e != nil {
-			err = fdpass.Send(c.fd, resp, e.fd)
-			c.srv.store.release(e)
-		} else {
-			err = fdpass.Send(c.fd, resp)
+		r := c.handle(c.srv.cfg.Load(), in[:n], &reqFD, out[:0])
+		reqFD.Close() // unless a handler took it
+		switch {
+		case r.entry != nil:
+			err = fdpass.Send(c.fd, r.msg, r.entry.FD())
+			c.srv.store.Release(r.entry)
+		case r.file >= 0:
+			err = fdpass.Send(c.fd, r.msg, r.file)
+			linux.Close(r.file)
+		default:
+			err = fdpass.Send(c.fd, r.msg)
 		}
-		out = resp[:0]
-		if err != nil || fatal {
+		out = r.msg[:0]
+		if err != nil || r.fatal {
 			return
 		}
 	}
 }
 
-// handle answers one request. It owns reqFD (-1 if none). A non-nil entry
-// is to be sent with the response and released afterwards. fatal asks the
-// caller to close the connection after replying.
-func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (resp []byte, e *entry, fatal bool) {
+// reply is the answer to one request: its message and at most one fd to
+// send with it, which the connection gives up after sending: an acquired
+// entry's reference (released) or a file of the reply's own (closed).
+// fatal asks the connection to close after replying.
+type reply struct {
+	msg   []byte
+	entry *store.Entry
+	file  int // -1: none
+	fatal bool
+}
+
+func message(m proto.Builder) reply { return reply{msg: m.Bytes(), file: -1} }
+
+// handle answers one request. The fd the request carried, if any, is in
+// reqFD: a handler that keeps it takes it (Release); the caller closes
+// whatever is left.
+func (c *conn) handle(cfg *policy.Config, req []byte, reqFD *linux.FD, out []byte) reply {
 	h, attrs, err := proto.ParseHeader(req)
 	if err == nil && h.Code != proto.CodeOK {
 		err = proto.Errorf(proto.CodeInvalidRequest, "a request's code field must be 0, not %d", h.Code)
 	}
-	if err == nil && h.Op != proto.OpPublish && h.Op != proto.OpRegister && reqFD >= 0 {
+	if err == nil && h.Op != proto.OpPublish && h.Op != proto.OpRegister && reqFD.Valid() {
 		err = proto.Errorf(proto.CodeInvalidRequest, "%s takes no fd", h.Op)
 	}
 	if err == nil {
 		switch h.Op {
 		case proto.OpAcquire:
-			var m proto.Builder
-			m, e, err = c.acquire(cfg, attrs, out)
-			if err == nil {
-				return m.Bytes(), e, false
+			var e *store.Entry
+			if e, err = c.acquire(cfg, attrs); err == nil {
+				r := message(proto.NewMessage(out, proto.OpAcquire, proto.CodeOK))
+				r.entry = e
+				return r
 			}
 		case proto.OpPublish:
 			err = c.publish(cfg, attrs, reqFD)
-			reqFD = -1
 		case proto.OpRevoke:
 			err = c.revoke(cfg, attrs)
 		case proto.OpRegister:
 			var m proto.Builder
-			m, err = c.register(cfg, attrs, reqFD, out)
-			reqFD = -1
-			if err == nil {
-				return m.Bytes(), nil, false
+			if m, err = c.register(cfg, attrs, reqFD, out); err == nil {
+				return message(m)
 			}
 		case proto.OpUnregister:
 			err = c.unregister(cfg, attrs)
@@ -203,28 +218,29 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (re
 				break
 			}
 			var rep *proto.AuditReport
-			var fd int
+			fd := -1
 			if rep, err = c.srv.audit(); err == nil {
-				fd, err = auditFD(rep)
+				fd, err = audit.Report(rep)
 			}
 			if err == nil {
-				m := proto.NewMessage(out, proto.OpAudit, proto.CodeOK)
-				return m.Bytes(), newEntry("", "", fd), false
+				r := message(proto.NewMessage(out, proto.OpAudit, proto.CodeOK))
+				r.file = fd
+				return r
 			}
 		case proto.OpStatus:
 			var m proto.Builder
 			if m, err = c.status(cfg, attrs, out); err == nil {
-				return m.Bytes(), nil, false
+				return message(m)
 			}
 		case proto.OpList:
 			var m proto.Builder
 			if m, err = c.list(cfg, attrs, out); err == nil {
-				return m.Bytes(), nil, false
+				return message(m)
 			}
 		case proto.OpReload:
 			var m proto.Builder
 			if m, err = c.reload(cfg, attrs, out); err == nil {
-				return m.Bytes(), nil, false
+				return message(m)
 			}
 		case proto.OpWhoami:
 			m := proto.NewMessage(out, h.Op, proto.CodeOK)
@@ -232,38 +248,32 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD int, out []byte) (re
 			m.String(proto.AttrCgroup, c.peer.Cgroup)
 			m.U32(proto.AttrUID, c.peer.UID)
 			m.U32(proto.AttrPID, uint32(c.peer.PID))
-			return m.Bytes(), nil, false
+			return message(m)
 		default:
 			err = proto.Errorf(proto.CodeInvalidRequest, "unknown operation %d", h.Op)
 		}
 	}
-	if reqFD >= 0 {
-		linux.Close(reqFD)
-	}
 	if err == nil {
-		m := proto.NewMessage(out, h.Op, proto.CodeOK)
-		return m.Bytes(), nil, false
+		return message(proto.NewMessage(out, h.Op, proto.CodeOK))
 	}
-	var perr *proto.Error
-	if !errors.As(err, &perr) {
-		if errors.Is(err, proto.ErrMalformed) {
-			perr = &proto.Error{Code: proto.CodeInvalidRequest, Message: err.Error()}
-		} else {
-			c.log.Error("request failed", "op", h.Op, "identity", c.peer.Identity, "err", err)
-			perr = &proto.Error{Code: proto.CodeInternal, Message: err.Error()}
-		}
+	perr := wireError(err)
+	if perr.Code == proto.CodeInternal {
+		c.log.Error("request failed", "op", h.Op, "identity", c.peer.Identity, "err", err)
 	}
 	m := proto.NewMessage(out, h.Op, perr.Code)
 	m.String(proto.AttrMessage, perr.Message)
-	fatal = perr.Code == proto.CodeInvalidRequest || perr.Code == proto.CodeUnsupportedVersion
-	return m.Bytes(), nil, fatal
+	r := message(m)
+	r.fatal = perr.Code == proto.CodeInvalidRequest || perr.Code == proto.CodeUnsupportedVersion
+	return r
 }
 
 func badAttr(op proto.Op, t proto.Attr) error {
 	return proto.Errorf(proto.CodeInvalidRequest, "%s: unexpected or repeated attribute %d", op, t)
 }
 
-func (c *conn) acquire(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder, *entry, error) {
+// acquire returns the entry the request names, with a reference held for
+// the connection, which releases it once the fd is sent.
+func (c *conn) acquire(cfg *policy.Config, attrs []byte) (*store.Entry, error) {
 	var owner, name string
 	var wait uint64
 	var haveOwner, haveName, haveWait bool
@@ -279,43 +289,43 @@ func (c *conn) acquire(cfg *policy.Config, attrs []byte, out []byte) (proto.Buil
 			wait, err = proto.U64(v)
 			haveWait = true
 		default:
-			return proto.Builder{}, nil, badAttr(proto.OpAcquire, t)
+			return nil, badAttr(proto.OpAcquire, t)
 		}
 	}
 	if err == nil {
 		err = it.Err()
 	}
 	if err != nil {
-		return proto.Builder{}, nil, err
+		return nil, err
 	}
 	if !haveOwner || !haveName {
-		return proto.Builder{}, nil, proto.Errorf(proto.CodeInvalidRequest, "acquire needs an owner and a name")
+		return nil, proto.Errorf(proto.CodeInvalidRequest, "acquire needs an owner and a name")
 	}
 	deadline := time.Now().Add(time.Duration(min(wait, proto.MaxWait)) * time.Millisecond)
 	for {
-		e, ready, done := c.srv.store.acquireOrWait(owner, name)
+		e, ready, done := c.srv.store.AcquireOrWait(owner, name)
 		if e != nil {
-			if err := c.authorize(cfg, policy.Acquire, e.target()); err != nil {
-				c.srv.store.release(e)
-				return proto.Builder{}, nil, err
+			if err := c.authorize(cfg, policy.Acquire, e.Target()); err != nil {
+				c.srv.store.Release(e)
+				return nil, err
 			}
-			e.acquired.Add(1)
+			e.CountAcquire()
 			if c.log.Enabled(context.Background(), slog.LevelDebug) {
 				c.log.Debug("acquired", "consumer", c.peer.Identity, "pid", c.peer.PID, "entry", owner+":"+name)
 			}
-			return proto.NewMessage(out, proto.OpAcquire, proto.CodeOK), e, nil
+			return e, nil
 		}
 		// Policy first, so that a refusal does not tell whether it exists
 		// (asked as if the caller had published it: its own names are no
 		// secret to it).
 		if err := c.authorize(cfg, policy.Acquire, &policy.Target{Owner: owner, Name: name, UID: c.peer.UID}); err != nil {
 			done()
-			return proto.Builder{}, nil, err
+			return nil, err
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
 			done()
-			return proto.Builder{}, nil, proto.Errorf(proto.CodeNotFound, "%s:%s is not published", owner, name)
+			return nil, proto.Errorf(proto.CodeNotFound, "%s:%s is not published", owner, name)
 		}
 		// Wait for a publish of the name (an event, no polling), the
 		// deadline, or the agent stopping.
@@ -326,7 +336,7 @@ func (c *conn) acquire(cfg *policy.Config, attrs []byte, out []byte) (proto.Buil
 		case <-c.srv.quit:
 			t.Stop()
 			done()
-			return proto.Builder{}, nil, proto.Errorf(proto.CodeBusy, "agent is shutting down")
+			return nil, proto.Errorf(proto.CodeBusy, "agent is shutting down")
 		}
 		t.Stop()
 		done()
@@ -334,19 +344,20 @@ func (c *conn) acquire(cfg *policy.Config, attrs []byte, out []byte) (proto.Buil
 	}
 }
 
-func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {
-	if fd < 0 {
+// publish stores the request's fd under the caller's identity, taking it
+// from reqFD.
+func (c *conn) publish(cfg *policy.Config, attrs []byte, reqFD *linux.FD) error {
+	if !reqFD.Valid() {
 		return proto.Errorf(proto.CodeInvalidRequest, "publish needs exactly one fd")
 	}
 	if err := c.authorize(cfg, policy.Publish, nil); err != nil {
-		linux.Close(fd)
 		return err
 	}
 	if len(c.peer.Identity) > proto.MaxIdentity {
-		linux.Close(fd)
 		return proto.Errorf(proto.CodePermissionDenied, "identity %.64q... is longer than %d bytes and cannot own entries", c.peer.Identity, proto.MaxIdentity)
 	}
-	e := newEntry(c.peer.Identity, "", fd)
+	var name string
+	var allow []policy.Pattern
 	var flags uint32
 	var ttl uint64
 	var haveName, haveFlags, haveTTL bool
@@ -355,16 +366,16 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {
 	for t, v, ok := it.Next(); ok && err == nil; t, v, ok = it.Next() {
 		switch {
 		case t == proto.AttrName && !haveName:
-			e.name, haveName = string(v), true
+			name, haveName = string(v), true
 		case t == proto.AttrFlags && !haveFlags:
 			flags, err = proto.U32(v)
 			haveFlags = true
 		case t == proto.AttrTTL && !haveTTL:
 			ttl, err = proto.U64(v)
 			haveTTL = true
-		case t == proto.AttrAllow && len(e.allow) < proto.MaxAllow:
+		case t == proto.AttrAllow && len(allow) < proto.MaxAllow:
 			if err = policy.ValidPattern(string(v)); err == nil {
-				e.allow = append(e.allow, policy.Pattern(v))
+				allow = append(allow, policy.Pattern(v))
 			}
 		default:
 			err = badAttr(proto.OpPublish, t)
@@ -382,39 +393,41 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, fd int) error {
 	case haveTTL && (ttl == 0 || ttl > uint64((100*365*24*time.Hour).Milliseconds())):
 		err = fmt.Errorf("ttl of %d ms is out of range", ttl)
 	default:
-		err = proto.ValidName(e.name)
+		err = proto.ValidName(name)
 	}
 	if err != nil {
-		c.srv.store.release(e)
 		var perr *proto.Error
 		if errors.As(err, &perr) {
 			return err
 		}
 		return &proto.Error{Code: proto.CodeInvalidRequest, Message: err.Error()}
 	}
-	e.pinned = flags&proto.FlagPin != 0
-	e.kind = linux.FdKind(fd)
-	e.dev, e.ino, _ = linux.FileID(fd)
-	e.cgroup = c.peer.Cgroup
-	e.ownerCg = c.peer.OwnerCgroup
-	e.uid = c.peer.UID
-	e.acct, e.limited = c.peer.Acct, !c.peer.HostAdmin()
-	e.published = time.Now()
+	fd := reqFD.Int()
+	e := store.NewEntry(c.peer.Identity, name, reqFD.Release())
+	e.Allow = allow
+	e.Pinned = flags&proto.FlagPin != 0
+	e.Kind = linux.FdKind(fd)
+	e.Dev, e.Ino, _ = linux.FileID(fd)
+	e.Cgroup = c.peer.Cgroup
+	e.OwnerCgroup = c.peer.OwnerCgroup
+	e.UID = c.peer.UID
+	e.Acct, e.Limited = c.peer.Acct, !c.peer.HostAdmin()
+	e.Published = time.Now()
 	if haveTTL {
-		e.expires = e.published.Add(time.Duration(ttl) * time.Millisecond)
+		e.Expires = e.Published.Add(time.Duration(ttl) * time.Millisecond)
 	}
-	mayReplace := func(old *entry) error { return c.authorize(cfg, policy.Replace, old.target()) }
-	if err := c.srv.store.publish(e, flags&proto.FlagReplace != 0, mayReplace, cfg, c.srv.maxEntries(cfg)); err != nil {
+	mayReplace := func(old *store.Entry) error { return c.authorize(cfg, policy.Replace, old.Target()) }
+	if err := c.srv.store.Publish(e, flags&proto.FlagReplace != 0, mayReplace, c.srv.limits(cfg)); err != nil {
 		return err
 	}
 	// Acknowledged only once systemd holds it: otherwise it is taken back.
-	if err := c.srv.store.durable(e.sid); err != nil {
-		c.srv.store.unpublish(e)
-		c.srv.store.synced()
-		c.log.Error("publish not acknowledged: not durable", "owner", e.owner, "name", e.name, "err", err)
-		return proto.Errorf(proto.CodeInternal, "%s:%s is not published: systemd did not confirm it keeps the entry (%v); publish again", e.owner, e.name, err)
+	if err := c.srv.durable(e.ID()); err != nil {
+		c.srv.store.Unpublish(e)
+		c.srv.synced()
+		c.log.Error("publish not acknowledged: not durable", "owner", e.Owner, "name", e.Name, "err", err)
+		return proto.Errorf(proto.CodeInternal, "%s:%s is not published: systemd did not confirm it keeps the entry (%v); publish again", e.Owner, e.Name, err)
 	}
-	c.log.Info("published", "owner", e.owner, "name", e.name, "kind", e.kind, "pin", e.pinned, "ttl", time.Duration(ttl)*time.Millisecond, "uid", e.uid, "pid", c.peer.PID)
+	c.log.Info("published", "owner", e.Owner, "name", e.Name, "kind", e.Kind, "pin", e.Pinned, "ttl", time.Duration(ttl)*time.Millisecond, "uid", e.UID, "pid", c.peer.PID)
 	return nil
 }
 
@@ -456,12 +469,12 @@ func (c *conn) revoke(cfg *policy.Config, attrs []byte) error {
 			return err
 		}
 	}
-	may := func(e *entry) error { return c.authorize(cfg, policy.Revoke, e.target()) }
-	sid, err := c.srv.store.revoke(owner, name, may, flags&proto.FlagShutdown != 0)
+	may := func(e *store.Entry) error { return c.authorize(cfg, policy.Revoke, e.Target()) }
+	id, err := c.srv.store.Revoke(owner, name, may, flags&proto.FlagShutdown != 0)
 	if err != nil {
 		return err
 	}
-	if err := c.srv.store.durable(sid); err != nil {
+	if err := c.srv.durable(id); err != nil {
 		return proto.Errorf(proto.CodeInternal, "%s:%s is revoked in the agent, but systemd did not confirm it dropped its copy (%v): after a restart of the agent it may come back; revoke it again then", owner, name, err)
 	}
 	c.log.Info("revoked", "owner", owner, "name", name, "by", c.peer.Identity, "uid", c.peer.UID, "pid", c.peer.PID, "shutdown", flags&proto.FlagShutdown != 0)
@@ -494,21 +507,21 @@ func (c *conn) status(cfg *policy.Config, attrs []byte, out []byte) (proto.Build
 		return proto.Builder{}, err
 	}
 	m := proto.NewMessage(out, proto.OpStatus, proto.CodeOK)
-	m.U64(proto.AttrEntries, uint64(s.store.len()))
+	m.U64(proto.AttrEntries, uint64(s.store.Len()))
 	m.U64(proto.AttrMaxEntries, uint64(s.maxEntries(cfg)))
 	m.U64(proto.AttrOpenFDs, uint64(open))
 	m.U64(proto.AttrFDLimit, uint64(limit))
 	m.U64(proto.AttrWatched, uint64(s.watcher.Len()))
-	m.U64(proto.AttrContainers, uint64(s.reg.len()))
-	for _, n := range s.store.nodes(after) {
+	m.U64(proto.AttrContainers, uint64(s.reg.Len()))
+	for _, n := range s.store.Nodes(after) {
 		mark := m.Len()
 		start := m.Begin(proto.AttrNode)
-		m.String(proto.AttrCgroup, n.path)
-		m.U64(proto.AttrEntries, uint64(n.entries))
-		m.U64(proto.AttrPinned, uint64(n.pinned))
-		m.U64(proto.AttrOwners, uint64(n.owners))
-		l := cfg.NodeLimits(n.path, n.owners > 0)
-		if max := s.maxEntries(cfg); n.path == "/" && (l.MaxEntries == policy.Unlimited || max < l.MaxEntries) {
+		m.String(proto.AttrCgroup, n.Path)
+		m.U64(proto.AttrEntries, uint64(n.Entries))
+		m.U64(proto.AttrPinned, uint64(n.Pinned))
+		m.U64(proto.AttrOwners, uint64(n.Owners))
+		l := cfg.NodeLimits(n.Path, n.Owners > 0)
+		if max := s.maxEntries(cfg); n.Path == "/" && (l.MaxEntries == policy.Unlimited || max < l.MaxEntries) {
 			l.MaxEntries, l.EntriesSource = max, "max_entries"
 			if max < cfg.Agent.MaxEntries {
 				l.EntriesSource = s.entriesSource(cfg)
@@ -545,7 +558,7 @@ func endPaged(m *proto.Builder, start, mark int) bool {
 // list answers with the entries the caller may see, after the optional
 // cursor, as many as fit in one response; AttrMore says there are more.
 func (c *conn) list(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder, error) {
-	var after key
+	var after store.Key
 	var haveAfter bool
 	it := proto.Attrs(attrs)
 	for t, v, ok := it.Next(); ok; t, v, ok = it.Next() {
@@ -556,36 +569,36 @@ func (c *conn) list(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder
 		if err != nil {
 			return proto.Builder{}, proto.Errorf(proto.CodeInvalidRequest, "list cursor: %v", err)
 		}
-		after, haveAfter = key{owner, name}, true
+		after, haveAfter = store.Key{Owner: owner, Name: name}, true
 	}
 	if err := it.Err(); err != nil {
 		return proto.Builder{}, err
 	}
-	entries := c.srv.store.snapshot(func(e *entry) bool {
-		if haveAfter && !less(after, e.key) {
+	entries := c.srv.store.Snapshot(func(e *store.Entry) bool {
+		if haveAfter && !after.Less(e.Key) {
 			return false
 		}
-		return cfg.Authorize(&c.peer.Caller, policy.See, e.target()).Allowed
+		return cfg.Authorize(&c.peer.Caller, policy.See, e.Target()).Allowed
 	})
 	m := proto.NewMessage(out, proto.OpList, proto.CodeOK)
 	for _, e := range entries {
 		mark := m.Len()
 		start := m.Begin(proto.AttrEntry)
-		m.String(proto.AttrOwner, e.owner)
-		m.String(proto.AttrName, e.name)
+		m.String(proto.AttrOwner, e.Owner)
+		m.String(proto.AttrName, e.Name)
 		var flags uint32
-		if e.pinned {
+		if e.Pinned {
 			flags |= proto.FlagPin
 		}
 		m.U32(proto.AttrFlags, flags)
-		m.String(proto.AttrKind, e.kind)
-		m.String(proto.AttrCgroup, e.cgroup)
-		m.U64(proto.AttrPublished, uint64(e.published.UnixMilli()))
-		if !e.expires.IsZero() {
-			m.U64(proto.AttrExpires, uint64(e.expires.UnixMilli()))
+		m.String(proto.AttrKind, e.Kind)
+		m.String(proto.AttrCgroup, e.Cgroup)
+		m.U64(proto.AttrPublished, uint64(e.Published.UnixMilli()))
+		if !e.Expires.IsZero() {
+			m.U64(proto.AttrExpires, uint64(e.Expires.UnixMilli()))
 		}
-		m.U64(proto.AttrAcquired, e.acquired.Load())
-		for _, a := range e.allow {
+		m.U64(proto.AttrAcquired, e.Acquired())
+		for _, a := range e.Allow {
 			m.String(proto.AttrAllow, string(a))
 		}
 		if !endPaged(&m, start, mark) {

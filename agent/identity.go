@@ -3,11 +3,11 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/capd-dev/capd/agent/internal/registry"
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/internal/linux"
@@ -85,9 +85,11 @@ func peerPidfd(sock int, cred *unix.Ucred) (int, error) {
 // was not recycled in between: the cgroup (PIDFD_GET_INFO, else
 // /proc/PID/cgroup), the effective capabilities and pid namespace depth
 // (/proc/PID/status), and the user namespace (PIDFD_GET_USER_NAMESPACE,
-// else /proc/PID/ns/user). Nothing the client sends takes part. A fact the
-// agent cannot establish is left false, which gives less authority.
-func resolvePeer(cred *unix.Ucred, pidfd int, pidfdErr error, r *cgroup.Resolver, h host) (peer, error) {
+// else /proc/PID/ns/user); the identity follows from the cgroup
+// (registry.Identify: a registered container, a machine, a unit). Nothing
+// the client sends takes part. A fact the agent cannot establish is left
+// false, which gives less authority.
+func resolvePeer(cred *unix.Ucred, pidfd int, pidfdErr error, r *cgroup.Resolver, reg *registry.Registry, h host) (peer, error) {
 	if pidfdErr != nil {
 		return peer{}, pidfdErr
 	}
@@ -99,12 +101,8 @@ func resolvePeer(cred *unix.Ucred, pidfd int, pidfdErr error, r *cgroup.Resolver
 	if err != nil {
 		return peer{}, err
 	}
-	p.Identity, p.OwnerCgroup, p.Aliases = identityOf(p.Cgroup)
-	if strings.HasPrefix(p.Identity, "machine:") {
-		// A machine is a container: never host authority, and the
-		// kinds that reach outside a root stay out.
-		p.Container = p.Identity
-	}
+	id := reg.Identify(p.Cgroup)
+	p.Identity, p.OwnerCgroup, p.Aliases, p.Container = id.Name, id.OwnerCgroup, id.Aliases, id.Container
 
 	st, err := linux.ReadProcStatus(fmt.Sprint(cred.Pid))
 	if err == nil {

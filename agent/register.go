@@ -7,6 +7,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/capd-dev/capd/agent/internal/registry"
+	"github.com/capd-dev/capd/agent/internal/store"
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/internal/linux"
@@ -15,16 +17,16 @@ import (
 
 // register records a container for the OCI hook. The caller must be a host
 // administrator; the container's cgroup comes from the pidfd of its init
-// process that the request carries (owned here, closed before returning),
-// never from the request. The reply says, for each requested entry,
+// process that the request carries (in reqFD, which the connection
+// closes), never from the request. The reply says, for each requested entry,
 // whether the container may acquire it now; with FlagRequired any refusal
 // refuses the registration.
-func (c *conn) register(cfg *policy.Config, attrs []byte, pidfd int, out []byte) (proto.Builder, error) {
-	if pidfd < 0 {
+func (c *conn) register(cfg *policy.Config, attrs []byte, reqFD *linux.FD, out []byte) (proto.Builder, error) {
+	if !reqFD.Valid() {
 		return proto.Builder{}, proto.Errorf(proto.CodeInvalidRequest, "register needs the pidfd of the container's init process")
 	}
-	defer linux.Close(pidfd)
-	var ct container
+	pidfd := reqFD.Int()
+	var id, name string
 	var flags uint32
 	var refs [][2]string
 	var haveID, haveName, haveFlags bool
@@ -33,11 +35,11 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, pidfd int, out []byte)
 	for t, v, ok := it.Next(); ok && err == nil; t, v, ok = it.Next() {
 		switch {
 		case t == proto.AttrContainerID && !haveID:
-			ct.id, haveID = string(v), true
-			err = proto.ValidContainerName(ct.id)
+			id, haveID = string(v), true
+			err = proto.ValidContainerName(id)
 		case t == proto.AttrContainerName && !haveName:
-			ct.name, haveName = string(v), true
-			err = proto.ValidContainerName(ct.name)
+			name, haveName = string(v), true
+			err = proto.ValidContainerName(name)
 		case t == proto.AttrFlags && !haveFlags:
 			flags, err = proto.U32(v)
 			haveFlags = true
@@ -70,31 +72,27 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, pidfd int, out []byte)
 	if err := c.authorize(cfg, policy.ManageContainers, nil); err != nil {
 		return proto.Builder{}, err
 	}
-	ct.cgroup, ct.cgroupID, err = cgroupOf(pidfd, 0, c.srv.resolver)
+	cg, cgID, err := cgroupOf(pidfd, 0, c.srv.resolver)
 	if err != nil {
-		return proto.Builder{}, proto.Errorf(proto.CodeInvalidRequest, "container %s: its init process: %v", ct.id, err)
+		return proto.Builder{}, proto.Errorf(proto.CodeInvalidRequest, "container %s: its init process: %v", id, err)
 	}
-	if within(c.peer.Cgroup, ct.cgroup) {
+	ct := registry.New(id, name, cg, cgID)
+	if store.Within(c.peer.Cgroup, ct.Cgroup) {
 		// Registering "/" or the runtime's own cgroup would rename the
 		// caller and everything beside it.
-		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "container %s: its cgroup %s holds the registering process too; the runtime must give the container a cgroup of its own", ct.id, ct.cgroup)
+		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "container %s: its cgroup %s holds the registering process too; the runtime must give the container a cgroup of its own", ct.ID, ct.Cgroup)
 	}
-	initUID, err := c.containerCgroupOK(ct.cgroup, pidfd)
+	initUID, err := c.containerCgroupOK(ct.Cgroup, pidfd)
 	if err != nil {
-		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "container %s: %v", ct.id, err)
-	}
-	ct.identity = "container:" + ct.id
-	if ct.name != "" {
-		ct.identity = "container:" + ct.name
-		ct.aliases = []string{"container:" + ct.id}
+		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "container %s: %v", ct.ID, err)
 	}
 
 	// What may the container's init acquire now? It is in a container by
 	// definition, with its uid.
-	who := &policy.Caller{Identity: ct.identity, Aliases: ct.aliases, UID: initUID, Container: ct.id}
+	who := &policy.Caller{Identity: ct.Identity, Aliases: ct.Aliases, UID: initUID, Container: ct.ID}
 	m := proto.NewMessage(out, proto.OpRegister, proto.CodeOK)
-	m.String(proto.AttrIdentity, ct.identity)
-	m.String(proto.AttrCgroup, ct.cgroup)
+	m.String(proto.AttrIdentity, ct.Identity)
+	m.String(proto.AttrCgroup, ct.Cgroup)
 	var denied []string
 	for _, r := range refs {
 		code, msg := c.srv.canAcquire(cfg, who, r[0], r[1])
@@ -105,22 +103,21 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, pidfd int, out []byte)
 		if code != proto.CodeOK {
 			m.String(proto.AttrMessage, msg)
 			denied = append(denied, msg)
-			c.log.Info("container may not acquire a requested entry", "id", ct.id, "identity", ct.identity, "entry", r[0]+":"+r[1], "reason", msg)
+			c.log.Info("container may not acquire a requested entry", "id", ct.ID, "identity", ct.Identity, "entry", r[0]+":"+r[1], "reason", msg)
 		}
 		m.End(start)
 	}
 	if len(denied) > 0 && flags&proto.FlagRequired != 0 {
-		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "container %s requires entries it cannot acquire: %s", ct.id, strings.Join(denied, "; "))
+		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "container %s requires entries it cannot acquire: %s", ct.ID, strings.Join(denied, "; "))
 	}
-	if err := c.srv.reg.add(&ct); err != nil {
-		var perr *proto.Error
-		if errors.As(err, &perr) && perr.Code == proto.CodeExists {
-			c.log.Warn("container not registered", "id", ct.id, "identity", ct.identity, "reason", perr.Message)
+	if err := c.srv.reg.Add(ct); err != nil {
+		if errors.Is(err, registry.ErrConflict) {
+			c.log.Warn("container not registered", "id", ct.ID, "identity", ct.Identity, "reason", err)
 		}
 		return proto.Builder{}, err
 	}
-	c.srv.store.synced()
-	c.log.Info("container registered", "id", ct.id, "identity", ct.identity, "cgroup", ct.cgroup, "requested", len(refs), "denied", len(denied))
+	c.srv.synced()
+	c.log.Info("container registered", "id", ct.ID, "identity", ct.Identity, "cgroup", ct.Cgroup, "requested", len(refs), "denied", len(denied))
 	return m, nil
 }
 
@@ -144,7 +141,7 @@ func (c *conn) containerCgroupOK(p string, pidfd int) (uint32, error) {
 	if len(procs) != 1 || procs[0] != pid {
 		return 0, fmt.Errorf("cgroup %s holds processes %v besides the container's init %d", p, procs, pid)
 	}
-	if o := c.srv.reg.overlapping(p); o != "" {
+	if o := c.srv.reg.Overlapping(p); o != "" {
 		return 0, fmt.Errorf("cgroup %s is above or below the cgroup of registered container %s", p, o)
 	}
 	info, err := linux.PidfdGetInfo(pidfd, unix.PIDFD_INFO_CREDS)
@@ -157,7 +154,7 @@ func (c *conn) containerCgroupOK(p string, pidfd int) (uint32, error) {
 // canAcquire answers, without handing out anything, whether who could
 // acquire owner:name now.
 func (s *Server) canAcquire(cfg *policy.Config, who *policy.Caller, owner, name string) (proto.Code, string) {
-	e := s.store.acquire(owner, name)
+	e := s.store.Acquire(owner, name)
 	if e == nil {
 		// Policy first, so that a refusal does not tell whether it exists.
 		if d := cfg.Authorize(who, policy.Acquire, &policy.Target{Owner: owner, Name: name, UID: who.UID}); !d.Allowed {
@@ -165,8 +162,8 @@ func (s *Server) canAcquire(cfg *policy.Config, who *policy.Caller, owner, name 
 		}
 		return proto.CodeNotFound, fmt.Sprintf("%s:%s is not published (not-found)", owner, name)
 	}
-	defer s.store.release(e)
-	if d := cfg.Authorize(who, policy.Acquire, e.target()); !d.Allowed {
+	defer s.store.Release(e)
+	if d := cfg.Authorize(who, policy.Acquire, e.Target()); !d.Allowed {
 		return proto.CodePermissionDenied, d.Reason + " (permission-denied)"
 	}
 	return proto.CodeOK, ""
@@ -193,30 +190,15 @@ func (c *conn) unregister(cfg *policy.Config, attrs []byte) error {
 	if err := c.authorize(cfg, policy.ManageContainers, nil); err != nil {
 		return err
 	}
-	ct, err := c.srv.reg.unregister(id)
+	ct, err := c.srv.reg.Unregister(id)
 	if err != nil {
-		if errors.Is(err, errStillRunning) {
+		if errors.Is(err, registry.ErrStillRunning) {
 			c.log.Warn("container not unregistered", "id", id, "reason", err)
-			return proto.Errorf(proto.CodePermissionDenied, "%v", err)
 		}
 		return err
 	}
-	n := c.srv.store.dropOwned(ct.cgroup)
-	c.srv.store.synced()
-	c.log.Info("container unregistered", "id", ct.id, "identity", ct.identity, "dropped", n)
+	n := c.srv.store.DropOwned(ct.Cgroup)
+	c.srv.synced()
+	c.log.Info("container unregistered", "id", ct.ID, "identity", ct.Identity, "dropped", n)
 	return nil
-}
-
-// cgroupEmptied is the watcher's report that cgroup p has no processes
-// left: the store drops the unpinned entries it owns, and a container
-// registered there ends.
-func (s *Server) cgroupEmptied(p string, epoch uint64) {
-	if n := s.store.ownerEmptied(p, epoch); n > 0 {
-		s.log.Info("owner cgroup emptied; dropped its unpinned entries", "cgroup", p, "dropped", n)
-	}
-	if ct := s.reg.emptied(p, epoch); ct != nil {
-		n := s.store.dropOwned(ct.cgroup)
-		s.store.synced()
-		s.log.Info("container has no processes left; unregistered", "id", ct.id, "identity", ct.identity, "dropped", n)
-	}
 }

@@ -12,6 +12,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/capd-dev/capd/agent/internal/persist"
+	"github.com/capd-dev/capd/agent/internal/registry"
+	"github.com/capd-dev/capd/agent/internal/store"
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/internal/fdpass"
@@ -24,14 +27,15 @@ import (
 type Server struct {
 	log      *slog.Logger
 	cfg      atomic.Pointer[policy.Config]
-	store    *store
+	store    *store.Store
 	resolver *cgroup.Resolver
 	watcher  *cgroup.Watcher
-	reg      *registry
-	host     host // the agent's own namespaces, which host administrators share
-	wake     int  // eventfd that stops Serve
-	fdLimit  int  // soft RLIMIT_NOFILE, raised to the hard limit
-	fdStore  int  // entries systemd's fd store keeps (FileDescriptorStoreMax less the metadata); -1 without one
+	reg      *registry.Registry
+	mirror   *persist.Mirror // nil: not run by systemd with an fd store
+	host     host            // the agent's own namespaces, which host administrators share
+	wake     int             // eventfd that stops Serve
+	fdLimit  int             // soft RLIMIT_NOFILE, raised to the hard limit
+	fdStore  int             // entries systemd's fd store keeps (FileDescriptorStoreMax less the metadata); -1 without one
 	reloader func() (*policy.Config, error)
 	quit     chan struct{} // closed when the server stops: wakes waiting acquires
 
@@ -79,7 +83,6 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{
 		log:      log,
-		store:    newStore(),
 		resolver: r,
 		host:     h,
 		wake:     wake,
@@ -95,22 +98,21 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 		linux.Close(wake)
 		return nil, err
 	}
-	s.store.watch = s.watcher
-	s.reg = newRegistry(s.watcher, r.Abs)
+	s.store = store.New(s.watcher, nil)
+	s.reg = registry.NewRegistry(s.watcher, cgroupFS{r})
 	fs, err := fdstore.Open()
 	if err != nil {
 		log.Warn("systemd's notification socket is unusable; entries will not survive a restart", "err", err)
 	} else if fs != nil {
-		s.store.persist = &persist{fs: fs, log: log, st: s.store, reg: s.reg, room: -1}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		n, err := fdstore.Capacity(ctx)
 		cancel()
 		if err != nil {
 			log.Error("cannot learn how many fds systemd's fd store keeps; entries past its FileDescriptorStoreMax= would be acknowledged and lost at a restart", "err", err)
 		} else {
-			s.fdStore = max(n-metaFDs, 0)
+			s.fdStore = max(n-persist.MetaFDs, 0)
 		}
-		s.store.persist.room = s.fdStore
+		s.mirror = persist.NewMirror(fs, log, s.store, s.reg, s.fdStore)
 	}
 	s.cfg.Store(cfg)
 	s.checkCapacity(cfg)
@@ -139,10 +141,6 @@ func rootReserve(cfg *policy.Config) int { return min(8, cfg.Agent.MaxConnection
 // per connection plus the fds a request may carry in flight (up to
 // maxRecvFDs before the surplus is closed), and its own.
 func fdReserve(cfg *policy.Config) int { return (1+maxRecvFDs)*cfg.Agent.MaxConnections + 64 }
-
-// metaFDs is how many fds of systemd's fd store the metadata takes: a new
-// generation is stored before the old one is removed.
-const metaFDs = 2
 
 // Capacity returns the soft RLIMIT_NOFILE and how many entries fit in it
 // under cfg.
@@ -180,14 +178,14 @@ func (s *Server) checkCapacity(cfg *policy.Config) {
 			"reserved_for_connections", fdReserve(cfg), "entries_that_fit", room)
 	}
 	if s.fdStore >= 0 {
-		s.log.Info("systemd's fd store", "file_descriptor_store_max", s.fdStore+metaFDs, "room_for_entries", s.fdStore)
+		s.log.Info("systemd's fd store", "file_descriptor_store_max", s.fdStore+persist.MetaFDs, "room_for_entries", s.fdStore)
 		if cfg.Agent.MaxEntries > s.fdStore {
 			s.log.Warn("max_entries does not fit systemd's fd store; the store stops at what systemd keeps (raise FileDescriptorStoreMax= to max_entries + 2)",
-				"max_entries", cfg.Agent.MaxEntries, "file_descriptor_store_max", s.fdStore+metaFDs, "entries_that_fit", s.fdStore)
+				"max_entries", cfg.Agent.MaxEntries, "file_descriptor_store_max", s.fdStore+persist.MetaFDs, "entries_that_fit", s.fdStore)
 		}
 		room = min(room, s.fdStore)
 	}
-	if n := s.store.len(); n > room {
+	if n := s.store.Len(); n > room {
 		s.log.Warn("the store holds more entries than now fit; keeping them, refusing new ones", "entries", n, "entries_that_fit", room)
 	}
 }
@@ -203,7 +201,7 @@ func (s *Server) draining() bool {
 }
 
 // Containers returns the number of registered containers.
-func (s *Server) Containers() int { return s.reg.len() }
+func (s *Server) Containers() int { return s.reg.Len() }
 
 // Responsive reports whether the server's and the store's locks can be
 // taken within d: the watchdog's sign of life, which a deadlock fails.
@@ -213,8 +211,7 @@ func (s *Server) Responsive(d time.Duration) bool {
 		// Taking each lock is the whole check.
 		s.mu.Lock()
 		s.mu.Unlock()
-		s.store.mu.Lock()
-		s.store.mu.Unlock()
+		s.store.Responsive()
 		close(done)
 	}()
 	t := time.NewTimer(d)
@@ -228,7 +225,7 @@ func (s *Server) Responsive(d time.Duration) bool {
 }
 
 // Entries returns the number of stored entries.
-func (s *Server) Entries() int { return s.store.len() }
+func (s *Server) Entries() int { return s.store.Len() }
 
 // Serve accepts connections on l until Shutdown. It does not close l.
 func (s *Server) Serve(l *Listener) error {
@@ -370,7 +367,9 @@ func (s *Server) forget(c *conn) {
 // closes every stored fd. ctx bounds the wait for connections.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.Drain(ctx)
-	if stuck, cerr := s.store.close(); cerr != nil {
+	cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if stuck, cerr := s.store.Close(cctx); cerr != nil {
 		s.log.Warn("fds still being closed at shutdown; left to the kernel", "per_uid", stuck, "err", cerr)
 	}
 	return err
@@ -415,14 +414,89 @@ func (s *Server) Close() error {
 	if busy > 0 {
 		return fmt.Errorf("%d connections still running; server fds left open", busy)
 	}
-	s.reg.close()
-	if s.store.persist != nil {
-		s.store.persist.fs.Close()
+	s.reg.Close()
+	if s.mirror != nil {
+		s.mirror.Close()
 	}
 	s.watcher.Close()
 	s.resolver.Close()
 	return linux.Close(s.wake)
 }
+
+// limits are the limits of one publish under cfg.
+func (s *Server) limits(cfg *policy.Config) *store.Limits {
+	max := s.maxEntries(cfg)
+	return &store.Limits{
+		Max:          max,
+		Reserve:      cfg.Agent.AdminReserve(max),
+		PerUID:       cfg.Agent.MaxEntriesPerUID,
+		PinnedPerUID: cfg.Agent.MaxPinnedPerUID,
+		Node:         cfg.NodeLimits,
+	}
+}
+
+// synced brings systemd's copy of the metadata up to date, if there is
+// one, and waits until systemd confirmed every change so far.
+func (s *Server) synced() error {
+	if s.mirror == nil {
+		return nil
+	}
+	return s.mirror.Sync()
+}
+
+// durable syncs and reports whether the change to entry id reached
+// systemd's fd store and was confirmed.
+func (s *Server) durable(id string) error {
+	if s.mirror == nil {
+		return nil
+	}
+	return s.mirror.Durable(id)
+}
+
+// cgroupEmptied is the watcher's report that cgroup p has no processes
+// left: the store drops the unpinned entries it owns, and a container
+// registered there ends.
+func (s *Server) cgroupEmptied(p string, epoch uint64) {
+	if n := s.store.OwnerEmptied(p, epoch); n > 0 {
+		s.log.Info("owner cgroup emptied; dropped its unpinned entries", "cgroup", p, "dropped", n)
+	}
+	if ct := s.reg.Emptied(p, epoch); ct != nil {
+		n := s.store.DropOwned(ct.Cgroup)
+		s.synced()
+		s.log.Info("container has no processes left; unregistered", "id", ct.ID, "identity", ct.Identity, "dropped", n)
+	}
+}
+
+// Stored is one fd handed to the agent at start, by name (see Restore).
+type Stored = persist.Stored
+
+// Restore rebuilds the store and registry from the fds passed at start
+// (systemd's fd store, or a hand-off; owned by Restore from here on) and
+// returns how many entries it restored (see persist.Restore).
+func (s *Server) Restore(stored []Stored) int {
+	return persist.Restore(s.log, stored, s.store, s.reg, s.mirror)
+}
+
+// Handoff freezes the store and returns the fds, with their names, that a
+// new agent process restores everything from (see persist.Handoff). The
+// fds stay open until the process execs; if it does not, it must exit. On
+// error it has released what it took.
+func (s *Server) Handoff() (names []string, fds []int, err error) {
+	return persist.Handoff(s.store, s.reg, s.mirror)
+}
+
+// cgroupFS is what the registry reads of cgroups: the v2 hierarchy.
+type cgroupFS struct{ r *cgroup.Resolver }
+
+func (c cgroupFS) ID(p string) (uint64, error) {
+	var st unix.Stat_t
+	if err := linux.Stat(c.r.Abs(p), &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
+func (c cgroupFS) Populated(p string) (bool, error) { return cgroup.Populated(c.r.Abs(p)) }
 
 func setTimeout(fd, opt int, d time.Duration) error {
 	tv := unix.NsecToTimeval(d.Nanoseconds())

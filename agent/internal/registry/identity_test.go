@@ -1,4 +1,4 @@
-package agent
+package registry
 
 import (
 	"os"
@@ -11,9 +11,9 @@ import (
 // so: not from the unit's name alone, and not outside machine.slice.
 func TestIdentityOfMachines(t *testing.T) {
 	dir := t.TempDir()
-	old := machinesDir
-	machinesDir = dir
-	defer func() { machinesDir = old }()
+	old := MachinesDir
+	MachinesDir = dir
+	defer func() { MachinesDir = old }()
 	os.Symlink("web-1", filepath.Join(dir, `unit:machine-web\x2d1.scope`))
 	os.Symlink("db", filepath.Join(dir, "unit:systemd-nspawn@db.service"))
 	os.Symlink("../../etc", filepath.Join(dir, "unit:machine-evil.scope"))
@@ -29,9 +29,9 @@ func TestIdentityOfMachines(t *testing.T) {
 		{"/system.slice/systemd-nspawn@db.service", "systemd-nspawn@db.service", "/system.slice/systemd-nspawn@db.service", nil},
 		{"/machine/x", "cgroup:/machine/x", "/machine/x", nil},
 	} {
-		id, owner, aliases := identityOf(tc.path)
+		id, owner, aliases := IdentityOf(tc.path)
 		if id != tc.identity || owner != tc.owner || !slices.Equal(aliases, tc.aliases) {
-			t.Errorf("identityOf(%s) = %s, %s, %v; want %s, %s, %v", tc.path, id, owner, aliases, tc.identity, tc.owner, tc.aliases)
+			t.Errorf("IdentityOf(%s) = %s, %s, %v; want %s, %s, %v", tc.path, id, owner, aliases, tc.identity, tc.owner, tc.aliases)
 		}
 	}
 }

@@ -1,0 +1,197 @@
+package persist
+
+import (
+	"encoding/json"
+	"fmt"
+	"iter"
+	"path"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+	"unicode"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/capd-dev/capd/agent/internal/registry"
+	"github.com/capd-dev/capd/agent/internal/store"
+	"github.com/capd-dev/capd/agent/policy"
+	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/internal/proto"
+)
+
+const (
+	// CtrPrefix names a container's init pidfd, in a hand-off from an
+	// older agent only.
+	CtrPrefix = "c-"
+	// MetaPrefix names a metadata generation.
+	MetaPrefix = "capd-meta-"
+	maxMeta    = 64 << 20
+)
+
+// IsStored reports whether name is one the agent gives the fds it keeps
+// (entries, metadata, an older agent's container pidfds), as opposed to a
+// socket systemd passes.
+func IsStored(name string) bool {
+	return strings.HasPrefix(name, store.IDPrefix) || strings.HasPrefix(name, CtrPrefix) || strings.HasPrefix(name, MetaPrefix)
+}
+
+// Meta is the stored metadata: the entries and the registered containers,
+// and the next entry number, so that ids are never reused.
+type Meta struct {
+	NextID     uint64      `json:"next_id,omitempty"`
+	Entries    []Record    `json:"entries"`
+	Containers []CtrRecord `json:"containers,omitempty"`
+}
+
+// CtrRecord is a registered container. A registration is restored only if
+// its cgroup still exists as the same directory (CgroupID, its inode) and
+// still has processes.
+type CtrRecord struct {
+	FD       string   `json:"fd,omitempty"` // an older agent's hand-off: its init's pidfd, unused
+	ID       string   `json:"id"`
+	Name     string   `json:"name,omitempty"`
+	Identity string   `json:"identity"`
+	Aliases  []string `json:"aliases,omitempty"`
+	Cgroup   string   `json:"cgroup"`
+	CgroupID uint64   `json:"cgroup_id,omitempty"`
+}
+
+// Record is one entry's metadata.
+type Record struct {
+	ID        string           `json:"id"`
+	Owner     string           `json:"owner"`
+	Name      string           `json:"name"`
+	Pinned    bool             `json:"pinned,omitempty"`
+	Allow     []policy.Pattern `json:"allow,omitempty"`
+	Kind      string           `json:"kind"`
+	Cgroup    string           `json:"cgroup"`
+	OwnerCg   string           `json:"owner_cgroup"`
+	UID       uint32           `json:"uid"`
+	Published time.Time        `json:"published"`
+	Expires   time.Time        `json:"expires,omitzero"`
+	Dev       uint64           `json:"dev"`
+	Ino       uint64           `json:"ino"`
+	Acct      uint32           `json:"acct_uid,omitempty"` // the uid its per-uid limits count against
+	Exempt    bool             `json:"exempt,omitempty"`   // published by a host administrator: no per-uid limits
+}
+
+// snapshot describes the store's entries (called under its lock).
+func snapshot(next uint64, entries iter.Seq[*store.Entry]) *Meta {
+	m := &Meta{NextID: next}
+	for e := range entries {
+		m.Entries = append(m.Entries, Record{
+			ID: e.ID(), Owner: e.Owner, Name: e.Name, Pinned: e.Pinned, Allow: e.Allow, Kind: e.Kind,
+			Cgroup: e.Cgroup, OwnerCg: e.OwnerCgroup, UID: e.UID, Published: e.Published, Expires: e.Expires,
+			Dev: e.Dev, Ino: e.Ino, Acct: e.Acct, Exempt: !e.Limited,
+		})
+	}
+	if m.Entries == nil {
+		m.Entries = []Record{}
+	}
+	sort.Slice(m.Entries, func(i, j int) bool { return m.Entries[i].ID < m.Entries[j].ID })
+	return m
+}
+
+// containers describes the registrations, sorted by id.
+func containers(reg *registry.Registry) []CtrRecord {
+	all := reg.All()
+	out := make([]CtrRecord, 0, len(all))
+	for _, c := range all {
+		out = append(out, CtrRecord{ID: c.ID, Name: c.Name, Identity: c.Identity, Aliases: c.Aliases, Cgroup: c.Cgroup, CgroupID: c.CgroupID})
+	}
+	return out
+}
+
+// encode renders m into a sealed memfd the caller owns.
+func encode(m *Meta) (int, error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return -1, err
+	}
+	return linux.SealedMemfd("capd-meta", b)
+}
+
+// readMeta reads a metadata memfd, which must be sealed against writes.
+func readMeta(fd int) (*Meta, error) {
+	seals, err := linux.Seals(fd)
+	if err != nil {
+		return nil, fmt.Errorf("not a memfd: %w", err)
+	}
+	const want = unix.F_SEAL_SEAL | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE
+	if seals&want != want {
+		return nil, fmt.Errorf("memfd is not sealed (seals %#x)", seals)
+	}
+	var st unix.Stat_t
+	if err := linux.Fstat(fd, &st); err != nil {
+		return nil, err
+	}
+	if st.Size > maxMeta {
+		return nil, fmt.Errorf("metadata of %d bytes is larger than %d", st.Size, maxMeta)
+	}
+	b := make([]byte, st.Size)
+	if _, err := linux.Pread(fd, b, 0); err != nil {
+		return nil, err
+	}
+	return Decode(b)
+}
+
+// Decode parses metadata. Records are validated one by one at Restore
+// (ValidRecord, ValidContainer), so that one bad record costs only itself.
+func Decode(b []byte) (*Meta, error) {
+	var m Meta
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("corrupt metadata: %w", err)
+	}
+	return &m, nil
+}
+
+// ValidRecord checks a stored entry field by field: a cgroup path that is
+// not clean and absolute would never reach the root when walked up.
+func ValidRecord(r *Record) error {
+	if _, err := store.ParseEntryID(r.ID); err != nil {
+		return err
+	}
+	switch {
+	case r.Owner == "" || len(r.Owner) > proto.MaxIdentity || strings.ContainsFunc(r.Owner, unicode.IsControl):
+		return fmt.Errorf("owner %q is not an identity", r.Owner)
+	case proto.ValidName(r.Name) != nil:
+		return proto.ValidName(r.Name)
+	case !validCgroupPath(r.Cgroup) || !validCgroupPath(r.OwnerCg):
+		return fmt.Errorf("cgroup %q or owner cgroup %q is not a clean absolute path", r.Cgroup, r.OwnerCg)
+	case !store.Within(r.Cgroup, r.OwnerCg):
+		return fmt.Errorf("cgroup %s is not within its owner cgroup %s", r.Cgroup, r.OwnerCg)
+	case r.Kind == "" || len(r.Kind) > 64 || strings.ContainsFunc(r.Kind, unicode.IsControl):
+		return fmt.Errorf("kind %q", r.Kind)
+	case len(r.Allow) > proto.MaxAllow:
+		return fmt.Errorf("%d allow patterns, more than %d", len(r.Allow), proto.MaxAllow)
+	}
+	for _, a := range r.Allow {
+		if err := policy.ValidPattern(string(a)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ValidContainer checks a stored registration field by field.
+func ValidContainer(c *CtrRecord) error {
+	switch {
+	case proto.ValidContainerName(c.ID) != nil:
+		return proto.ValidContainerName(c.ID)
+	case c.Name != "" && proto.ValidContainerName(c.Name) != nil:
+		return proto.ValidContainerName(c.Name)
+	case !validCgroupPath(c.Cgroup) || c.Cgroup == "/":
+		return fmt.Errorf("cgroup %q is not a cgroup below the root", c.Cgroup)
+	}
+	want := registry.New(c.ID, c.Name, c.Cgroup, 0)
+	if c.Identity != want.Identity || !slices.Equal(c.Aliases, want.Aliases) {
+		return fmt.Errorf("identity %q and aliases %q do not follow from id %q and name %q", c.Identity, c.Aliases, c.ID, c.Name)
+	}
+	return nil
+}
+
+// validCgroupPath reports whether p is a clean absolute cgroup path.
+func validCgroupPath(p string) bool {
+	return strings.HasPrefix(p, "/") && path.Clean(p) == p
+}

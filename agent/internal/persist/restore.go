@@ -1,0 +1,190 @@
+package persist
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+
+	"github.com/capd-dev/capd/agent/internal/registry"
+	"github.com/capd-dev/capd/agent/internal/store"
+	"github.com/capd-dev/capd/internal/linux"
+)
+
+// Stored is one fd handed to the agent at start (systemd's fd store, or a
+// hand-off), by name. Several may have the same name.
+type Stored struct {
+	Name string
+	FD   int
+}
+
+// Restore rebuilds st and reg from the fds passed at start (owned by
+// Restore from here on) and returns how many entries it restored. m, if
+// not nil, is the mirror of the fd store the fds came from. Bad state is
+// reported and skipped, never fatal: an fd without metadata is closed and
+// dropped from the fd store, metadata without its fd is skipped, a corrupt
+// or unsealed metadata memfd is discarded (its entries' fds then have no
+// metadata), an invalid record is skipped, and so is an fd that is not the
+// file its record describes (device, inode, kind), which is never handed
+// out. Unpinned entries whose owner cgroup has emptied, and expired ones,
+// are dropped; so are registrations whose cgroup is gone.
+func Restore(log *slog.Logger, stored []Stored, st *store.Store, reg *registry.Registry, m *Mirror) int {
+	closeDrop := func(name string, fd int) {
+		linux.Close(fd)
+		if m != nil {
+			m.fs.Remove(name)
+		}
+	}
+	byName := make(map[string][]int, len(stored))
+	for _, s := range stored {
+		byName[s.Name] = append(byName[s.Name], s.FD)
+	}
+	var metaName string
+	var metaGen uint64
+	for name := range byName {
+		if g, ok := strings.CutPrefix(name, MetaPrefix); ok {
+			if n, err := strconv.ParseUint(g, 10, 64); err == nil && (metaName == "" || n > metaGen) {
+				metaName, metaGen = name, n
+			}
+		}
+	}
+	meta := &Meta{}
+	if metaName != "" {
+		var err error
+		fds := byName[metaName]
+		if len(fds) != 1 {
+			err = fmt.Errorf("%d fds carry the name", len(fds))
+		} else {
+			meta, err = readMeta(fds[0])
+		}
+		if err != nil {
+			log.Error("discarding the stored metadata", "name", metaName, "err", err)
+			meta = &Meta{}
+		}
+	}
+	for name, fds := range byName {
+		if !strings.HasPrefix(name, MetaPrefix) {
+			continue
+		}
+		for _, fd := range fds {
+			if name == metaName {
+				// Kept in the fd store until a newer one replaces it.
+				linux.Close(fd)
+			} else {
+				closeDrop(name, fd)
+			}
+		}
+		delete(byName, name)
+	}
+	// Registrations first: whether a container's unpinned entries stay
+	// depends on its cgroup, which they follow.
+	ctrs := 0
+	for _, c := range meta.Containers {
+		if fds, ok := byName[c.FD]; ok && c.FD != "" {
+			for _, fd := range fds {
+				linux.Close(fd) // an older agent's pidfd: the cgroup decides now
+			}
+			delete(byName, c.FD)
+		}
+		if err := ValidContainer(&c); err != nil {
+			log.Warn("stored container registration is invalid; skipped", "id", c.ID, "err", err)
+			continue
+		}
+		if err := reg.Add(registry.New(c.ID, c.Name, c.Cgroup, c.CgroupID)); err != nil {
+			log.Info("stored container registration not restored", "id", c.ID, "identity", c.Identity, "reason", err)
+			continue
+		}
+		ctrs++
+	}
+	if ctrs > 0 {
+		log.Info("restored container registrations", "containers", ctrs)
+	}
+	if m != nil {
+		m.mu.Lock()
+		m.gen = metaGen
+		m.mu.Unlock()
+	}
+	restored := 0
+	nextID := meta.NextID
+	for i := range meta.Entries {
+		r := &meta.Entries[i]
+		if err := ValidRecord(r); err != nil {
+			log.Warn("stored entry is invalid; skipped", "id", r.ID, "err", err)
+			continue
+		}
+		n, _ := store.ParseEntryID(r.ID)
+		nextID = max(nextID, n+1)
+		fds, ok := byName[r.ID]
+		if !ok {
+			log.Warn("stored entry has no fd; skipped", "id", r.ID, "owner", r.Owner, "name", r.Name)
+			continue
+		}
+		delete(byName, r.ID)
+		// The fd must be the file the record describes; of several fds
+		// under one name, the one that is.
+		fd, kind := -1, ""
+		for _, f := range fds {
+			if k, err := sameFile(f, r); fd < 0 && err == nil {
+				fd, kind = f, k
+			} else {
+				if err == nil {
+					err = errors.New("another fd under the same name is the file")
+				}
+				log.Error("stored fd is not the file its record describes; closed, never handed out", "id", r.ID, "owner", r.Owner, "name", r.Name, "err", err)
+				linux.Close(f)
+			}
+		}
+		if fd < 0 {
+			if m != nil {
+				m.fs.Remove(r.ID)
+			}
+			continue
+		}
+		e := store.NewEntry(r.Owner, r.Name, fd)
+		e.Pinned, e.Allow, e.Kind, e.Cgroup, e.OwnerCgroup = r.Pinned, r.Allow, kind, r.Cgroup, r.OwnerCg
+		e.UID, e.Acct, e.Limited, e.Published, e.Expires, e.Dev, e.Ino = r.UID, r.Acct, !r.Exempt, r.Published, r.Expires, r.Dev, r.Ino
+		if r.Acct == 0 {
+			e.Acct = r.UID // recorded by an older agent
+		}
+		if err := st.Restore(e, r.ID); err != nil {
+			log.Info("stored entry not restored", "owner", r.Owner, "name", r.Name, "reason", err)
+			continue
+		}
+		restored++
+	}
+	for name, fds := range byName {
+		if strings.HasPrefix(name, store.IDPrefix) || strings.HasPrefix(name, CtrPrefix) {
+			log.Warn("stored fd has no metadata; dropped", "name", name, "fds", len(fds))
+		} else {
+			log.Warn("unexpected fd passed at start; closed", "name", name, "fds", len(fds))
+		}
+		for _, fd := range fds {
+			closeDrop(name, fd)
+		}
+	}
+	st.SetNext(nextID)
+	if m != nil {
+		m.Sync()
+	}
+	return restored
+}
+
+// sameFile checks that fd is the file r describes and returns its kind: the
+// same device and inode, and the same kind, except that an O_PATH fd an
+// older agent recorded under its file's kind is now "path" (which only
+// restricts it further).
+func sameFile(fd int, r *Record) (string, error) {
+	dev, ino, err := linux.FileID(fd)
+	if err != nil {
+		return "", err
+	}
+	if dev != r.Dev || ino != r.Ino {
+		return "", fmt.Errorf("device %d inode %d, recorded %d and %d", dev, ino, r.Dev, r.Ino)
+	}
+	kind := linux.FdKind(fd)
+	if kind != r.Kind && kind != "path" {
+		return "", fmt.Errorf("a %s, recorded as a %s", kind, r.Kind)
+	}
+	return kind, nil
+}

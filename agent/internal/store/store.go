@@ -1,0 +1,665 @@
+package store
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"maps"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/capd-dev/capd/agent/policy"
+	"github.com/capd-dev/capd/cgroup"
+	"github.com/capd-dev/capd/internal/closer"
+	"github.com/capd-dev/capd/internal/linux"
+)
+
+// Watcher follows owner cgroups (cgroup.Watcher is one). The store takes
+// one reference per watched entry; the watcher's owner reports emptied
+// cgroups to OwnerEmptied.
+type Watcher interface {
+	// Add takes a reference on cgroup p's watch and returns its epoch,
+	// whether it has processes, and whether it was removed and created
+	// again since the watch began (holders with an older epoch belong to
+	// the old cgroup).
+	Add(p string) (epoch uint64, populated, recreated bool, err error)
+	// Remove drops a reference Add took.
+	Remove(p string)
+}
+
+// Observer mirrors the store elsewhere (systemd's fd store). Added,
+// Removed and Pending are called under the store's lock, so they see
+// changes in the store's order; they must not call back into the store.
+type Observer interface {
+	Added(e *Entry)
+	Removed(e *Entry)
+	// Pending is how many fds of removed entries the mirror still holds.
+	Pending() int
+	// Room is how many entry fds the mirror keeps, -1 if unknown.
+	Room() int
+	// Dropped tells that entries went without a request (expiry, an owner
+	// gone): called without the store's lock, after the removals.
+	Dropped()
+}
+
+// Limits bound one publish: the whole store, the admin reserve, the
+// publisher's uid, and each cgroup on the way up from the entry's cgroup.
+type Limits struct {
+	Max          int                                           // entries in the whole store
+	Reserve      int                                           // of Max, kept for publishers that are not Limited
+	PerUID       int                                           // entries per accounting uid
+	PinnedPerUID int                                           // pinned entries per accounting uid
+	Node         func(cgroup string, owner bool) policy.Limits // limits of a cgroup node (owner: it is the entry's owner cgroup)
+}
+
+// maxTombs bounds the removed entries audit remembers.
+const maxTombs = 1024
+
+// maxClosers bounds the threads that may sit in close(2) at once for
+// released entries; each accounting uid has at most one of them.
+const maxClosers = 16
+
+// usage counts the entries charged to a cgroup node: its own and those of
+// every cgroup below it.
+type usage struct {
+	entries, pinned int
+	owners          int // entries whose owner cgroup is this node
+}
+
+// Node is one cgroup's usage, as status reports it.
+type Node struct {
+	Path                    string
+	Entries, Pinned, Owners int
+}
+
+// waiter is closed when its key is published; n counts who waits on it.
+type waiter struct {
+	ch chan struct{}
+	n  int
+}
+
+// Store maps keys to entries and keeps the accounting that quotas and
+// lifecycle need. Every change to entries and usage happens under mu, so a
+// quota check and the insert it allows are atomic.
+type Store struct {
+	watch  Watcher // nil: entries do not follow their owners
+	clock  Clock
+	closer *closer.Closer
+
+	mu      sync.RWMutex
+	obs     Observer // nil: no mirror
+	entries map[Key]*Entry
+	exp     expiryHeap
+	timer   Timer
+	closed  bool
+	tombs   []Tombstone                    // the last removed entries, oldest first, at most maxTombs
+	usage   map[string]*usage              // cgroup path -> usage of the subtree
+	byUID   map[uint32]*usage              // accounting uid -> its limited entries
+	pins    map[string]int                 // owner identity -> its pinned entries, wherever published
+	owned   map[string]map[*Entry]struct{} // owner cgroup -> its watched entries
+	seq     uint64                         // the last entry number given out; never reused
+	waiters map[Key]*waiter                // one per awaited key, while someone waits
+}
+
+// New returns an empty store. w may be nil (entries then never follow
+// their owners), and so may clock (the system's).
+func New(w Watcher, clock Clock) *Store {
+	if clock == nil {
+		clock = realClock{}
+	}
+	s := &Store{
+		watch:   w,
+		clock:   clock,
+		closer:  closer.New(maxClosers, nil),
+		entries: make(map[Key]*Entry),
+		usage:   make(map[string]*usage),
+		byUID:   make(map[uint32]*usage),
+		pins:    make(map[string]int),
+		owned:   make(map[string]map[*Entry]struct{}),
+		waiters: make(map[Key]*waiter),
+	}
+	s.timer = clock.AfterFunc(time.Hour, s.expire)
+	s.timer.Stop()
+	return s
+}
+
+// SetObserver sets the mirror, before the store is used.
+func (s *Store) SetObserver(o Observer) {
+	s.mu.Lock()
+	s.obs = o
+	s.mu.Unlock()
+}
+
+// Publish inserts e, taking over the caller's reference whatever the
+// outcome. mayReplace decides, under the store's lock, on replacing an
+// entry of the same name (only asked when replace is set). Replacing or
+// refusing releases fds only after the lock is dropped: close(2) can block
+// and must not stall the store.
+func (s *Store) Publish(e *Entry, replace bool, mayReplace func(old *Entry) error, l *Limits) error {
+	var dead []*Entry
+	defer func() { s.ReleaseAll(dead) }()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.entries[e.Key]
+	err := s.admitLocked(e, old, replace, l)
+	if err == nil && old != nil {
+		err = mayReplace(old)
+	}
+	if err == nil && e.watched() && s.watch != nil {
+		var populated, recreated bool
+		e.epoch, populated, recreated, err = s.watch.Add(e.OwnerCgroup)
+		if err == nil && recreated {
+			// The owner cgroup was removed and created again: the
+			// unpinned entries of the old one go now.
+			for o := range s.owned[e.OwnerCgroup] {
+				if o.epoch < e.epoch && o != old {
+					dead = append(dead, s.removeLocked(o))
+				}
+			}
+		}
+		if err == nil && !populated {
+			s.watch.Remove(e.OwnerCgroup)
+			err = errorf(ErrOwnerEmpty, "owner cgroup %s has no processes left: an unpinned entry would be dropped at once (publish with pin to outlive the service)", e.OwnerCgroup)
+		}
+	}
+	if err != nil {
+		dead = append(dead, e)
+		return err
+	}
+	if old != nil {
+		dead = append(dead, s.removeLocked(old))
+	}
+	s.seq++
+	e.id = EntryID(s.seq, e.Owner, e.Name)
+	s.insertLocked(e)
+	if s.obs != nil {
+		s.obs.Added(e)
+	}
+	return nil
+}
+
+// admitLocked checks everything that could refuse e, old being the entry it
+// would replace.
+func (s *Store) admitLocked(e, old *Entry, replace bool, l *Limits) error {
+	switch {
+	case s.closed:
+		return errorf(ErrClosed, "agent is shutting down")
+	case old != nil && !replace:
+		return errorf(ErrExists, "%s:%s is already published (revoke it first, or publish with replace)", e.Owner, e.Name)
+	case old == nil && len(s.entries) >= l.Max:
+		return errorf(ErrQuota, "cgroup / (the whole agent) holds %d entries, its limit (max_entries, or what RLIMIT_NOFILE or systemd's FileDescriptorStoreMax leaves room for)", len(s.entries))
+	case s.obs != nil && s.obs.Room() >= 0 && s.mirrorNeedLocked() > s.obs.Room():
+		return errorf(ErrQuota, "systemd's fd store would hold %d fds for entries, more than it keeps (FileDescriptorStoreMax less 2 for the metadata is %d; fds of removed entries leave it once the next metadata is confirmed)", s.mirrorNeedLocked(), s.obs.Room())
+	case old == nil && e.Limited && len(s.entries) >= l.Max-l.Reserve:
+		return errorf(ErrQuota, "the agent holds %d entries; the last %d of its %d are kept for host administrators", len(s.entries), l.Reserve, l.Max)
+	}
+	if e.Limited {
+		var u usage
+		if p := s.byUID[e.Acct]; p != nil {
+			u = *p
+		}
+		if old != nil && old.Limited && old.Acct == e.Acct {
+			u.entries--
+			if old.Pinned {
+				u.pinned--
+			}
+		}
+		closing := s.closer.Pending(e.Acct) // released fds whose close(2) has not returned
+		switch {
+		case u.entries+closing+1 > l.PerUID:
+			return errorf(ErrQuota, "uid %d holds %d entries and %d fds still being closed, its limit (max_entries_per_uid is %d)", e.Acct, u.entries, closing, l.PerUID)
+		case e.Pinned && u.pinned+1 > l.PinnedPerUID:
+			return errorf(ErrQuota, "uid %d holds %d pinned entries, its limit (max_pinned_per_uid is %d)", e.Acct, u.pinned, l.PinnedPerUID)
+		}
+	}
+	// Like pids.max: the entry counts against its cgroup and every
+	// ancestor, and every limit on the way must leave room.
+	for p, ok := e.Cgroup, true; ok; p, ok = cgroup.Parent(p) {
+		var entries, pinned int
+		if u := s.usage[p]; u != nil {
+			entries, pinned = u.entries, u.pinned
+		}
+		if old != nil && Within(old.Cgroup, p) {
+			entries--
+			if old.Pinned {
+				pinned--
+			}
+		}
+		if p == e.OwnerCgroup {
+			// An identity's pins count wherever it published them: a
+			// container restarted under its name gets a new cgroup, not
+			// a fresh quota.
+			own := s.pins[e.Owner]
+			if old != nil && old.Pinned {
+				own--
+			}
+			pinned = max(pinned, own)
+		}
+		nl := l.Node(p, p == e.OwnerCgroup)
+		if nl.MaxEntries != policy.Unlimited && entries+1 > nl.MaxEntries {
+			return errorf(ErrQuota, "cgroup %s holds %d entries, its limit (%s is %d)", p, entries, nl.EntriesSource, nl.MaxEntries)
+		}
+		if e.Pinned && nl.MaxPinned != policy.Unlimited && pinned+1 > nl.MaxPinned {
+			return errorf(ErrQuota, "cgroup %s holds %d pinned entries, its limit (%s is %d)", p, pinned, nl.PinnedSource, nl.MaxPinned)
+		}
+	}
+	return nil
+}
+
+// mirrorNeedLocked is how many entry fds the mirror would hold with one
+// more fd: the entries', those of removed entries still waiting to leave
+// it, and the new one. A replace is no different: the old entry's fd
+// stays until the mirror lets it go, beside the new one.
+func (s *Store) mirrorNeedLocked() int {
+	return len(s.entries) + s.obs.Pending() + 1
+}
+
+// Within reports whether cgroup c is p or below it.
+func Within(c, p string) bool {
+	return p == "/" || c == p || (strings.HasPrefix(c, p) && c[len(p)] == '/')
+}
+
+func (s *Store) insertLocked(e *Entry) {
+	s.entries[e.Key] = e
+	if w := s.waiters[e.Key]; w != nil {
+		close(w.ch)
+		delete(s.waiters, e.Key)
+	}
+	if !e.Expires.IsZero() {
+		heap.Push(&s.exp, e)
+		if s.exp[0] == e {
+			s.timer.Reset(e.Expires.Sub(s.clock.Now()))
+		}
+	}
+	s.chargeLocked(e, 1)
+	if e.watched() && s.watch != nil {
+		set := s.owned[e.OwnerCgroup]
+		if set == nil {
+			set = make(map[*Entry]struct{})
+			s.owned[e.OwnerCgroup] = set
+		}
+		set[e] = struct{}{}
+	}
+}
+
+// chargeLocked adds d to the usage of e's cgroup and all its ancestors, of
+// its accounting uid and of its owner identity.
+func (s *Store) chargeLocked(e *Entry, d int) {
+	if e.Limited {
+		u := s.byUID[e.Acct]
+		if u == nil {
+			u = &usage{}
+			s.byUID[e.Acct] = u
+		}
+		u.entries += d
+		if e.Pinned {
+			u.pinned += d
+		}
+		if u.entries == 0 {
+			delete(s.byUID, e.Acct)
+		}
+	}
+	if e.Pinned {
+		if s.pins[e.Owner] += d; s.pins[e.Owner] == 0 {
+			delete(s.pins, e.Owner)
+		}
+	}
+	for p, ok := e.Cgroup, true; ok; p, ok = cgroup.Parent(p) {
+		u := s.usage[p]
+		if u == nil {
+			u = &usage{}
+			s.usage[p] = u
+		}
+		u.entries += d
+		if e.Pinned {
+			u.pinned += d
+		}
+		if p == e.OwnerCgroup {
+			u.owners += d
+		}
+		if u.entries == 0 {
+			delete(s.usage, p)
+		}
+	}
+}
+
+// Acquire returns the entry owner:name with a reference held for the
+// caller, who must Release it; nil if there is none.
+func (s *Store) Acquire(owner, name string) *Entry {
+	s.mu.RLock()
+	e := s.entries[Key{owner, name}]
+	if e != nil {
+		e.refs.Add(1)
+	}
+	s.mu.RUnlock()
+	return e
+}
+
+// AcquireOrWait is Acquire, or, when there is no such entry, a channel
+// that is closed when one is published under the name, and a function the
+// caller must call when it stops waiting.
+func (s *Store) AcquireOrWait(owner, name string) (*Entry, <-chan struct{}, func()) {
+	k := Key{owner, name}
+	if e := s.Acquire(owner, name); e != nil {
+		return e, nil, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.entries[k]; e != nil {
+		e.refs.Add(1)
+		return e, nil, nil
+	}
+	w := s.waiters[k]
+	if w == nil {
+		w = &waiter{ch: make(chan struct{})}
+		s.waiters[k] = w
+	}
+	w.n++
+	return nil, w.ch, func() {
+		s.mu.Lock()
+		if w.n--; w.n == 0 && s.waiters[k] == w {
+			delete(s.waiters, k)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// Release drops a reference. The last one hands the fd to the closer,
+// keyed by the uid the entry counts against: a close(2) that blocks delays
+// nobody else's work, and the owner's pending closes count against its
+// limits.
+func (s *Store) Release(e *Entry) {
+	if e.unref() {
+		s.closer.Close(e.Acct, e.fd.Release())
+	}
+}
+
+// ReleaseAll releases every entry of dead.
+func (s *Store) ReleaseAll(dead []*Entry) {
+	for _, e := range dead {
+		s.Release(e)
+	}
+}
+
+// Revoke removes owner:name if may, called under the store's lock, allows
+// it, and returns its id. With shutdown, a socket entry is first shut down
+// for reading and writing, which every holder's copy shares; other kinds
+// are refused unchanged.
+func (s *Store) Revoke(owner, name string, may func(*Entry) error, shutdown bool) (id string, err error) {
+	s.mu.Lock()
+	e := s.entries[Key{owner, name}]
+	if e == nil {
+		s.mu.Unlock()
+		return "", errorf(ErrNotFound, "%s:%s is not published", owner, name)
+	}
+	if err := may(e); err != nil {
+		s.mu.Unlock()
+		return "", err
+	}
+	if shutdown && e.Kind != "socket" {
+		s.mu.Unlock()
+		return "", errorf(ErrNotSocket, "%s:%s is a %s, not a socket: shutdown cannot reach its other holders (revoke without it)", owner, name, e.Kind)
+	}
+	if shutdown {
+		if err := linux.Shutdown(e.fd.Int(), unix.SHUT_RDWR); err != nil && !errors.Is(err, unix.ENOTCONN) {
+			s.mu.Unlock()
+			return "", fmt.Errorf("shutdown %s:%s: %w", owner, name, err)
+		}
+	}
+	s.removeLocked(e)
+	s.mu.Unlock()
+	s.Release(e)
+	return e.id, nil
+}
+
+// removeLocked unlinks e and returns it; the caller releases the store's
+// reference after unlocking.
+func (s *Store) removeLocked(e *Entry) *Entry {
+	delete(s.entries, e.Key)
+	if e.heapIndex >= 0 {
+		heap.Remove(&s.exp, e.heapIndex)
+	}
+	s.chargeLocked(e, -1)
+	if s.obs != nil && !s.closed {
+		s.obs.Removed(e)
+	}
+	if len(s.tombs) == maxTombs {
+		copy(s.tombs, s.tombs[1:])
+		s.tombs = s.tombs[:maxTombs-1]
+	}
+	s.tombs = append(s.tombs, Tombstone{Key: e.Key, Kind: e.Kind, Dev: e.Dev, Ino: e.Ino, Removed: s.clock.Now()})
+	if set := s.owned[e.OwnerCgroup]; set != nil {
+		if _, ok := set[e]; ok {
+			delete(set, e)
+			if len(set) == 0 {
+				delete(s.owned, e.OwnerCgroup)
+			}
+			s.watch.Remove(e.OwnerCgroup)
+		}
+	}
+	return e
+}
+
+// DropOwned drops every unpinned entry of owner cgroup p (a container that
+// ended) and returns how many it dropped.
+func (s *Store) DropOwned(p string) int {
+	return s.drop(func() []*Entry {
+		var dead []*Entry
+		for e := range s.owned[p] {
+			dead = append(dead, s.removeLocked(e))
+		}
+		return dead
+	})
+}
+
+// OwnerEmptied drops the unpinned entries of owner cgroup p that were
+// published before the emptying the watcher numbered epoch, and returns
+// how many it dropped.
+func (s *Store) OwnerEmptied(p string, epoch uint64) int {
+	return s.drop(func() []*Entry {
+		var dead []*Entry
+		for e := range s.owned[p] {
+			if e.epoch < epoch {
+				dead = append(dead, s.removeLocked(e))
+			}
+		}
+		return dead
+	})
+}
+
+// expire drops every entry whose deadline has passed and re-arms the timer.
+func (s *Store) expire() {
+	s.drop(func() []*Entry {
+		var dead []*Entry
+		now := s.clock.Now()
+		for len(s.exp) > 0 && !s.exp[0].Expires.After(now) {
+			dead = append(dead, s.removeLocked(s.exp[0]))
+		}
+		if len(s.exp) > 0 && !s.closed {
+			s.timer.Reset(s.exp[0].Expires.Sub(now))
+		}
+		return dead
+	})
+}
+
+// drop removes, under the lock, the entries remove picks, releases them
+// after it and tells the observer.
+func (s *Store) drop(remove func() []*Entry) int {
+	s.mu.Lock()
+	dead := remove()
+	obs := s.obs
+	s.mu.Unlock()
+	s.ReleaseAll(dead)
+	if len(dead) > 0 && obs != nil {
+		obs.Dropped()
+	}
+	return len(dead)
+}
+
+// Unpublish removes e if it is still the entry under its name, for a
+// publish that could not be made durable.
+func (s *Store) Unpublish(e *Entry) {
+	s.mu.Lock()
+	if s.entries[e.Key] != e {
+		s.mu.Unlock()
+		return
+	}
+	s.removeLocked(e)
+	s.mu.Unlock()
+	s.Release(e)
+}
+
+// Restore inserts an entry kept across a restart under its recorded id,
+// taking over the caller's reference whatever the outcome. An entry that
+// is a duplicate, has expired by now, or whose owner cgroup has no
+// processes left is refused (and the Observer told it is removed).
+func (s *Store) Restore(e *Entry, id string) error {
+	var dead []*Entry
+	defer func() { s.ReleaseAll(dead) }()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e.id = id
+	drop := func(err error) error {
+		dead = append(dead, e)
+		if s.obs != nil {
+			s.obs.Removed(e)
+		}
+		return err
+	}
+	switch {
+	case s.entries[e.Key] != nil:
+		return drop(errors.New("duplicate"))
+	case !e.Expires.IsZero() && !e.Expires.After(s.clock.Now()):
+		return drop(errors.New("expired"))
+	}
+	if e.watched() && s.watch != nil {
+		epoch, populated, _, err := s.watch.Add(e.OwnerCgroup)
+		if err != nil {
+			return drop(err)
+		}
+		if !populated {
+			s.watch.Remove(e.OwnerCgroup)
+			return drop(fmt.Errorf("owner cgroup %s has no processes left", e.OwnerCgroup))
+		}
+		e.epoch = epoch
+	}
+	s.insertLocked(e)
+	return nil
+}
+
+// SetNext makes n the lowest entry number given out from now on, if it is
+// above what the store would give: numbers are never reused, across
+// restarts too.
+func (s *Store) SetNext(n uint64) {
+	s.mu.Lock()
+	if n > 0 {
+		s.seq = max(s.seq, n-1)
+	}
+	s.mu.Unlock()
+}
+
+// ReadLocked calls f under the store's read lock with the next entry
+// number and every entry, in no order: a consistent view for the mirror.
+// f must not call into the store.
+func (s *Store) ReadLocked(f func(next uint64, entries iter.Seq[*Entry])) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	f(s.seq+1, maps.Values(s.entries))
+}
+
+// Freeze stops the store for a hand-off: no more publishes, expiry or
+// drops. It returns the next entry number and every entry with a reference
+// held for the caller, who hands their fds on (and releases the references
+// if the hand-off fails).
+func (s *Store) Freeze() (next uint64, entries []*Entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	s.timer.Stop()
+	entries = make([]*Entry, 0, len(s.entries))
+	for _, e := range s.entries {
+		e.refs.Add(1)
+		entries = append(entries, e)
+	}
+	return s.seq + 1, entries
+}
+
+// Hold returns every entry, each with a reference held for the caller
+// (ReleaseAll), and the tombstones: what audit compares processes' fds
+// with.
+func (s *Store) Hold() (live []*Entry, tombs []Tombstone) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	live = make([]*Entry, 0, len(s.entries))
+	for _, e := range s.entries {
+		e.refs.Add(1)
+		live = append(live, e)
+	}
+	return live, append([]Tombstone(nil), s.tombs...)
+}
+
+// Snapshot returns the entries that visible admits, sorted by key. The
+// caller gets no references: it may read their fields, not use their fds.
+func (s *Store) Snapshot(visible func(*Entry) bool) []*Entry {
+	s.mu.RLock()
+	out := make([]*Entry, 0, len(s.entries))
+	for _, e := range s.entries {
+		if visible(e) {
+			out = append(out, e)
+		}
+	}
+	s.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Key.Less(out[j].Key) })
+	return out
+}
+
+// Nodes returns the cgroups that hold entries, sorted by path, after the
+// cursor (all if after is "").
+func (s *Store) Nodes(after string) []Node {
+	s.mu.RLock()
+	out := make([]Node, 0, len(s.usage))
+	for p, u := range s.usage {
+		if after == "" || p > after {
+			out = append(out, Node{Path: p, Entries: u.entries, Pinned: u.pinned, Owners: u.owners})
+		}
+	}
+	s.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out
+}
+
+// Len returns the number of entries.
+func (s *Store) Len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.entries)
+}
+
+// Responsive reports whether the store's lock can be taken: it blocks
+// until it can (the watchdog times it).
+func (s *Store) Responsive() {
+	s.mu.Lock()
+	s.mu.Unlock() //nolint:staticcheck // taking the lock is the check
+}
+
+// Close releases every entry; the store accepts no more publishes. It
+// waits up to ctx for the closes and returns, per uid, the fds still in
+// close(2) then (the process exits next; the kernel closes what is left).
+func (s *Store) Close(ctx context.Context) (stuck map[uint32]int, err error) {
+	var dead []*Entry
+	s.mu.Lock()
+	s.closed = true
+	s.timer.Stop()
+	for _, e := range s.entries {
+		dead = append(dead, s.removeLocked(e))
+	}
+	s.mu.Unlock()
+	s.ReleaseAll(dead)
+	return s.closer.Stop(ctx)
+}
