@@ -32,6 +32,7 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/sys/unix"
 
+	"github.com/capd-dev/capd/agent/internal/persist"
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/internal/activation"
 	"github.com/capd-dev/capd/internal/linux"
@@ -350,7 +351,7 @@ func runListener(socketPath string) (*Listener, []Stored, error) {
 		if err != nil {
 			return nil, stored, err
 		}
-		if strings.HasPrefix(f.Name, "e-") || strings.HasPrefix(f.Name, "c-") || strings.HasPrefix(f.Name, "capd-meta-") {
+		if persist.IsStored(f.Name) {
 			stored = append(stored, Stored{Name: f.Name, FD: fd})
 		} else {
 			socks = append(socks, fd)

@@ -20,6 +20,7 @@ import (
 	"github.com/capd-dev/capd/internal/fdpass"
 	"github.com/capd-dev/capd/internal/fdstore"
 	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/internal/poller"
 	"github.com/capd-dev/capd/internal/proto"
 )
 
@@ -33,7 +34,7 @@ type Server struct {
 	reg      *registry.Registry
 	mirror   *persist.Mirror // nil: not run by systemd with an fd store
 	host     host            // the agent's own namespaces, which host administrators share
-	wake     int             // eventfd that stops Serve
+	poll     *poller.Poller  // Serve waits on the listening socket with it; Drain stops it
 	fdLimit  int             // soft RLIMIT_NOFILE, raised to the hard limit
 	fdStore  int             // entries systemd's fd store keeps (FileDescriptorStoreMax less the metadata); -1 without one
 	reloader func() (*policy.Config, error)
@@ -76,26 +77,24 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	wake, err := linux.Eventfd(0, 0)
-	if err != nil {
-		r.Close()
-		return nil, err
-	}
 	s := &Server{
 		log:      log,
 		resolver: r,
 		host:     h,
-		wake:     wake,
 		fdLimit:  limit,
 		fdStore:  -1,
 		quit:     make(chan struct{}),
 		conns:    make(map[*conn]struct{}),
 		perUID:   make(map[uint32]*uidState),
 	}
+	if s.poll, err = poller.New(); err != nil {
+		r.Close()
+		return nil, err
+	}
 	s.watcher, err = cgroup.NewWatcher(r.Mount(), s.cgroupEmptied)
 	if err != nil {
 		r.Close()
-		linux.Close(wake)
+		s.poll.Close()
 		return nil, err
 	}
 	s.store = store.New(s.watcher, nil)
@@ -227,19 +226,14 @@ func (s *Server) Responsive(d time.Duration) bool {
 // Entries returns the number of stored entries.
 func (s *Server) Entries() int { return s.store.Len() }
 
-// Serve accepts connections on l until Shutdown. It does not close l.
+// Serve accepts connections on l until Drain or Shutdown; call it once. It
+// does not close l.
 func (s *Server) Serve(l *Listener) error {
-	fds := []unix.PollFd{{Fd: int32(l.fd), Events: unix.POLLIN}, {Fd: int32(s.wake), Events: unix.POLLIN}}
 	for {
-		fds[0].Revents, fds[1].Revents = 0, 0
-		if _, err := linux.Poll(fds, -1); err != nil {
-			return err
-		}
-		if fds[1].Revents != 0 {
+		if err := s.poll.Wait(l.fd); errors.Is(err, poller.ErrStopped) {
 			return nil
-		}
-		if fds[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 {
-			return fmt.Errorf("listening socket failed (revents %#x)", fds[0].Revents)
+		} else if err != nil {
+			return fmt.Errorf("listening socket: %w", err)
 		}
 		nfd, err := linux.Accept4(l.fd)
 		if err != nil {
@@ -386,9 +380,7 @@ func (s *Server) Drain(ctx context.Context) error {
 	}
 	s.stopping = true
 	close(s.quit)
-	var one [8]byte
-	one[0] = 1
-	linux.Write(s.wake, one[:])
+	s.poll.Stop()
 	for c := range s.conns {
 		c.shutdown()
 	}
@@ -419,8 +411,8 @@ func (s *Server) Close() error {
 		s.mirror.Close()
 	}
 	s.watcher.Close()
-	s.resolver.Close()
-	return linux.Close(s.wake)
+	s.poll.Close()
+	return s.resolver.Close()
 }
 
 // limits are the limits of one publish under cfg.

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/internal/poller"
 )
 
 // Populated reports whether the cgroup v2 directory dir, or any cgroup
@@ -90,7 +91,7 @@ type Watcher struct {
 	mount   string
 	onEmpty func(path string, epoch uint64)
 	fd      int // inotify
-	wake    int // eventfd that stops run
+	poll    *poller.Poller
 	done    chan struct{}
 
 	mu      sync.Mutex
@@ -125,7 +126,7 @@ func NewWatcher(mount string, onEmpty func(path string, epoch uint64)) (*Watcher
 	if err != nil {
 		return nil, err
 	}
-	wake, err := linux.Eventfd(0, 0)
+	poll, err := poller.New()
 	if err != nil {
 		linux.Close(fd)
 		return nil, err
@@ -134,7 +135,7 @@ func NewWatcher(mount string, onEmpty func(path string, epoch uint64)) (*Watcher
 		mount:   mount,
 		onEmpty: onEmpty,
 		fd:      fd,
-		wake:    wake,
+		poll:    poll,
 		done:    make(chan struct{}),
 		paths:   make(map[string]*watch),
 		wds:     make(map[int32]*watch),
@@ -285,11 +286,9 @@ func (w *Watcher) Len() int {
 // Close stops the watcher and releases its fds. onEmpty is not called
 // after Close returns.
 func (w *Watcher) Close() error {
-	var one [8]byte
-	one[0] = 1
-	linux.Write(w.wake, one[:])
+	w.poll.Stop()
 	<-w.done
-	linux.Close(w.wake)
+	w.poll.Close()
 	return linux.Close(w.fd)
 }
 
@@ -301,15 +300,10 @@ type fired struct {
 func (w *Watcher) run() {
 	defer close(w.done)
 	buf := make([]byte, 64*(unix.SizeofInotifyEvent+unix.NAME_MAX+1))
-	fds := []unix.PollFd{{Fd: int32(w.fd), Events: unix.POLLIN}, {Fd: int32(w.wake), Events: unix.POLLIN}}
 	var out []fired
 	for {
-		fds[0].Revents, fds[1].Revents = 0, 0
-		if _, err := linux.Poll(fds, -1); err != nil {
-			return
-		}
-		if fds[1].Revents != 0 {
-			return
+		if err := w.poll.Wait(w.fd); err != nil {
+			return // stopped (or an inotify fd that failed: nothing more to read)
 		}
 		n, err := linux.Read(w.fd, buf)
 		if err != nil || n <= 0 {
