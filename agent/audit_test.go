@@ -2,7 +2,6 @@ package agent
 
 import (
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -14,27 +13,6 @@ import (
 	"github.com/capd-dev/capd/internal/proto"
 	"github.com/capd-dev/capd/internal/testutil"
 )
-
-// holding starts a process that holds files at fds 3, 4, ... until the test
-// ends (or stop is called).
-func holding(t *testing.T, files ...*os.File) (pid int, stop func()) {
-	t.Helper()
-	cmd := exec.Command("sleep", "600")
-	cmd.ExtraFiles = files
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stopped := false
-	stop = func() {
-		if !stopped {
-			stopped = true
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	}
-	t.Cleanup(stop)
-	return cmd.Process.Pid, stop
-}
 
 // holdersOf returns the pid -> fd of entry name's holders in entries.
 func holdersOf(entries []proto.AuditEntry, name string) map[int]int {
@@ -87,7 +65,7 @@ func TestAuditKinds(t *testing.T) {
 	fileFD(t, p[1], "pipe-w")
 	// A pidfd of a process of its own: every pidfd of a process is on its
 	// pidfs inode (go test holds one of this process).
-	target, _ := holding(t)
+	target, _ := testutil.Holding(t, -1)
 	pidfd, err := linux.PidfdOpen(target)
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +103,7 @@ func TestAuditKinds(t *testing.T) {
 		}
 		files = append(files, k.f)
 	}
-	pid, _ := holding(t, files...)
+	pid, _ := testutil.Holding(t, -1, files...)
 
 	rep, err := c.Audit()
 	if err != nil {
@@ -177,7 +155,7 @@ func TestAuditOwnCopyOnStoppedFUSE(t *testing.T) {
 	if err := c.Publish("on-fuse", f, nil); err != nil {
 		t.Fatal(err)
 	}
-	pid, stop := holding(t, f)
+	pid, stop := testutil.Holding(t, -1, f)
 	f.Close() // with the server running
 	fuse.Stop(t)
 	defer func() {

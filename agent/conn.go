@@ -28,7 +28,7 @@ type conn struct {
 	// cred and pidfd (or pidfdErr) are the peer as admission read it; serve
 	// identifies the peer with them and closes pidfd.
 	cred     *unix.Ucred
-	pidfd    int
+	pidfd    linux.FD
 	pidfdErr error
 	log      *slog.Logger // rate-limited per accounting uid
 	peer     peer
@@ -85,11 +85,8 @@ func (c *conn) serve(cfg *policy.Config) {
 	var fdbuf [maxRecvFDs]int
 	var reqFD linux.FD // the fd of the request being handled
 
-	id, err := resolvePeer(c.cred, c.pidfd, c.pidfdErr, c.srv.resolver, c.srv.reg, c.srv.host)
-	if c.pidfd >= 0 {
-		linux.Close(c.pidfd)
-		c.pidfd = -1
-	}
+	id, err := resolvePeer(c.cred, c.pidfd.Int(), c.pidfdErr, c.srv.resolver, c.srv.reg, c.srv.host)
+	c.pidfd.Close()
 	if err != nil {
 		log.Warn("cannot identify client; closing", "err", err)
 		m := proto.NewMessage(out, 0, proto.CodePermissionDenied)
@@ -152,9 +149,9 @@ func (c *conn) serve(cfg *policy.Config) {
 		case r.entry != nil:
 			err = fdpass.Send(c.fd, r.msg, r.entry.FD())
 			c.srv.store.Release(r.entry)
-		case r.file >= 0:
-			err = fdpass.Send(c.fd, r.msg, r.file)
-			linux.Close(r.file)
+		case r.file != nil:
+			err = fdpass.Send(c.fd, r.msg, r.file.Int())
+			r.file.Close()
 		default:
 			err = fdpass.Send(c.fd, r.msg)
 		}
@@ -172,11 +169,11 @@ func (c *conn) serve(cfg *policy.Config) {
 type reply struct {
 	msg   []byte
 	entry *store.Entry
-	file  int // -1: none
+	file  *linux.FD
 	fatal bool
 }
 
-func message(m proto.Builder) reply { return reply{msg: m.Bytes(), file: -1} }
+func message(m proto.Builder) reply { return reply{msg: m.Bytes()} }
 
 // handle answers one request. The fd the request carried, if any, is in
 // reqFD: a handler that keeps it takes it (Release); the caller closes
@@ -224,7 +221,7 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD *linux.FD, out []byt
 			}
 			if err == nil {
 				r := message(proto.NewMessage(out, proto.OpAudit, proto.CodeOK))
-				r.file = fd
+				r.file = linux.NewFD(fd)
 				return r
 			}
 		case proto.OpStatus:
@@ -501,7 +498,7 @@ func (c *conn) status(cfg *policy.Config, attrs []byte, out []byte) (proto.Build
 		return proto.Builder{}, err
 	}
 	s := c.srv
-	limit, _ := s.Capacity(cfg)
+	limit, _ := s.capacity(cfg)
 	open, err := linux.OpenFDs()
 	if err != nil {
 		return proto.Builder{}, err

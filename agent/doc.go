@@ -1,36 +1,41 @@
-// Package agent is the capd daemon: it accepts clients on an AF_UNIX
-// SOCK_SEQPACKET socket, learns each client's identity from the kernel once
-// per connection (identity.go: uid, cgroup, capabilities, user and pid
-// namespaces, through the peer's pidfd), asks the one authorization
-// decision (policy.Config.Authorize) for every request, and serves publish,
-// acquire, revoke, list, status, audit, reload, whoami and container
-// registration against a store of named fds.
+// Package agent assembles the capd daemon: Run (signals, sd_notify,
+// reload, the private mount namespace, the SIGUSR2 hand-off), the accept
+// loop and connection limits (server.go), one connection's requests
+// (conn.go, register.go: decoding, the one authorization call per request,
+// the replies), the peer's identity from the kernel (identity.go), the one
+// mapping from errors to wire codes (errors.go) and log limits per uid
+// (ratelog.go). What it serves lives in agent/internal: the store of named
+// fds (store), the registered containers and identities (registry), the
+// fd-store mirror, restore and hand-off (persist) and audit (audit); the
+// decision itself is agent/policy's Config.Authorize.
 //
-// Files: server.go (admission, per-uid connection limits, drain), conn.go
-// (one connection's requests), identity.go, store.go (entries, quotas,
-// per-uid limits, TTLs, drops, waiters), containers.go and register.go (the
-// container registry: a registration lives while its cgroup has
-// processes), persist.go (systemd's fd store, restore, hand-off), audit.go,
-// ratelog.go (log limits per uid).
+// Identity: a connection's peer is read once, at admission: SO_PEERCRED
+// and a pidfd, then its cgroup, capabilities and namespaces through the
+// pidfd; nothing the client sends takes part. A fact the agent cannot
+// establish counts as absent, which gives less authority.
 //
 // Concurrency: one goroutine per connection, doing plain blocking
 // recvmsg/sendmsg with SO_RCVTIMEO/SO_SNDTIMEO as idle and send limits; the
 // number of connections is bounded globally and per accounting uid, and a
 // connection has at most one request in flight. Expiry uses one timer for
 // the whole store; owner cgroups and container cgroups share one inotify
-// watcher (one goroutine); released fds are closed by internal/closer's
-// bounded workers, never on a goroutine that serves anyone else.
+// watcher (one goroutine, cgroup.Watcher), whose reports reach the store
+// and registry through Server.cgroupEmptied; released fds are closed by
+// internal/closer's bounded workers, never on a goroutine that serves
+// anyone else.
 //
-// Fd ownership: the store owns one fd per entry behind a reference count.
-// The store's own reference is dropped on revoke, replace, expiry or drop;
-// an acquire holds a reference only while sendmsg runs, so a concurrent
-// revoke can never make the agent send a recycled fd number. The last
-// reference hands the fd to the closer. The registry owns no fds (it closes
-// the init's pidfd a registration carries once it read the cgroup). Each
-// connection goroutine owns its socket and closes it exactly once; Drain
-// only shuts sockets' receiving side down to wake their readers.
+// Fd ownership: the store owns each entry's fd (see package store); an
+// acquire reply holds a reference only while sendmsg runs. A request's fd
+// is a linux.FD the connection owns: publish and register take it, and
+// whatever is left is closed after the reply. An audit reply's memfd is
+// the reply's, closed after sending. The peer's pidfd is closed once the
+// peer is identified. Each connection goroutine owns its socket and closes
+// it exactly once; Drain only shuts sockets' receiving side down to wake
+// their readers. The Server owns its poller's eventfd, the cgroup watcher
+// and resolver, and the mirror's notification socket (Close).
 //
-// Lock order: persist.mu, then store.mu, then the leaf locks (persist.fmu,
-// registry.mu, the closer's, a log limiter's); Server.mu is never held
-// while taking any of them.
+// Lock order: the mirror's upload lock, then the store's lock, then the
+// leaf locks (the mirror's failure list, the registry's, the watcher's,
+// the closer's, a log limiter's); Server.mu is never held while taking any
+// of them.
 package agent

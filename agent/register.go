@@ -8,7 +8,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/capd-dev/capd/agent/internal/registry"
-	"github.com/capd-dev/capd/agent/internal/store"
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/internal/linux"
@@ -77,7 +76,7 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, reqFD *linux.FD, out [
 		return proto.Builder{}, proto.Errorf(proto.CodeInvalidRequest, "container %s: its init process: %v", id, err)
 	}
 	ct := registry.New(id, name, cg, cgID)
-	if store.Within(c.peer.Cgroup, ct.Cgroup) {
+	if cgroup.Within(c.peer.Cgroup, ct.Cgroup) {
 		// Registering "/" or the runtime's own cgroup would rename the
 		// caller and everything beside it.
 		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "container %s: its cgroup %s holds the registering process too; the runtime must give the container a cgroup of its own", ct.ID, ct.Cgroup)

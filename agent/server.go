@@ -141,16 +141,16 @@ func rootReserve(cfg *policy.Config) int { return min(8, cfg.Agent.MaxConnection
 // maxRecvFDs before the surplus is closed), and its own.
 func fdReserve(cfg *policy.Config) int { return (1+maxRecvFDs)*cfg.Agent.MaxConnections + 64 }
 
-// Capacity returns the soft RLIMIT_NOFILE and how many entries fit in it
+// capacity returns the soft RLIMIT_NOFILE and how many entries fit in it
 // under cfg.
-func (s *Server) Capacity(cfg *policy.Config) (fdLimit, entries int) {
+func (s *Server) capacity(cfg *policy.Config) (fdLimit, entries int) {
 	return s.fdLimit, max(s.fdLimit-fdReserve(cfg), 0)
 }
 
 // maxEntries is the whole store's limit: max_entries, or what the fd limit
 // or systemd's fd store leaves room for if that is less.
 func (s *Server) maxEntries(cfg *policy.Config) int {
-	_, room := s.Capacity(cfg)
+	_, room := s.capacity(cfg)
 	if s.fdStore >= 0 {
 		room = min(room, s.fdStore)
 	}
@@ -160,7 +160,7 @@ func (s *Server) maxEntries(cfg *policy.Config) int {
 // entriesSource names what bounds the whole store when it is not
 // max_entries.
 func (s *Server) entriesSource(cfg *policy.Config) string {
-	if _, room := s.Capacity(cfg); s.fdStore >= 0 && s.fdStore < room {
+	if _, room := s.capacity(cfg); s.fdStore >= 0 && s.fdStore < room {
 		return "FileDescriptorStoreMax"
 	}
 	return "RLIMIT_NOFILE"
@@ -169,7 +169,7 @@ func (s *Server) entriesSource(cfg *policy.Config) string {
 // checkCapacity logs how many fds the agent can hold, and says with numbers
 // when the configured limits do not fit.
 func (s *Server) checkCapacity(cfg *policy.Config) {
-	limit, room := s.Capacity(cfg)
+	limit, room := s.capacity(cfg)
 	s.log.Info("fd capacity", "rlimit_nofile", limit, "reserved", fdReserve(cfg), "room_for_entries", room, "max_entries", cfg.Agent.MaxEntries)
 	if cfg.Agent.MaxEntries > room {
 		s.log.Warn("configured limits do not fit the fd limit; the store stops at what fits",
@@ -290,7 +290,8 @@ func (s *Server) admit(nfd int) {
 		refuse(nfd, reason)
 		return
 	}
-	c := &conn{srv: s, fd: nfd, acct: acct, log: log, cred: cred, pidfd: pidfd, pidfdErr: pidfdErr}
+	c := &conn{srv: s, fd: nfd, acct: acct, log: log, cred: cred, pidfdErr: pidfdErr}
+	c.pidfd.Own(pidfd)
 	s.conns[c] = struct{}{}
 	us.conns++
 	s.wg.Add(1)

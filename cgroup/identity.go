@@ -94,6 +94,11 @@ func Parent(p string) (string, bool) {
 	return path.Dir(p), true
 }
 
+// Within reports whether cgroup path c is p or below it.
+func Within(c, p string) bool {
+	return p == "/" || c == p || (strings.HasPrefix(c, p) && c[len(p)] == '/')
+}
+
 // ValidUnitName checks systemd's unit name alphabet and length: letters,
 // digits and ":-_.\@", at most 255 bytes, and a non-empty prefix before the
 // type suffix.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -51,6 +52,38 @@ func TestOnePackageDoc(t *testing.T) {
 			}
 			if len(docs) != 1 {
 				t.Errorf("package %s in %s has %d package docs (%v), want 1", name, dir, len(docs), docs)
+			}
+		}
+	}
+}
+
+// TestAgentLayers keeps the daemon's parts apart: nothing under
+// agent/internal imports the agent that assembles them, and the store,
+// the registry and audit import none of their siblings but the error type
+// (persist saves the store's and the registry's state, so it may import
+// those two).
+func TestAgentLayers(t *testing.T) {
+	const base = "github.com/capd-dev/capd/agent"
+	allowed := map[string][]string{
+		"refusal":  nil,
+		"store":    {"refusal"},
+		"registry": {"refusal"},
+		"audit":    nil,
+		"persist":  {"store", "registry", "refusal"},
+	}
+	for pkg, may := range allowed {
+		cmd := exec.Command("go", "list", "-deps", "./agent/internal/"+pkg)
+		cmd.Dir = ".."
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("go list %s: %v", pkg, err)
+		}
+		for _, dep := range strings.Fields(string(out)) {
+			switch rest, ok := strings.CutPrefix(dep, base+"/internal/"); {
+			case dep == base:
+				t.Errorf("agent/internal/%s imports the agent package", pkg)
+			case ok && rest != pkg && !slices.Contains(may, rest):
+				t.Errorf("agent/internal/%s imports its sibling %s", pkg, rest)
 			}
 		}
 	}

@@ -6,11 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -49,30 +46,6 @@ func env(t *testing.T) (Env, *bytes.Buffer) {
 		t.Logf("no cgroup resolver (%v): cgroups come from /proc", err)
 	}
 	return e, &log
-}
-
-// holding starts a process that holds files at fds 3, 4, ... until the test
-// ends (or stop is called). uid >= 0 runs it as that uid.
-func holding(t *testing.T, uid int, files ...*os.File) (pid int, stop func()) {
-	t.Helper()
-	cmd := exec.Command("sleep", "600")
-	cmd.ExtraFiles = files
-	if uid >= 0 {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stopped := false
-	stop = func() {
-		if !stopped {
-			stopped = true
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	}
-	t.Cleanup(stop)
-	return cmd.Process.Pid, stop
 }
 
 // holders returns the holders of entry name in entries, by pid.
@@ -120,7 +93,7 @@ func run(t *testing.T, e Env, live []Item, tombs []Tomb) *proto.AuditReport {
 func TestRunLiveHolder(t *testing.T) {
 	e, _ := env(t)
 	f := memfd(t, "audit-live")
-	pid, stop := holding(t, -1, f)
+	pid, stop := testutil.Holding(t, -1, f)
 	live := []Item{{Owner: "o", Name: "m", Kind: "memfd", FD: int(f.Fd())}}
 
 	rep := run(t, e, live, nil)
@@ -158,7 +131,7 @@ func TestRunLiveHolder(t *testing.T) {
 func TestRunOldKernel(t *testing.T) {
 	e, _ := env(t)
 	f := memfd(t, "audit-old")
-	pid, _ := holding(t, -1, f)
+	pid, _ := testutil.Holding(t, -1, f)
 	live := []Item{{Name: "m", Kind: "memfd", FD: int(f.Fd())}}
 	modern := holders(run(t, e, live, nil).Entries, "m")[pid]
 	byID := e.PathByID
@@ -185,8 +158,8 @@ func TestRunSharedOFD(t *testing.T) {
 	}
 	fileFD(t, dup, "dup")
 	other := memfd(t, "audit-shared")
-	pid, _ := holding(t, -1, f)
-	otherPID, _ := holding(t, -1, other)
+	pid, _ := testutil.Holding(t, -1, f)
+	otherPID, _ := testutil.Holding(t, -1, other)
 	live := []Item{
 		{Name: "a", Kind: "memfd", FD: int(f.Fd())},
 		{Name: "b", Kind: "memfd", FD: dup},
@@ -220,90 +193,6 @@ func TestRunUnreadableOwnCopy(t *testing.T) {
 	}
 }
 
-// After the agent closed its fd of a removed entry, a child's copy is
-// reported under Removed for kinds whose inode only copies of the entry
-// can hold (memfd, socket, pipe, O_TMPFILE); for a regular file, which
-// anyone may open, and an eventfd, on the shared anonymous inode, nothing
-// is reported.
-func TestRunRemoved(t *testing.T) {
-	e, _ := env(t)
-	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fileFD(t, sp[1], "peer")
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-		t.Fatal(err)
-	}
-	fileFD(t, p[1], "pipe-w")
-	plain, err := os.Create(t.TempDir() + "/plain")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kinds := []struct {
-		kind  string
-		f     *os.File
-		stale bool
-	}{
-		{"memfd", memfd(t, "audit-removed"), true},
-		{"socket", os.NewFile(uintptr(sp[0]), "socket"), true},
-		{"pipe", os.NewFile(uintptr(p[0]), "pipe"), true},
-		{"file", plain, false},
-		{"eventfd", os.NewFile(uintptr(ev), "eventfd"), false},
-	}
-	if tmp, err := unix.Open(t.TempDir(), unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600); err == nil {
-		kinds = append(kinds, struct {
-			kind  string
-			f     *os.File
-			stale bool
-		}{"tmpfile", os.NewFile(uintptr(tmp), "tmpfile"), true})
-	} else {
-		t.Logf("no O_TMPFILE in %s: %v", os.TempDir(), err)
-	}
-	var files []*os.File
-	var tombs []Tomb
-	removed := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
-	for _, k := range kinds {
-		if got := linux.FdKind(int(k.f.Fd())); got != k.kind {
-			t.Fatalf("FdKind %q, want %q", got, k.kind)
-		}
-		dev, ino, err := linux.FileID(int(k.f.Fd()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		tombs = append(tombs, Tomb{Owner: "o", Name: k.kind, Kind: k.kind, Dev: dev, Ino: ino, Removed: removed})
-		files = append(files, k.f)
-	}
-	pid, _ := holding(t, -1, files...)
-	for _, f := range files {
-		f.Close() // the agent's copy is gone
-	}
-
-	rep := run(t, e, nil, tombs)
-	if rep.Entries == nil || len(rep.Entries) != 0 {
-		t.Errorf("entries %+v, want none", rep.Entries)
-	}
-	for i, k := range kinds {
-		hs := holders(rep.Removed, k.kind)
-		switch {
-		case k.stale && (len(hs) != 1 || hs[pid].FD != 3+i):
-			t.Errorf("%s: stale holders %+v, want pid %d at fd %d", k.kind, hs, pid, 3+i)
-		case !k.stale && len(hs) != 0:
-			t.Errorf("%s: stale holders %+v, want none", k.kind, hs)
-		}
-	}
-	for _, r := range rep.Removed {
-		if !r.Removed.Equal(removed) || r.Owner != "o" || r.Kind != r.Name {
-			t.Errorf("removed entry %+v", r)
-		}
-	}
-}
-
 // A holder of another uid is exposed: dumpable, reachable through
 // /proc/PID/fd/N by its uid; a root holder is not.
 func TestRunExposure(t *testing.T) {
@@ -311,8 +200,8 @@ func TestRunExposure(t *testing.T) {
 	e, _ := env(t)
 	f := memfd(t, "audit-exposure")
 	const nobody = 65534
-	pid, _ := holding(t, nobody, f)
-	rootPID, _ := holding(t, -1, f)
+	pid, _ := testutil.Holding(t, nobody, f)
+	rootPID, _ := testutil.Holding(t, -1, f)
 	rep := run(t, e, []Item{{Name: "m", Kind: "memfd", FD: int(f.Fd())}}, nil)
 	hs := holders(rep.Entries, "m")
 	if len(hs) != 2 {
@@ -334,7 +223,7 @@ func TestRunExposure(t *testing.T) {
 func TestReport(t *testing.T) {
 	e, _ := env(t)
 	f := memfd(t, "audit-report")
-	holding(t, -1, f)
+	testutil.Holding(t, -1, f)
 	rep := run(t, e, []Item{{Owner: "o", Name: "m", Kind: "memfd", FD: int(f.Fd())}}, nil)
 	fd, err := Report(rep)
 	if err != nil {

@@ -34,5 +34,5 @@ func Handoff(st *store.Store, reg *registry.Registry, m *Mirror) (names []string
 		// agent's copies.
 		names, fds = append(names, e.ID()), append(fds, e.FD())
 	}
-	return append(names, MetaPrefix+strconv.FormatUint(gen, 10)), append(fds, mfd), nil
+	return append(names, MetaPrefix+strconv.FormatUint(gen, 10)), append(fds, mfd.Release()), nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/capd-dev/capd/agent/internal/registry"
 	"github.com/capd-dev/capd/agent/internal/store"
 	"github.com/capd-dev/capd/agent/policy"
+	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/proto"
 )
@@ -103,13 +104,17 @@ func containers(reg *registry.Registry) []CtrRecord {
 	return out
 }
 
-// encode renders m into a sealed memfd the caller owns.
-func encode(m *Meta) (int, error) {
+// encode renders m into a sealed memfd, which the caller owns.
+func encode(m *Meta) (*linux.FD, error) {
 	b, err := json.Marshal(m)
 	if err != nil {
-		return -1, err
+		return nil, err
 	}
-	return linux.SealedMemfd("capd-meta", b)
+	fd, err := linux.SealedMemfd("capd-meta", b)
+	if err != nil {
+		return nil, err
+	}
+	return linux.NewFD(fd), nil
 }
 
 // readMeta reads a metadata memfd, which must be sealed against writes.
@@ -159,7 +164,7 @@ func ValidRecord(r *Record) error {
 		return proto.ValidName(r.Name)
 	case !validCgroupPath(r.Cgroup) || !validCgroupPath(r.OwnerCg):
 		return fmt.Errorf("cgroup %q or owner cgroup %q is not a clean absolute path", r.Cgroup, r.OwnerCg)
-	case !store.Within(r.Cgroup, r.OwnerCg):
+	case !cgroup.Within(r.Cgroup, r.OwnerCg):
 		return fmt.Errorf("cgroup %s is not within its owner cgroup %s", r.Cgroup, r.OwnerCg)
 	case r.Kind == "" || len(r.Kind) > 64 || strings.ContainsFunc(r.Kind, unicode.IsControl):
 		return fmt.Errorf("kind %q", r.Kind)

@@ -12,7 +12,6 @@ import (
 	"github.com/capd-dev/capd/agent/internal/registry"
 	"github.com/capd-dev/capd/agent/internal/store"
 	"github.com/capd-dev/capd/internal/fdstore"
-	"github.com/capd-dev/capd/internal/linux"
 )
 
 // MetaFDs is how many fds of systemd's fd store the metadata takes: a new
@@ -152,12 +151,12 @@ func (m *Mirror) upload() (err error) {
 	if err != nil {
 		return err
 	}
-	defer linux.Close(fd)
+	defer fd.Close() // systemd keeps its own copy
 	if m.gen > 0 {
 		m.stale = append(m.stale, m.gen)
 	}
 	m.gen++
-	if err := m.fs.Add(MetaPrefix+strconv.FormatUint(m.gen, 10), fd); err != nil {
+	if err := m.fs.Add(MetaPrefix+strconv.FormatUint(m.gen, 10), fd.Int()); err != nil {
 		return err
 	}
 	if err := m.fs.Barrier(5 * time.Second); err != nil {

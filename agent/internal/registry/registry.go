@@ -3,7 +3,6 @@ package registry
 import (
 	"fmt"
 	"sort"
-	"strings"
 	"sync"
 
 	"github.com/capd-dev/capd/cgroup"
@@ -89,16 +88,11 @@ func (r *Registry) Overlapping(p string) string {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	for cg, c := range r.byCgroup {
-		if cg != p && (within(cg, p) || within(p, cg)) {
+		if cg != p && (cgroup.Within(cg, p) || cgroup.Within(p, cg)) {
 			return c.ID
 		}
 	}
 	return ""
-}
-
-// within reports whether cgroup c is p or below it.
-func within(c, p string) bool {
-	return p == "/" || c == p || (strings.HasPrefix(c, p) && c[len(p)] == '/')
 }
 
 // Add registers c and starts following its cgroup. The same id registered

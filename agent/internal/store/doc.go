@@ -9,8 +9,8 @@
 // does); an Observer (the fd-store mirror) sees every insert and removal
 // under the store's lock, in the store's order; a Clock drives expiry; the
 // limits of each publish come with it (Limits). Errors are the sentinels of
-// errors.go, wrapped in *Error with a message for the client; the agent
-// maps them to wire codes.
+// errors.go, wrapped in a *refusal.Error with a message for the client;
+// the agent maps them to wire codes.
 //
 // Fd ownership: an Entry owns one fd (a linux.FD) behind a reference
 // count. The store holds one reference while the entry is published and

@@ -8,7 +8,6 @@ import (
 	"iter"
 	"maps"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -225,7 +224,7 @@ func (s *Store) admitLocked(e, old *Entry, replace bool, l *Limits) error {
 		if u := s.usage[p]; u != nil {
 			entries, pinned = u.entries, u.pinned
 		}
-		if old != nil && Within(old.Cgroup, p) {
+		if old != nil && cgroup.Within(old.Cgroup, p) {
 			entries--
 			if old.Pinned {
 				pinned--
@@ -258,11 +257,6 @@ func (s *Store) admitLocked(e, old *Entry, replace bool, l *Limits) error {
 // stays until the mirror lets it go, beside the new one.
 func (s *Store) mirrorNeedLocked() int {
 	return len(s.entries) + s.obs.Pending() + 1
-}
-
-// Within reports whether cgroup c is p or below it.
-func Within(c, p string) bool {
-	return p == "/" || c == p || (strings.HasPrefix(c, p) && c[len(p)] == '/')
 }
 
 func (s *Store) insertLocked(e *Entry) {
