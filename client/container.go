@@ -14,17 +14,23 @@ import (
 type Registration struct {
 	ID   string
 	Name string // optional
-	// Refs are the "OWNER:NAME" entries the container asks for; the
-	// agent says for each whether the container may acquire it now.
-	Refs []string
+	// Refs are the entries the container asks for; the agent says for
+	// each whether the container may acquire it now.
+	Refs []Ref
 	// Required refuses the registration if any of Refs is refused.
 	Required bool
 }
 
+// Ref names an entry: its owner's identity and its name.
+type Ref struct{ Owner, Name string }
+
+// String is the entry's "OWNER:NAME" form.
+func (r Ref) String() string { return r.Owner + ":" + r.Name }
+
 // RefResult is the agent's answer for one requested entry: Err is nil, or
 // wraps ErrPermissionDenied or ErrNotFound.
 type RefResult struct {
-	Ref string
+	Ref Ref
 	Err error
 }
 
@@ -44,7 +50,7 @@ func (c *Client) Register(r *Registration, pidfd int) (string, []RefResult, erro
 		m.U32(proto.AttrFlags, proto.FlagRequired)
 	}
 	for _, ref := range r.Refs {
-		m.String(proto.AttrRef, ref)
+		m.String(proto.AttrRef, ref.String())
 	}
 	c.out = m.Bytes()
 	if len(c.out) > proto.MaxRequest {
@@ -95,7 +101,7 @@ func decodeResult(b []byte) (RefResult, error) {
 	if err == nil {
 		err = it.Err()
 	}
-	res := RefResult{Ref: owner + ":" + name}
+	res := RefResult{Ref: Ref{owner, name}}
 	if code != 0 {
 		res.Err = &proto.Error{Code: proto.Code(code), Message: msg}
 	}

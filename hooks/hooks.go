@@ -133,9 +133,9 @@ func create(o Options, req *oci.Request, pid int, bundle string) error {
 		return soft(o.agentErr(req.ID, err))
 	}
 	defer c.Close()
-	refs := make([]string, len(req.Refs))
+	refs := make([]client.Ref, len(req.Refs))
 	for i, r := range req.Refs {
-		refs[i] = r.String()
+		refs[i] = client.Ref(r)
 	}
 	_, results, err := c.Register(&client.Registration{ID: req.ID, Name: req.Name, Refs: refs, Required: req.Required}, pidfd)
 	if errors.Is(err, client.ErrTimeout) {
