@@ -74,3 +74,18 @@ func TestOwner(t *testing.T) {
 		}
 	}
 }
+
+// Within is a path-component prefix test: /ab is not below /a.
+func TestWithin(t *testing.T) {
+	for _, tc := range []struct {
+		c, p string
+		want bool
+	}{
+		{"/a", "/", true}, {"/", "/", true}, {"/a", "/a", true}, {"/a/b", "/a", true},
+		{"/ab", "/a", false}, {"/a", "/a/b", false}, {"/b", "/a", false},
+	} {
+		if got := Within(tc.c, tc.p); got != tc.want {
+			t.Errorf("Within(%s, %s) = %v", tc.c, tc.p, got)
+		}
+	}
+}

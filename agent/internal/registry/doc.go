@@ -18,6 +18,8 @@
 // directory's inode, whether it has processes).
 //
 // Concurrency: every method is safe for concurrent use. Lock order:
-// Registry.mu, then the Watcher's lock (Add and Remove are called under
-// it); nothing else is taken under it.
+// Registry.mu, then the Watcher's lock (Add takes the watch, and reads the
+// cgroup's inode through Cgroups, under Registry.mu, so that an emptying
+// reported meanwhile waits for the registration it concerns); nothing else
+// is taken under it.
 package registry

@@ -100,17 +100,27 @@ func (r *Registry) Overlapping(p string) string {
 // a retried hook) keeps one registration. A name, id or cgroup held by
 // another container is refused, and so is a cgroup that has no process
 // left or is not the one c.CgroupID names.
+//
+// The watch is taken under the registry's lock: an emptying the watcher
+// reports meanwhile (Emptied, which takes the lock) then finds the
+// registration it concerns, instead of finding nothing and leaving a
+// registration that outlives its cgroup.
 func (r *Registry) Add(c *Container) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	epoch, populated, recreated, err := r.watch.Add(c.Cgroup)
 	if err != nil {
 		return err
 	}
-	id, err := r.cgroups.ID(c.Cgroup)
+	var id uint64
+	if populated {
+		id, err = r.cgroups.ID(c.Cgroup)
+	}
 	switch {
-	case err != nil:
-		err = fmt.Errorf("cgroup %s: %w", c.Cgroup, err)
 	case !populated:
 		err = errorf(ErrGone, "container %s: cgroup %s has no processes left", c.ID, c.Cgroup)
+	case err != nil:
+		err = fmt.Errorf("cgroup %s: %w", c.Cgroup, err)
 	case c.CgroupID != 0 && id != c.CgroupID:
 		err = errorf(ErrGone, "container %s: cgroup %s is not the one registered (it was removed and created again)", c.ID, c.Cgroup)
 	}
@@ -120,8 +130,6 @@ func (r *Registry) Add(c *Container) error {
 	}
 	c.CgroupID, c.epoch = id, epoch
 
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	if o := r.byCgroup[c.Cgroup]; o != nil && (recreated || o.CgroupID != c.CgroupID) {
 		// A stale registration of an earlier cgroup at the same path.
 		r.removeLocked(o)

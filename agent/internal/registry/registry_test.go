@@ -10,7 +10,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/capd-dev/capd/agent/internal/refusal"
 	"github.com/capd-dev/capd/internal/testutil"
 )
 
@@ -170,9 +172,9 @@ func newRegistry(t *testing.T, tr *tree) *Registry {
 
 func wantKind(t testing.TB, err, kind error, msgHas string) {
 	t.Helper()
-	var re *Error
+	var re *refusal.Error
 	if !errors.Is(err, kind) || !errors.As(err, &re) || re.Kind != kind || re.Error() != re.Msg || !strings.Contains(re.Msg, msgHas) {
-		t.Fatalf("error %v (%T), want an *Error of kind %q saying %q", err, err, kind, msgHas)
+		t.Fatalf("error %v (%T), want a *refusal.Error of kind %q saying %q", err, err, kind, msgHas)
 	}
 }
 
@@ -533,5 +535,65 @@ func TestConcurrent(t *testing.T) {
 	wg.Wait()
 	if r.Len() != 8*10 {
 		t.Fatalf("%d registrations left, want 80", r.Len())
+	}
+}
+
+// hookTree runs onID inside Add, between the watch and the registration.
+type hookTree struct {
+	*tree
+	onID func(p string)
+}
+
+func (h *hookTree) ID(p string) (uint64, error) {
+	if h.onID != nil {
+		h.onID(p)
+	}
+	return h.tree.ID(p)
+}
+
+// An emptying the watcher reports while Add runs is not lost: Add holds
+// the lock Emptied takes, so the emptying ends the registration it
+// concerns instead of finding nothing and leaving one that outlives its
+// cgroup.
+func TestAddRacingEmptied(t *testing.T) {
+	tr := &hookTree{tree: newTree()}
+	tr.mk("/ctr/a", 10)
+	r := NewRegistry(tr, tr)
+	defer func() { r.Close(); tr.checkBalanced(t) }()
+	emptied := make(chan *Container, 1)
+	var got *Container
+	received := false
+	tr.onID = func(p string) { // after watch.Add returned populated
+		tr.onID = nil
+		epoch := tr.empty(p)
+		go func() { emptied <- r.Emptied(p, epoch) }() // the watcher's goroutine
+		// Give the report the chance to arrive inside Add; it may only
+		// wait for Add to finish (with a lock held, it cannot get in).
+		select {
+		case got = <-emptied:
+			received = true
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if err := r.Add(New("c1", "web", "/ctr/a", 0)); err != nil {
+		t.Fatal(err)
+	}
+	if !received {
+		got = <-emptied
+	}
+	if c := got; c == nil || c.ID != "c1" {
+		t.Fatalf("the emptying reported during Add ended %v, want c1", c)
+	}
+	if c := r.Lookup("/ctr/a"); c != nil {
+		t.Fatalf("registration at epoch %d outlives the emptying reported during Add", c.epoch)
+	}
+}
+
+// A cgroup that is gone is ErrGone (the agent's invalid-request), not an
+// internal error from reading its inode.
+func TestAddRemovedCgroup(t *testing.T) {
+	r := newRegistry(t, newTree()) // /ctr/gone does not exist
+	if err := r.Add(New("c1", "", "/ctr/gone", 0)); !errors.Is(err, ErrGone) {
+		t.Fatalf("Add of a removed cgroup = %v, want ErrGone", err)
 	}
 }

@@ -484,8 +484,15 @@ func (s *Store) expire() {
 
 // drop removes, under the lock, the entries remove picks, releases them
 // after it and tells the observer.
+//
+// A frozen or closed store drops nothing: its entries are being handed to
+// the next agent process, which checks their owners again.
 func (s *Store) drop(remove func() []*Entry) int {
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return 0
+	}
 	dead := remove()
 	obs := s.obs
 	s.mu.Unlock()

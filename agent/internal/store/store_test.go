@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/capd-dev/capd/agent/internal/refusal"
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/testutil"
@@ -129,9 +130,9 @@ func mustPublish(t testing.TB, s *Store, e *Entry) {
 // wantKind fails t unless err is an *Error of kind.
 func wantKind(t testing.TB, err, kind error, msgHas string) {
 	t.Helper()
-	var se *Error
+	var se *refusal.Error
 	if !errors.Is(err, kind) || !errors.As(err, &se) || se.Kind != kind || se.Error() != se.Msg || !strings.Contains(se.Msg, msgHas) {
-		t.Fatalf("error %v (%T), want an *Error of kind %q saying %q", err, err, kind, msgHas)
+		t.Fatalf("error %v (%T), want a *refusal.Error of kind %q saying %q", err, err, kind, msgHas)
 	}
 }
 
@@ -1139,20 +1140,6 @@ func TestNodes(t *testing.T) {
 	}
 }
 
-func TestWithin(t *testing.T) {
-	for _, tc := range []struct {
-		c, p string
-		want bool
-	}{
-		{"/a", "/", true}, {"/", "/", true}, {"/a", "/a", true}, {"/a/b", "/a", true},
-		{"/ab", "/a", false}, {"/a", "/a/b", false}, {"/b", "/a", false},
-	} {
-		if got := Within(tc.c, tc.p); got != tc.want {
-			t.Errorf("Within(%s, %s) = %v", tc.c, tc.p, got)
-		}
-	}
-}
-
 func TestEntryID(t *testing.T) {
 	long := strings.Repeat("o", 300)
 	for _, tc := range []struct {
@@ -1308,5 +1295,21 @@ func TestUnpublish(t *testing.T) {
 	drain(t, f.s)
 	if f.s.Len() != 0 || fd.open() {
 		t.Fatal("Unpublish left the entry")
+	}
+}
+
+// A frozen store (a hand-off under way) drops nothing when an owner
+// cgroup empties: the next agent process checks the owners again, and the
+// mirror is not synced in the middle of the hand-off.
+func TestFreezeStopsDrops(t *testing.T) {
+	f := newFixture(t)
+	f.w.Populate(svc, true)
+	mustPublish(t, f.s, owned(t, "a", svc))
+	f.obs.take()
+	_, held := f.s.Freeze()
+	defer f.s.ReleaseAll(held)
+	n := f.s.OwnerEmptied(svc, f.w.Empty(svc)) + f.s.DropOwned(svc)
+	if _, dropped := f.obs.take(); n != 0 || f.s.Len() != 1 || dropped != 0 {
+		t.Fatalf("frozen store dropped %d entries (%d left) and called Dropped %d times", n, f.s.Len(), dropped)
 	}
 }
