@@ -79,3 +79,28 @@ acquire  = ["rpm-ostreed.service:zincati-fd"]
 		t.Fatalf("the nspawn payload saw %q\nstderr: %s", r.stdout, r.stderr)
 	}
 }
+
+// A real systemd-nspawn container that registers with machined, with the
+// agent's socket bound into it read-only (--bind-ro=/run/capd): its
+// processes are machine:NAME, acquire what policy grants that name, and
+// root in it is no host administrator.
+func TestNspawnMachineAcquires(t *testing.T) {
+	m := bootMachine(t)
+	m.write("/etc/capd/capd.toml", "[[grant]]\nconsumer = \"machine:inner\"\nacquire = [\"pub.service:for-inner\"]\n", 0o644)
+	m.must("systemctl", "reload", "capd.service")
+	m.must("systemd-run", "--unit", "pub", "sh", "-c", `echo inner-data > /run/md && exec /run/capd-bin publish --pin for-inner < /run/md`)
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(m.must("/run/capd-bin", "list"), "for-inner"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("pub.service did not publish")
+		}
+	}
+	out := m.must("systemd-nspawn", "--quiet", "--console=pipe", "-M", "inner", "--volatile=yes", "-D", "/",
+		"--bind-ro=/run/capd", "--bind-ro=/run/capd-bin", "--",
+		"/bin/sh", "-c", `/run/capd-bin whoami; /run/capd-bin acquire pub.service:for-inner -- cat /proc/self/fd/3; /run/capd-bin status; echo "status=$?"`)
+	t.Logf("in the nspawn machine:\n%s", out)
+	for _, want := range []string{"machine:inner", "inner-data\n", "status=4"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("in the nspawn machine: want %q in\n%s", want, out)
+		}
+	}
+}
