@@ -174,38 +174,35 @@ func TestDebianPackage(t *testing.T) {
 		t.Errorf("capd.service exposure %s %s, more than %.1f:\n%s", score[1], score[2], maxExposure, sec)
 	}
 
-	// The seed pair against the packaged agent, policy in a drop-in; the
-	// consumer runs as nobody (the agent then needs CAP_KILL to check that
-	// its peer lives, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to audit it).
+	// The seed pair against the packaged agent as plain units, policy in a
+	// drop-in: rpm-ostreed publishes the socket its .socket unit holds
+	// (capd publish --listen-fds, chain-loading its program); zincati,
+	// started first, waits for the entry (capd acquire --wait) and serves
+	// on the socket it got. The consumer runs as nobody (the agent then
+	// needs CAP_KILL to check that its peer lives, CAP_SYS_PTRACE and
+	// CAP_DAC_READ_SEARCH to audit it).
 	m.write("/etc/capd/conf.d/seed.toml", "[[grant]]\nconsumer = \"zincati.service\"\nacquire = [\"rpm-ostreed.service:zincati-fd\"]\n", 0o644)
-	m.write("/run/systemd/system/rpm-ostreed.service", `[Service]
-ExecStart=/bin/sh -c 'echo from-rpm-ostreed > /run/z && exec 3</run/z && timeout 20 /usr/bin/capd publish zincati-fd --fd 3 && exec sleep infinity'
+	m.write("/run/systemd/system/rpm-ostreed.socket", `[Socket]
+ListenStream=/run/zincati.sock
+FileDescriptorName=zincati-fd
 `, 0o644)
-	m.write("/run/systemd/system/zincati.service", `[Unit]
-After=rpm-ostreed.service
-[Service]
+	m.write("/run/systemd/system/rpm-ostreed.service", `[Service]
+ExecStart=/usr/bin/capd publish --listen-fds -- sleep infinity
+`, 0o644)
+	m.write("/run/systemd/system/zincati.service", `[Service]
 User=nobody
 StandardOutput=truncate:/run/zincati.out
-ExecStart=/usr/bin/capd acquire rpm-ostreed.service:zincati-fd -- /bin/sh -c 'cat /proc/self/fd/3; echo "$LISTEN_FDS $LISTEN_FDNAMES"; exec sleep infinity'
+ExecStart=/usr/bin/capd acquire --wait=30s rpm-ostreed.service:zincati-fd -- /bin/sh -c 'echo "$LISTEN_FDS $LISTEN_FDNAMES"; exec perl -MSocket -e "open(L, q(<&=3)) or die; accept(C, L) or die qq(accept: \$!); syswrite(C, qq(from-zincati\\n)); close(C); sleep while 1"'
 `, 0o644)
 	m.must("systemctl", "daemon-reload")
-	m.must("systemctl", "start", "rpm-ostreed.service")
-	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(m.capdIn("list"), "zincati-fd"); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("rpm-ostreed.service did not publish")
-		}
-	}
-	m.must("systemctl", "start", "zincati.service")
-	var out []byte
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		out, _ = os.ReadFile(m.root + "/run/zincati.out")
-		if bytes.Count(out, []byte("\n")) >= 2 || time.Now().After(deadline) {
-			break
-		}
-	}
-	if string(out) != "from-rpm-ostreed\n1 zincati-fd\n" {
+	m.must("systemctl", "start", "zincati.service") // before its publisher: it waits
+	m.must("systemctl", "start", "rpm-ostreed.socket", "rpm-ostreed.service")
+	got := m.must("timeout", "20", "perl", "-MSocket", "-e",
+		`socket(S, AF_UNIX, SOCK_STREAM, 0) or die; connect(S, pack_sockaddr_un("/run/zincati.sock")) or die "connect: $!"; print <S>`)
+	out, _ := os.ReadFile(m.root + "/run/zincati.out")
+	if got != "from-zincati\n" || string(out) != "1 zincati-fd\n" {
 		j, _ := m.cmd("journalctl", "--no-pager", "-n", "30").CombinedOutput()
-		t.Fatalf("zincati.service got %q\n%s", out, j)
+		t.Fatalf("a client of zincati.service got %q; zincati.service printed %q\n%s", got, out, j)
 	}
 	pid := m.mainPID()
 	requireSandboxed(t, m, pid)
