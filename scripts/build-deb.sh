@@ -19,9 +19,11 @@ capd=$bin/capd
 maintainer=${DEB_MAINTAINER:-capd developers <capd@capd.invalid>}
 command -v strip >/dev/null || { echo "build-deb: needs strip (apt-get install binutils)" >&2; exit 1; }
 
+# (docs/JSON.md: "version" is the format's, "capd_version" the binary's.)
 info=$("$capd" version --json)
-field() { sed -n 's/^  "'"$1"'": "\{0,1\}\([^",]*\)"\{0,1\},\{0,1\}$/\1/p' <<<"$info"; }
-goversion=$(field version)
+# field KEY: the string value of KEY, empty if it is null.
+field() { sed -n 's/^  "'"$1"'": "\([^"]*\)",\{0,1\}$/\1/p' <<<"$info"; }
+goversion=$(field capd_version)
 revision=$(field revision)
 platform=$(field platform)
 

@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"encoding/json"
 	"os"
 	"os/exec"
 	"sort"
@@ -17,18 +16,16 @@ import (
 	"github.com/capd-dev/capd/internal/testutil"
 )
 
-func (e *env) audit() *client.AuditReport {
+func (e *env) audit() *cliAudit {
 	e.t.Helper()
-	var rep client.AuditReport
-	if err := json.Unmarshal([]byte(e.mustRun("", nil, "audit", "--json").stdout), &rep); err != nil {
-		e.t.Fatal(err)
-	}
+	var rep cliAudit
+	parseJSON(e.t, e.mustRun("", nil, "audit", "--json").stdout, &rep)
 	return &rep
 }
 
 // holders returns the pids holding owner:name, and their uids and fds.
-func holders(entries []client.AuditEntryReport, owner, name string) map[int]client.AuditHolderReport {
-	out := map[int]client.AuditHolderReport{}
+func holders(entries []cliAuditEntry, owner, name string) map[int]cliAuditHolder {
+	out := map[int]cliAuditHolder{}
 	for _, en := range entries {
 		if en.Owner == owner && en.Name == name {
 			for _, h := range en.Holders {
@@ -74,7 +71,7 @@ func TestAudit(t *testing.T) {
 	g.Close()
 	defer func() { other.Process.Kill(); other.Wait() }()
 
-	var h map[int]client.AuditHolderReport
+	var h map[int]cliAuditHolder
 	for deadline := time.Now().Add(5 * time.Second); ; {
 		h = holders(e.audit().Entries, "rpm-ostreed.service", "zincati-fd")
 		if len(h) >= 3 || time.Now().After(deadline) {
@@ -87,10 +84,10 @@ func TestAudit(t *testing.T) {
 		t.Fatalf("holders %+v, want this process, the publisher %d and the consumer %d", h, pub.Process.Pid, cons.Process.Pid)
 	}
 	p, c := h[pub.Process.Pid], h[cons.Process.Pid]
-	if p.Identity != "rpm-ostreed.service" || p.FD != 3 || p.UID != 0 || p.Exposed {
+	if !p.is("rpm-ostreed.service", 0) || p.FD != 3 || p.Exposed || p.Dumpable != nil {
 		t.Errorf("publisher %+v", p)
 	}
-	if c.Identity != "zincati.service" || c.FD != 3 || c.UID != 65534 || !c.Exposed || c.Dumpable == nil || !*c.Dumpable {
+	if !c.is("zincati.service", 65534) || c.FD != 3 || !c.Exposed || c.Dumpable == nil || !*c.Dumpable {
 		t.Errorf("consumer %+v", c)
 	}
 	if _, ok := h[other.Process.Pid]; ok {

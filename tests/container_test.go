@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/capd-dev/capd/client"
 	"github.com/capd-dev/capd/internal/testutil"
 )
 
@@ -167,12 +166,10 @@ func (e *ctrEnv) mustRunc(id, bundle string) string {
 	return r.stdout
 }
 
-func (e *ctrEnv) status() client.Status {
+func (e *ctrEnv) status() cliStatus {
 	e.t.Helper()
-	var st client.Status
-	if err := json.Unmarshal([]byte(e.mustRun("", nil, "status", "--json").stdout), &st); err != nil {
-		e.t.Fatal(err)
-	}
+	var st cliStatus
+	parseJSON(e.t, e.mustRun("", nil, "status", "--json").stdout, &st)
 	return st
 }
 

@@ -3,7 +3,6 @@ package tests
 import (
 	"bytes"
 	"debug/elf"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -117,17 +116,17 @@ func TestMakeBuildStatic(t *testing.T) {
 	if err != nil || !bytes.Equal(same, out) {
 		t.Errorf("capd version (%v) says %q, capd --version %q", err, same, out)
 	}
-	var info struct{ Version, Revision, Go string }
+	var info cliVersion
 	js, err := exec.Command(filepath.Join(bin, "capd"), "version", "--json").Output()
-	if err != nil || json.Unmarshal(js, &info) != nil {
+	if err != nil || parseJSONErr(string(js), &info) != nil {
 		t.Fatalf("capd version --json: %v %s", err, js)
 	}
-	if info.Go == "" || !strings.HasPrefix(string(out), "capd "+info.Version+"\n") {
+	if info.Go == "" || info.Platform == "" || !strings.HasPrefix(string(out), "capd "+info.CapdVersion+"\n") {
 		t.Errorf("capd version --json %s does not match capd --version", js)
 	}
 	if head := gitHead(t); head != "" {
-		if info.Revision != head || !strings.Contains(info.Version, head[:12]) && !regexp.MustCompile(`^v\d+\.\d+\.\d+`).MatchString(info.Version) {
-			t.Errorf("built at commit %s, the binary says version %q revision %q", head, info.Version, info.Revision)
+		if info.Revision == nil || *info.Revision != head || info.Time == nil || !strings.Contains(info.CapdVersion, head[:12]) && !regexp.MustCompile(`^v\d+\.\d+\.\d+`).MatchString(info.CapdVersion) {
+			t.Errorf("built at commit %s, the binary says %s", head, js)
 		}
 	}
 }

@@ -135,14 +135,9 @@ func TestWhoamiIsTheUnit(t *testing.T) {
 		t.Fatalf("whoami = %q, want zincati.service", got)
 	}
 	r = e.mustRun("zincati.service", nil, "whoami", "--json")
-	var id struct {
-		Identity, Cgroup string
-		UID, PID         int
-	}
-	if err := json.Unmarshal([]byte(r.stdout), &id); err != nil {
-		t.Fatal(err)
-	}
-	if id.Cgroup != e.cgs["zincati.service"].Path || id.UID != 0 || id.PID == 0 {
+	var id cliWhoami
+	parseJSON(t, r.stdout, &id)
+	if id.Identity != "zincati.service" || id.Cgroup != e.cgs["zincati.service"].Path || id.UID != 0 || id.PID == 0 {
 		t.Fatalf("whoami --json = %+v, want cgroup %s", id, e.cgs["zincati.service"].Path)
 	}
 }
@@ -158,8 +153,8 @@ func TestWhoamiEscapesControlCharacters(t *testing.T) {
 		t.Errorf("whoami in %q = %q, want %q", e.cgs[title].Path, r.stdout, want)
 	}
 	r = e.mustRun(title, nil, "whoami", "--json")
-	var id struct{ Identity string }
-	if err := json.Unmarshal([]byte(r.stdout), &id); err != nil || id.Identity != "cgroup:"+e.cgs[title].Path {
+	var id cliWhoami
+	if err := parseJSONErr(r.stdout, &id); err != nil || id.Identity != "cgroup:"+e.cgs[title].Path {
 		t.Errorf("whoami --json = %q, %v", r.stdout, err)
 	}
 	e.publishFile(clear, "x", "x")
@@ -272,20 +267,16 @@ func TestTTL(t *testing.T) {
 	e.publishFile("rpm-ostreed.service", "foo-op-fd", "x", "--ttl", "1500ms")
 	e.publishFile("rpm-ostreed.service", "zincati-fd", "x")
 	r := e.mustRun("zincati.service", nil, "list", "--json")
-	var entries []struct {
-		Name    string
-		Expires time.Time
-	}
-	if err := json.Unmarshal([]byte(r.stdout), &entries); err != nil {
-		t.Fatal(err)
-	}
-	if len(entries) != 2 || entries[0].Name != "foo-op-fd" || entries[0].Expires.IsZero() || !entries[1].Expires.IsZero() {
-		t.Fatalf("list = %+v", entries)
+	var l cliList
+	parseJSON(t, r.stdout, &l)
+	entries := l.Entries
+	if len(entries) != 2 || entries[0].Name != "foo-op-fd" || entries[0].Expires == nil || entries[1].Expires != nil {
+		t.Fatalf("list = %s", r.stdout)
 	}
 	if time.Since(start) < time.Second {
 		e.mustRun("zincati.service", nil, "acquire", "rpm-ostreed.service:foo-op-fd", "--", "true")
 	}
-	time.Sleep(time.Until(entries[0].Expires) + 300*time.Millisecond)
+	time.Sleep(time.Until(*entries[0].Expires) + 300*time.Millisecond)
 	expectFail(t, e.run("zincati.service", nil, "acquire", "rpm-ostreed.service:foo-op-fd", "--", "true"), 5, "not-found")
 	e.mustRun("zincati.service", nil, "acquire", "rpm-ostreed.service:zincati-fd", "--", "true")
 }
@@ -510,12 +501,10 @@ func TestListVisibility(t *testing.T) {
 		if r.code != 0 {
 			t.Fatalf("list as %d in %s: %d %s", uid, unit, r.code, r.stderr)
 		}
-		var entries []struct{ Owner, Name, Kind string }
-		if err := json.Unmarshal([]byte(r.stdout), &entries); err != nil {
-			t.Fatal(err)
-		}
+		var l cliList
+		parseJSON(t, r.stdout, &l)
 		var s []string
-		for _, x := range entries {
+		for _, x := range l.Entries {
 			s = append(s, x.Owner+":"+x.Name+"/"+x.Kind)
 		}
 		return strings.Join(s, " ")

@@ -360,10 +360,8 @@ func (e *env) hook(wrapper []string, state string) result {
 // root sees it.
 func (e *env) containers() uint64 {
 	e.t.Helper()
-	var st client.Status
-	if err := json.Unmarshal([]byte(e.mustRun("", nil, "status", "--json").stdout), &st); err != nil {
-		e.t.Fatal(err)
-	}
+	var st cliStatus
+	parseJSON(e.t, e.mustRun("", nil, "status", "--json").stdout, &st)
 	return st.Containers
 }
 

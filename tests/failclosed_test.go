@@ -17,7 +17,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/capd-dev/capd/client"
 	"github.com/capd-dev/capd/internal/testutil"
 )
 
@@ -59,12 +58,12 @@ func TestFailClosedEmptyCapRootIsNotAdmin(t *testing.T) {
 	// It sees its own entry and what it is granted, not another
 	// service's ungranted one.
 	r := e.runVia("zincati.service", 0, noCaps, nil, "list", "--json")
-	var list []client.Entry
-	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &list) != nil {
+	var list cliList
+	if r.code != 0 || parseJSONErr(r.stdout, &list) != nil {
 		t.Fatalf("list: %+v", r)
 	}
 	var seen []string
-	for _, en := range list {
+	for _, en := range list.Entries {
 		seen = append(seen, en.Owner+":"+en.Name)
 	}
 	if got := strings.Join(seen, " "); got != "rpm-ostreed.service:zincati-fd zincati.service:mine" {

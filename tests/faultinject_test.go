@@ -452,12 +452,10 @@ func (r *fiReplay) report(faults string, live int, fds string) {
 // fiCheckList compares root's list with the verified live entries.
 func fiCheckList(t *testing.T, listJSON string, live map[string]string) int {
 	t.Helper()
-	var entries []struct{ Owner, Name string }
-	if err := json.Unmarshal([]byte(listJSON), &entries); err != nil {
-		t.Fatalf("list --json: %v\n%s", err, listJSON)
-	}
+	var l cliList
+	parseJSON(t, listJSON, &l)
 	listed := map[string]bool{}
-	for _, e := range entries {
+	for _, e := range l.Entries {
 		ref := e.Owner + ":" + e.Name
 		listed[ref] = true
 		if _, ok := live[ref]; !ok {
@@ -469,7 +467,7 @@ func fiCheckList(t *testing.T, listJSON string, live map[string]string) int {
 			t.Errorf("live entry %s is not listed", ref)
 		}
 	}
-	return len(entries)
+	return len(l.Entries)
 }
 
 // fiLogLines returns the lines of log containing any of substrs, at most max.

@@ -2,7 +2,6 @@ package tests
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +15,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/capd-dev/capd/client"
 	"github.com/capd-dev/capd/internal/testutil"
 )
 
@@ -56,7 +54,7 @@ func (e *env) runTimeout(d time.Duration, unit string, args ...string) (r result
 
 // auditWithin runs capd audit --json as root and fails the test if it does
 // not answer within d.
-func (e *env) auditWithin(d time.Duration, why string) *client.AuditReport {
+func (e *env) auditWithin(d time.Duration, why string) *cliAudit {
 	e.t.Helper()
 	start := time.Now()
 	r, ok := e.runTimeout(d, "", "audit", "--json")
@@ -67,10 +65,8 @@ func (e *env) auditWithin(d time.Duration, why string) *client.AuditReport {
 		e.t.Fatalf("capd audit: exit %d: %s", r.code, r.stderr)
 	}
 	e.t.Logf("capd audit answered in %v %s", time.Since(start).Round(time.Millisecond), why)
-	var rep client.AuditReport
-	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
-		e.t.Fatal(err)
-	}
+	var rep cliAudit
+	parseJSON(e.t, r.stdout, &rep)
 	return &rep
 }
 
@@ -191,10 +187,10 @@ func TestAuditWithStoppedFUSE(t *testing.T) {
 			t.Errorf("holder %d: %+v, want fd %d", pid, h[pid], fd)
 		}
 	}
-	if p := h[pub.Process.Pid]; p.Identity != "rpm-ostreed.service" || p.UID != 0 || p.Exposed {
+	if p := h[pub.Process.Pid]; !p.is("rpm-ostreed.service", 0) || p.Exposed || p.Dumpable != nil {
 		t.Errorf("publisher %+v", p)
 	}
-	if c := h[cons.Process.Pid]; c.Identity != "zincati.service" || c.UID != 65534 || !c.Exposed || c.Dumpable == nil || !*c.Dumpable {
+	if c := h[cons.Process.Pid]; !c.is("zincati.service", 65534) || !c.Exposed || c.Dumpable == nil || !*c.Dumpable {
 		t.Errorf("consumer %+v", c)
 	}
 
@@ -250,12 +246,12 @@ func TestStuckCloseDelaysNoOther(t *testing.T) {
 				t.Errorf("capd list did not answer within 5s")
 				return false
 			}
-			var entries []client.Entry
-			if err := json.Unmarshal([]byte(r.stdout), &entries); err != nil {
+			var l cliList
+			if err := parseJSONErr(r.stdout, &l); err != nil {
 				t.Fatalf("list: %v: %q", err, r.stdout)
 			}
 			listed := false
-			for _, en := range entries {
+			for _, en := range l.Entries {
 				listed = listed || en.Owner+":"+en.Name == ref
 			}
 			if !listed {

@@ -2,8 +2,8 @@ package tests
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -208,28 +208,25 @@ ExecStart=/usr/bin/capd acquire --wait=30s rpm-ostreed.service:zincati-fd -- /bi
 	requireSandboxed(t, m, pid)
 
 	// audit sees every holder, the one of another uid too
-	var report struct {
-		Entries []struct {
-			Owner, Name string
-			Holders     []struct {
-				Identity string
-				UID      int
-			}
-		}
-	}
-	if err := json.Unmarshal([]byte(m.capdIn("audit", "--json")), &report); err != nil {
-		t.Fatal(err)
-	}
+	var report cliAudit
+	parseJSON(t, m.capdIn("audit", "--json"), &report)
 	holders := map[string]int{}
 	for _, e := range report.Entries {
 		if e.Owner == "rpm-ostreed.service" && e.Name == "zincati-fd" {
 			for _, h := range e.Holders {
-				holders[h.Identity] = h.UID
+				id, uid := "(unknown)", -1
+				if h.Identity != nil {
+					id = *h.Identity
+				}
+				if h.UID != nil {
+					uid = *h.UID
+				}
+				holders[id] = uid
 			}
 		}
 	}
 	// (and init.scope: systemd's fd store holds a copy of every entry)
-	if uid, ok := holders["zincati.service"]; !ok || uid != 65534 || holders["rpm-ostreed.service"] != 0 || len(holders) != 3 {
+	if want := map[string]int{"zincati.service": 65534, "rpm-ostreed.service": 0, "init.scope": 0}; !maps.Equal(holders, want) {
 		t.Errorf("audit: holders of zincati-fd %v, want rpm-ostreed.service, zincati.service (uid 65534) and init.scope", holders)
 	}
 	if out := m.must("timeout", "30", "systemctl", "reload", "capd.service"); out != "" {

@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -20,12 +19,10 @@ import (
 func (e *env) names(unit string) string {
 	e.t.Helper()
 	r := e.mustRun(unit, nil, "list", "--json")
-	var entries []client.Entry
-	if err := json.Unmarshal([]byte(r.stdout), &entries); err != nil {
-		e.t.Fatal(err)
-	}
+	var l cliList
+	parseJSON(e.t, r.stdout, &l)
 	var out []string
-	for _, en := range entries {
+	for _, en := range l.Entries {
 		out = append(out, en.Owner+":"+en.Name)
 	}
 	return strings.Join(out, " ")
@@ -187,18 +184,16 @@ func TestQuotas(t *testing.T) {
 	quota("b.service", "pin2", "cgroup "+slice+" holds 5 entries")
 
 	// status shows the tree with usage and limits.
-	var st client.Status
-	if err := json.Unmarshal([]byte(e.mustRun("", nil, "status", "--json").stdout), &st); err != nil {
-		t.Fatal(err)
-	}
-	nodes := map[string]client.Node{}
-	for _, n := range st.Nodes {
+	var st cliStatus
+	parseJSON(t, e.mustRun("", nil, "status", "--json").stdout, &st)
+	nodes := map[string]cliCgroup{}
+	for _, n := range st.Cgroups {
 		nodes[n.Cgroup] = n
 	}
-	if n := nodes[slice]; n.Entries != 5 || n.Pinned != 2 || n.MaxEntries == nil || *n.MaxEntries != 5 || n.MaxPinned != nil {
+	if n := nodes[slice]; n.Entries != 5 || n.Pinned != 2 || n.MaxEntries == nil || *n.MaxEntries != 5 || n.MaxEntriesFrom == nil || *n.MaxEntriesFrom != "quota cgroup="+slice || n.MaxPinned != nil || n.MaxPinnedFrom != nil {
 		t.Errorf("status of %s: %+v", slice, n)
 	}
-	if n := nodes[e.cgs["a.service"].Path]; n.Owned != 3 || *n.MaxEntries != 3 || n.EntriesSource != "default_max_entries" || *n.MaxPinned != 2 {
+	if n := nodes[e.cgs["a.service"].Path]; n.Owned != 3 || n.MaxEntries == nil || *n.MaxEntries != 3 || n.MaxEntriesFrom == nil || *n.MaxEntriesFrom != "default_max_entries" || n.MaxPinned == nil || *n.MaxPinned != 2 {
 		t.Errorf("status of a.service: %+v", n)
 	}
 	if n := nodes["/"]; n.Entries != st.Entries || n.MaxEntries == nil || st.OpenFDs == 0 || st.FDLimit == 0 {
@@ -312,10 +307,8 @@ func TestCapacityWarning(t *testing.T) {
 			t.Errorf("the warning lacks %q:\n%s", w, e.agent.Log)
 		}
 	}
-	var st client.Status
-	if err := json.Unmarshal([]byte(e.mustRun("", nil, "status", "--json").stdout), &st); err != nil {
-		t.Fatal(err)
-	}
+	var st cliStatus
+	parseJSON(t, e.mustRun("", nil, "status", "--json").stdout, &st)
 	if st.MaxEntries == 0 || st.MaxEntries >= st.FDLimit {
 		t.Fatalf("store limit %d with an fd limit of %d", st.MaxEntries, st.FDLimit)
 	}

@@ -26,7 +26,8 @@ revocation could not take back (Linux cannot close another process's fd).
 
 The agent walks /proc with a pidfd per process, so a pid recycled during
 the walk is never reported. Strings holding control characters or invalid
-UTF-8 are printed as quoted Go strings ("\x1b..."). Root only.`,
+UTF-8 are printed as quoted Go strings ("\x1b..."). --json prints the whole
+report as a JSON object for scripts (see docs/JSON.md). Root only.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := dial()
@@ -40,7 +41,7 @@ UTF-8 are printed as quoted Go strings ("\x1b..."). Root only.`,
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
-				return printJSON(out, rep)
+				return printJSON(out, newAuditJSON(rep))
 			}
 			fmt.Fprintf(out, "audited %d processes, %d fds; yama ptrace_scope %d\n\n", rep.Processes, rep.FDs, rep.PtraceScope)
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

@@ -17,7 +17,8 @@ func newListCmd() *cobra.Command {
 owner, name, fd kind (socket, pipe, memfd, file, tmpfile, path, ...), whether
 it is pinned, when it expires, and how often it was acquired. Names holding
 control characters or invalid UTF-8 are printed as quoted Go strings
-("\x1b..."). --json prints every field for scripts.`,
+("\x1b..."). --json prints every field for scripts, as a JSON object (see
+docs/JSON.md).`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := dial()
@@ -31,10 +32,7 @@ control characters or invalid UTF-8 are printed as quoted Go strings
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
-				if entries == nil {
-					return printJSON(out, []struct{}{})
-				}
-				return printJSON(out, entries)
+				return printJSON(out, newListJSON(entries))
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "OWNER\tNAME\tKIND\tPINNED\tEXPIRES\tACQUIRED")

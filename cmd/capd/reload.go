@@ -16,7 +16,8 @@ func newReloadCmd() *cobra.Command {
 wait for the result: the files it read and how many grants and quotas they
 hold, or the error that made it keep the configuration in force (exit 1).
 Unlike SIGHUP, whose result only reaches the agent's log, this tells the
-caller, so it suits ExecReload= in capd.service. Host administrators only.
+caller, so it suits ExecReload= in capd.service. --json prints the result as
+a JSON object (see docs/JSON.md). Host administrators only.
 
 Replace configuration files by rename (write a new file beside the old one,
 then mv it into place): a file rewritten in place can be read half-written,
@@ -36,7 +37,7 @@ and a half-written file that still parses is accepted.`,
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
-				return printJSON(out, r)
+				return printJSON(out, newReloadJSON(r))
 			}
 			files := r.Files
 			if len(files) == 0 {

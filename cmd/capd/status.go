@@ -7,8 +7,6 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
-
-	"github.com/capd-dev/capd/client"
 )
 
 func newStatusCmd() *cobra.Command {
@@ -22,7 +20,8 @@ tree that holds entries: for each cgroup, the entries and pins charged to it
 the limits that apply with where they come from ([[quota]], the defaults
 for owner cgroups, or max_entries for the whole agent at /). A "-" limit
 does not limit. Cgroup names holding control characters or invalid UTF-8
-are printed as quoted Go strings ("\x1b..."). Root only.`,
+are printed as quoted Go strings ("\x1b..."). --json prints the same as a
+JSON object for scripts (see docs/JSON.md). Root only.`,
 		Example: `  sudo capd status
   sudo capd status --json | jq '.cgroups[] | select(.pinned > 0)'`,
 		Args: exactArgs(0, "no arguments"),
@@ -38,10 +37,7 @@ are printed as quoted Go strings ("\x1b..."). Root only.`,
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
-				if st.Nodes == nil {
-					st.Nodes = []client.Node{}
-				}
-				return printJSON(out, st)
+				return printJSON(out, newStatusJSON(st))
 			}
 			fmt.Fprintf(out, "agent: %d entries (limit %d), %d of %d fds open, %d owner cgroups watched, %d containers\n\n",
 				st.Entries, st.MaxEntries, st.OpenFDs, st.FDLimit, st.Watched, st.Containers)

@@ -22,13 +22,14 @@ var (
 )
 
 // buildInfo is what this binary knows about how it was built.
+// capd version --json prints it as a versionJSON.
 type buildInfo struct {
-	Version  string `json:"version"`            // main module version, "(devel)" if unknown
-	Revision string `json:"revision,omitempty"` // VCS commit
-	Time     string `json:"time,omitempty"`     // commit time
-	Modified bool   `json:"modified"`           // built from a tree with uncommitted changes
-	Go       string `json:"go"`                 // toolchain version
-	Platform string `json:"platform"`           // GOOS/GOARCH
+	Version  string // main module version, "(devel)" if unknown
+	Revision string // VCS commit
+	Time     string // commit time
+	Modified bool   // built from a tree with uncommitted changes
+	Go       string // toolchain version
+	Platform string // GOOS/GOARCH
 }
 
 // readBuildInfo takes the main module version, the VCS settings and the Go
@@ -90,7 +91,9 @@ the version of the capd module (a tag, a Go pseudo-version
 v0.0.0-TIME-COMMIT for an untagged commit, with +dirty for a tree with
 uncommitted changes, or (devel) when built without version control
 information), the commit, its time and whether the tree was modified, and
-the Go version and platform. --json prints the same for scripts.`,
+the Go version and platform. --json prints the same for scripts, as a JSON
+object (see docs/JSON.md) whose "version" is the format's and
+"capd_version" the module version.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return printVersion(cmd.OutOrStdout(), asJSON)
@@ -103,7 +106,7 @@ the Go version and platform. --json prints the same for scripts.`,
 func printVersion(w io.Writer, asJSON bool) error {
 	b := readBuildInfo()
 	if asJSON {
-		return printJSON(w, b)
+		return printJSON(w, newVersionJSON(b))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -16,7 +16,8 @@ the systemd unit owning its cgroup (NAME.service, NAME.scope) or cgroup:/PATH.
 This is the identity that owns what the caller publishes and that policy
 matches when it acquires. An identity holding control characters or
 invalid UTF-8 (cgroup names may) is printed as a quoted Go string
-("cgroup:/\x1b..."). --json adds the cgroup, uid and pid.`,
+("cgroup:/\x1b..."). --json prints a JSON object that adds the cgroup, uid
+and pid (see docs/JSON.md).`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := dial()
@@ -29,7 +30,7 @@ invalid UTF-8 (cgroup names may) is printed as a quoted Go string
 				return err
 			}
 			if asJSON {
-				return printJSON(cmd.OutOrStdout(), id)
+				return printJSON(cmd.OutOrStdout(), newWhoamiJSON(id))
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), escape(id.Name))
 			return nil
