@@ -19,16 +19,15 @@ import (
 // process that the request carries (in reqFD, which the connection
 // closes), never from the request. The reply says, for each requested entry,
 // whether the container may acquire it now; with FlagRequired any refusal
-// refuses the registration.
+// refuses the registration. With FlagCheck the request carries no fd and
+// registers nothing: the reply only answers for the entries (an NRI
+// plugin asks before the container has a process). A pod's container
+// (AttrPod) is "pod:NAMESPACE/POD/NAME".
 func (c *conn) register(cfg *policy.Config, attrs []byte, reqFD *linux.FD, out []byte) (proto.Builder, error) {
-	if !reqFD.Valid() {
-		return proto.Builder{}, proto.Errorf(proto.CodeInvalidRequest, "register needs the pidfd of the container's init process")
-	}
-	pidfd := reqFD.Int()
-	var id, name string
+	var id, name, pod string
 	var flags uint32
 	var refs [][2]string
-	var haveID, haveName, haveFlags bool
+	var haveID, haveName, havePod, haveFlags bool
 	var err error
 	it := proto.Attrs(attrs)
 	for t, v, ok := it.Next(); ok && err == nil; t, v, ok = it.Next() {
@@ -39,6 +38,9 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, reqFD *linux.FD, out [
 		case t == proto.AttrContainerName && !haveName:
 			name, haveName = string(v), true
 			err = proto.ValidContainerName(name)
+		case t == proto.AttrPod && !havePod:
+			pod, havePod = string(v), true
+			err = proto.ValidPod(pod)
 		case t == proto.AttrFlags && !haveFlags:
 			flags, err = proto.U32(v)
 			haveFlags = true
@@ -58,8 +60,14 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, reqFD *linux.FD, out [
 	case err != nil:
 	case !haveID:
 		err = errors.New("register needs a container id")
-	case flags&^proto.FlagRequired != 0:
+	case havePod && !haveName:
+		err = errors.New("register of a pod's container needs its name")
+	case flags&^(proto.FlagRequired|proto.FlagCheck|proto.FlagRunning) != 0:
 		err = fmt.Errorf("unknown register flags %#x", flags)
+	case flags&proto.FlagCheck != 0 && reqFD.Valid():
+		err = errors.New("register with check takes no fd")
+	case flags&proto.FlagCheck == 0 && !reqFD.Valid():
+		err = errors.New("register needs the pidfd of the container's init process")
 	}
 	if err != nil {
 		var perr *proto.Error
@@ -71,19 +79,29 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, reqFD *linux.FD, out [
 	if err := c.authorize(cfg, policy.ManageContainers, nil); err != nil {
 		return proto.Builder{}, err
 	}
-	cg, cgID, err := cgroupOf(pidfd, 0, c.srv.resolver)
-	if err != nil {
-		return proto.Builder{}, proto.Errorf(proto.CodeInvalidRequest, "container %s: its init process: %v", id, err)
+	newContainer := func(cg string, cgID uint64) *registry.Container {
+		if pod != "" {
+			return registry.NewInPod(id, pod, name, cg, cgID)
+		}
+		return registry.New(id, name, cg, cgID)
 	}
-	ct := registry.New(id, name, cg, cgID)
-	if cgroup.Within(c.peer.Cgroup, ct.Cgroup) {
-		// Registering "/" or the runtime's own cgroup would rename the
-		// caller and everything beside it.
-		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "container %s: its cgroup %s holds the registering process too; the runtime must give the container a cgroup of its own", ct.ID, ct.Cgroup)
-	}
-	initUID, err := c.containerCgroupOK(ct.Cgroup, pidfd)
-	if err != nil {
-		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "container %s: %v", ct.ID, err)
+	ct := newContainer("", 0)
+	initUID := ^uint32(0) // unknown before the container has a process: it acquires nothing as an owner
+	if flags&proto.FlagCheck == 0 {
+		pidfd := reqFD.Int()
+		cg, cgID, err := cgroupOf(pidfd, 0, c.srv.resolver)
+		if err != nil {
+			return proto.Builder{}, proto.Errorf(proto.CodeInvalidRequest, "container %s: its init process: %v", id, err)
+		}
+		ct = newContainer(cg, cgID)
+		if cgroup.Within(c.peer.Cgroup, ct.Cgroup) {
+			// Registering "/" or the runtime's own cgroup would rename the
+			// caller and everything beside it.
+			return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "container %s: its cgroup %s holds the registering process too; the runtime must give the container a cgroup of its own", ct.ID, ct.Cgroup)
+		}
+		if initUID, err = c.containerCgroupOK(ct.Cgroup, pidfd, flags&proto.FlagRunning != 0); err != nil {
+			return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "container %s: %v", ct.ID, err)
+		}
 	}
 
 	// What may the container's init acquire now? It is in a container by
@@ -109,6 +127,9 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, reqFD *linux.FD, out [
 	if len(denied) > 0 && flags&proto.FlagRequired != 0 {
 		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "container %s requires entries it cannot acquire: %s", ct.ID, strings.Join(denied, "; "))
 	}
+	if flags&proto.FlagCheck != 0 {
+		return m, nil
+	}
 	if err := c.srv.reg.Add(ct); err != nil {
 		if errors.Is(err, registry.ErrConflict) {
 			c.log.Warn("container not registered", "id", ct.ID, "identity", ct.Identity, "reason", err)
@@ -123,9 +144,10 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, reqFD *linux.FD, out [
 // containerCgroupOK refuses cgroups that are not a fresh container's: one
 // inside a systemd service (its processes are the service), one with any
 // process but the container's init (createRuntime runs before the workload
-// starts), or one above or below another registered container. It returns
-// the init's uid.
-func (c *conn) containerCgroupOK(p string, pidfd int) (uint32, error) {
+// starts; unless running: a container registered again after a restart of
+// the registering plugin or the agent), or one above or below another
+// registered container. It returns the init's uid.
+func (c *conn) containerCgroupOK(p string, pidfd int, running bool) (uint32, error) {
 	if id, _ := cgroup.Owner(p); strings.HasSuffix(id, ".service") {
 		return 0, fmt.Errorf("cgroup %s belongs to %s: a service cannot be registered as a container", p, id)
 	}
@@ -137,7 +159,7 @@ func (c *conn) containerCgroupOK(p string, pidfd int) (uint32, error) {
 	if err != nil {
 		return 0, err
 	}
-	if len(procs) != 1 || procs[0] != pid {
+	if !running && (len(procs) != 1 || procs[0] != pid) {
 		return 0, fmt.Errorf("cgroup %s holds processes %v besides the container's init %d", p, procs, pid)
 	}
 	if o := c.srv.reg.Overlapping(p); o != "" {

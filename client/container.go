@@ -6,6 +6,9 @@ import (
 	"io"
 	"os"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/proto"
 )
 
@@ -13,12 +16,18 @@ import (
 // sends at createRuntime).
 type Registration struct {
 	ID   string
-	Name string // optional
+	Name string // optional; required with Pod
+	// Pod is "NAMESPACE/POD" for a Kubernetes pod's container, which is
+	// then "pod:NAMESPACE/POD/NAME" (and "pod:NAMESPACE/POD").
+	Pod string
 	// Refs are the entries the container asks for; the agent says for
 	// each whether the container may acquire it now.
 	Refs []Ref
 	// Required refuses the registration if any of Refs is refused.
 	Required bool
+	// Running says the container already runs (registered again after a
+	// restart): its cgroup may hold more processes than its init.
+	Running bool
 }
 
 // Ref names an entry: its owner's identity and its name.
@@ -39,6 +48,22 @@ type RefResult struct {
 // containers may. It returns the identity the container's processes will
 // have and the result for each requested entry.
 func (c *Client) Register(r *Registration, pidfd int) (string, []RefResult, error) {
+	var flags uint32
+	if r.Running {
+		flags |= proto.FlagRunning
+	}
+	return c.register(r, flags, pidfd)
+}
+
+// Check asks, before the container has a process, whether the container r
+// describes could acquire each of r.Refs; it registers nothing. With
+// r.Required a refusal is an error (wrapping ErrPermissionDenied) that
+// names every entry refused.
+func (c *Client) Check(r *Registration) (string, []RefResult, error) {
+	return c.register(r, proto.FlagCheck, -1)
+}
+
+func (c *Client) register(r *Registration, flags uint32, pidfd int) (string, []RefResult, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m := proto.NewMessage(c.out, proto.OpRegister, proto.CodeOK)
@@ -46,8 +71,14 @@ func (c *Client) Register(r *Registration, pidfd int) (string, []RefResult, erro
 	if r.Name != "" {
 		m.String(proto.AttrContainerName, r.Name)
 	}
+	if r.Pod != "" {
+		m.String(proto.AttrPod, r.Pod)
+	}
 	if r.Required {
-		m.U32(proto.AttrFlags, proto.FlagRequired)
+		flags |= proto.FlagRequired
+	}
+	if flags != 0 {
+		m.U32(proto.AttrFlags, flags)
 	}
 	for _, ref := range r.Refs {
 		m.String(proto.AttrRef, ref.String())
@@ -149,4 +180,26 @@ func (c *Client) Audit() (*AuditReport, error) {
 		return nil, fmt.Errorf("audit: report: %w", err)
 	}
 	return &rep, nil
+}
+
+// WaitClosed blocks until the agent closes this connection (its idle
+// timeout, or the agent stopping); it sends nothing. A caller that must
+// notice an agent restart (an NRI plugin, which registers its containers
+// again) keeps a Client of its own waiting here; a request on the Client
+// afterwards connects again.
+func (c *Client) WaitClosed() error {
+	c.mu.Lock()
+	fd := c.fd
+	c.mu.Unlock()
+	if fd < 0 {
+		return ErrClosed
+	}
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
+	if _, err := linux.Poll(fds, -1); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.broken = true
+	c.mu.Unlock()
+	return nil
 }

@@ -17,8 +17,9 @@ const capdPkg = "github.com/capd-dev/capd/cmd/capd"
 // forbiddenDeps are packages the capd binary must not link, with why.
 var forbiddenDeps = map[string]string{
 	"github.com/containerd/cgroups/v3/cgroup2": "the agent reads cgroups itself (package cgroup); cgroup2 is for tests",
-	"crypto/tls": "capd speaks only AF_UNIX: TLS is code the host agent does not need",
-	"net/http":   "capd neither serves nor fetches HTTP",
+	"crypto/tls":                        "capd speaks only AF_UNIX: TLS is code the host agent does not need",
+	"net/http":                          "capd neither serves nor fetches HTTP",
+	"github.com/containerd/nri/pkg/api": "the NRI plugin is the capd-nri binary: NRI's protobuf and ttrpc initialisation would cost every capd start",
 }
 
 // moduleRoot is the directory of go.mod, the parent of tests/.

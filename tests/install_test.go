@@ -129,7 +129,7 @@ func TestDebianPackage(t *testing.T) {
 		t.Error("no control tarfile")
 	}
 	contents := info("--contents")
-	for _, p := range []string{"./usr/bin/capd", "./usr/lib/systemd/system/capd.service", "./usr/lib/systemd/system/capd.socket",
+	for _, p := range []string{"./usr/bin/capd", "./usr/bin/capd-nri", "./usr/lib/systemd/system/capd.service", "./usr/lib/systemd/system/capd.socket",
 		"./usr/share/containers/oci/hooks.d/capd.json", "./etc/capd/capd.toml", "./usr/share/man/man1/capd-acquire.1.gz",
 		"./usr/share/bash-completion/completions/capd", "./usr/share/zsh/vendor-completions/_capd",
 		"./usr/share/fish/vendor_completions.d/capd.fish", "./usr/share/doc/capd/copyright"} {

@@ -54,6 +54,7 @@ const Unlimited = -1
 // Config is one loaded configuration.
 type Config struct {
 	Agent  AgentConfig `toml:"agent"`
+	NRI    NRIConfig   `toml:"nri"`
 	Grants []Grant     `toml:"grant"`
 	Quotas []Quota     `toml:"quota"`
 	// Files lists the files this Config was read from, in order.
@@ -89,6 +90,34 @@ type AgentConfig struct {
 	MaxEntriesPerUID int `toml:"max_entries_per_uid"`
 	MaxPinnedPerUID  int `toml:"max_pinned_per_uid"`
 }
+
+// NRIConfig configures capd-nri, the NRI plugin that registers the
+// containers of a Kubernetes node (containerd) with the agent. The agent
+// itself does not read it.
+type NRIConfig struct {
+	// Enable must be set for capd-nri to run.
+	Enable bool `toml:"enable"`
+	// Socket is the runtime's NRI socket.
+	Socket string `toml:"socket"`
+	// PluginName and PluginIndex register the plugin with NRI (the index
+	// orders plugins: two digits).
+	PluginName  string `toml:"plugin_name"`
+	PluginIndex string `toml:"plugin_index"`
+	// AgentSocket and Binary are the agent's socket and the static capd
+	// binary as the runtime sees them (host paths): both are bound into
+	// annotated containers at /run/capd.
+	AgentSocket string `toml:"agent_socket"`
+	Binary      string `toml:"binary"`
+}
+
+// The NRI defaults.
+const (
+	DefaultNRISocket      = "/var/run/nri/nri.sock"
+	DefaultNRIPluginName  = "capd"
+	DefaultNRIPluginIndex = "50"
+	DefaultNRIBinary      = "/usr/bin/capd"
+	DefaultNRIAgentSocket = "/run/capd/capd.sock"
+)
 
 // AdminReserve is how many entries of the whole store only host
 // administrators may fill: the last eighth, at most 256.
@@ -318,6 +347,18 @@ func (c *Config) setDefaults() {
 	if a.MaxPinnedPerUID == 0 {
 		a.MaxPinnedPerUID = DefaultMaxPinnedPerUID
 	}
+	n := &c.NRI
+	for _, d := range []struct {
+		v   *string
+		def string
+	}{
+		{&n.Socket, DefaultNRISocket}, {&n.PluginName, DefaultNRIPluginName}, {&n.PluginIndex, DefaultNRIPluginIndex},
+		{&n.Binary, DefaultNRIBinary}, {&n.AgentSocket, DefaultNRIAgentSocket},
+	} {
+		if *d.v == "" {
+			*d.v = d.def
+		}
+	}
 	if c.byCgroup == nil {
 		c.byCgroup = map[string]Limits{}
 		c.byUnit = map[string]Limits{}
@@ -522,6 +563,31 @@ func (c *Config) loadFile(file string) error {
 	}
 	if md.IsDefined("agent", "max_pinned_per_uid") {
 		c.Agent.MaxPinnedPerUID = a.MaxPinnedPerUID
+	}
+	n := one.NRI
+	for _, v := range []struct {
+		key      string
+		dst, src *string
+	}{
+		{"socket", &c.NRI.Socket, &n.Socket}, {"plugin_name", &c.NRI.PluginName, &n.PluginName},
+		{"plugin_index", &c.NRI.PluginIndex, &n.PluginIndex}, {"agent_socket", &c.NRI.AgentSocket, &n.AgentSocket},
+		{"binary", &c.NRI.Binary, &n.Binary},
+	} {
+		if !md.IsDefined("nri", v.key) {
+			continue
+		}
+		switch path := v.key != "plugin_name" && v.key != "plugin_index"; {
+		case path && !filepath.IsAbs(*v.src):
+			return fmt.Errorf("%s: nri.%s must be an absolute path, not %q", at.at("nri."+v.key), v.key, *v.src)
+		case v.key == "plugin_index" && (len(*v.src) != 2 || strings.Trim(*v.src, "0123456789") != ""):
+			return fmt.Errorf("%s: nri.plugin_index must be two digits, not %q", at.at("nri."+v.key), *v.src)
+		case v.key == "plugin_name" && (*v.src == "" || strings.ContainsAny(*v.src, "/ ")):
+			return fmt.Errorf("%s: nri.plugin_name %q is not a plugin name", at.at("nri."+v.key), *v.src)
+		}
+		*v.dst = *v.src
+	}
+	if md.IsDefined("nri", "enable") {
+		c.NRI.Enable = n.Enable
 	}
 	c.Files = append(c.Files, file)
 	return nil

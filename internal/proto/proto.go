@@ -115,6 +115,7 @@ const (
 	AttrGrants        Attr = 36 // u64: grants in the configuration (reload)
 	AttrQuotas        Attr = 37 // u64: quotas in the configuration (reload)
 	AttrWait          Attr = 38 // u64: acquire: wait up to this many milliseconds for the entry to be published
+	AttrPod           Attr = 39 // string: register: "NAMESPACE/POD" of a Kubernetes pod's container
 )
 
 // MaxWait bounds one acquire's wait; a client that wants longer asks again.
@@ -130,6 +131,15 @@ const (
 	// FlagShutdown (REVOKE): shut a socket entry down before dropping it,
 	// so that every copy handed out stops working.
 	FlagShutdown uint32 = 1 << 3
+	// FlagCheck (REGISTER): register nothing, carry no fd; only answer
+	// whether the container the request describes could acquire each
+	// requested entry (an NRI plugin asks at CreateContainer, before the
+	// container has a process).
+	FlagCheck uint32 = 1 << 4
+	// FlagRunning (REGISTER): the container already runs (an NRI plugin
+	// registering again after a restart): its cgroup may hold processes
+	// besides the one the pidfd names.
+	FlagRunning uint32 = 1 << 5
 )
 
 // Code is a stable error code. Zero means success.
@@ -380,6 +390,21 @@ func SplitRef(ref string) (owner, name string, err error) {
 		return "", "", fmt.Errorf("%q: owner longer than %d bytes", ref, MaxIdentity)
 	}
 	return owner, name, nil
+}
+
+// ValidPod checks a pod reference "NAMESPACE/POD": two container names.
+func ValidPod(s string) error {
+	ns, pod, ok := strings.Cut(s, "/")
+	if !ok {
+		return fmt.Errorf("pod %q: want NAMESPACE/POD", s)
+	}
+	if err := ValidContainerName(ns); err != nil {
+		return fmt.Errorf("pod %q: namespace: %w", s, err)
+	}
+	if err := ValidContainerName(pod); err != nil {
+		return fmt.Errorf("pod %q: %w", s, err)
+	}
+	return nil
 }
 
 // ValidContainerName checks a container id or name: 1 to 128 letters,

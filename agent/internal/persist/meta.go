@@ -52,6 +52,7 @@ type CtrRecord struct {
 	FD       string   `json:"fd,omitempty"` // an older agent's hand-off: its init's pidfd, unused
 	ID       string   `json:"id"`
 	Name     string   `json:"name,omitempty"`
+	Pod      string   `json:"pod,omitempty"` // "NAMESPACE/POD" of a pod's container
 	Identity string   `json:"identity"`
 	Aliases  []string `json:"aliases,omitempty"`
 	Cgroup   string   `json:"cgroup"`
@@ -99,7 +100,7 @@ func containers(reg *registry.Registry) []CtrRecord {
 	all := reg.All()
 	out := make([]CtrRecord, 0, len(all))
 	for _, c := range all {
-		out = append(out, CtrRecord{ID: c.ID, Name: c.Name, Identity: c.Identity, Aliases: c.Aliases, Cgroup: c.Cgroup, CgroupID: c.CgroupID})
+		out = append(out, CtrRecord{ID: c.ID, Name: c.Name, Pod: c.Pod, Identity: c.Identity, Aliases: c.Aliases, Cgroup: c.Cgroup, CgroupID: c.CgroupID})
 	}
 	return out
 }
@@ -188,8 +189,13 @@ func ValidContainer(c *CtrRecord) error {
 		return proto.ValidContainerName(c.Name)
 	case !validCgroupPath(c.Cgroup) || c.Cgroup == "/":
 		return fmt.Errorf("cgroup %q is not a cgroup below the root", c.Cgroup)
+	case c.Pod != "" && (proto.ValidPod(c.Pod) != nil || c.Name == ""):
+		return fmt.Errorf("pod %q of container %q: want NAMESPACE/POD and a container name", c.Pod, c.Name)
 	}
 	want := registry.New(c.ID, c.Name, c.Cgroup, 0)
+	if c.Pod != "" {
+		want = registry.NewInPod(c.ID, c.Pod, c.Name, c.Cgroup, 0)
+	}
 	if c.Identity != want.Identity || !slices.Equal(c.Aliases, want.Aliases) {
 		return fmt.Errorf("identity %q and aliases %q do not follow from id %q and name %q", c.Identity, c.Aliases, c.ID, c.Name)
 	}

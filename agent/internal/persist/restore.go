@@ -91,7 +91,11 @@ func Restore(log *slog.Logger, stored []Stored, st *store.Store, reg *registry.R
 			log.Warn("stored container registration is invalid; skipped", "id", c.ID, "err", err)
 			continue
 		}
-		if err := reg.Add(registry.New(c.ID, c.Name, c.Cgroup, c.CgroupID)); err != nil {
+		ct := registry.New(c.ID, c.Name, c.Cgroup, c.CgroupID)
+		if c.Pod != "" {
+			ct = registry.NewInPod(c.ID, c.Pod, c.Name, c.Cgroup, c.CgroupID)
+		}
+		if err := reg.Add(ct); err != nil {
 			log.Info("stored container registration not restored", "id", c.ID, "identity", c.Identity, "reason", err)
 			continue
 		}

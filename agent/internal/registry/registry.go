@@ -11,8 +11,9 @@ import (
 // Container is a registered container.
 type Container struct {
 	ID, Name string
-	Identity string   // "container:NAME", or "container:ID" without a name
-	Aliases  []string // "container:ID" when named
+	Pod      string   // "NAMESPACE/POD" for a Kubernetes pod's container, else ""
+	Identity string   // "pod:NAMESPACE/POD/NAME", "container:NAME", or "container:ID" without a name
+	Aliases  []string // "pod:NAMESPACE/POD" (shared by the pod's containers) and "container:ID", or "container:ID" when named
 	Cgroup   string
 	CgroupID uint64 // inode of the cgroup's directory: a cgroup made again at the path is another
 	epoch    uint64 // the cgroup's watch epoch at registration
@@ -28,7 +29,25 @@ func New(id, name, p string, cgroupID uint64) *Container {
 	return c
 }
 
-func (c *Container) names() []string { return append([]string{c.Identity}, c.Aliases...) }
+// NewInPod returns the container name of pod ("NAMESPACE/POD"), with id,
+// in cgroup p: "pod:NAMESPACE/POD/NAME", with the pod and the id as
+// aliases.
+func NewInPod(id, pod, name, p string, cgroupID uint64) *Container {
+	return &Container{ID: id, Name: name, Pod: pod, Identity: "pod:" + pod + "/" + name,
+		Aliases: []string{"pod:" + pod, "container:" + id}, Cgroup: p, CgroupID: cgroupID}
+}
+
+// names are the names only this container may have: its identity and
+// aliases, except the pod's, which its containers share.
+func (c *Container) names() []string {
+	out := []string{c.Identity}
+	for _, a := range c.Aliases {
+		if c.Pod == "" || a != "pod:"+c.Pod {
+			out = append(out, a)
+		}
+	}
+	return out
+}
 
 // Watcher follows registered cgroups (cgroup.Watcher is one).
 type Watcher interface {

@@ -597,3 +597,24 @@ func TestAddRemovedCgroup(t *testing.T) {
 		t.Fatalf("Add of a removed cgroup = %v, want ErrGone", err)
 	}
 }
+
+// A pod's containers are pod:NAMESPACE/POD/NAME and share the alias
+// pod:NAMESPACE/POD, which is no conflict; the same name twice in a pod is.
+func TestPodContainers(t *testing.T) {
+	tr := newTree()
+	tr.mk("/kubepods/p1/a", 10)
+	tr.mk("/kubepods/p1/b", 11)
+	tr.mk("/kubepods/p1/c", 12)
+	r := newRegistry(t, tr)
+	a := NewInPod("ca", "payments/web", "app", "/kubepods/p1/a", 0)
+	mustAdd(t, r, a)
+	mustAdd(t, r, NewInPod("cb", "payments/web", "sidecar", "/kubepods/p1/b", 0))
+	id := r.Identify("/kubepods/p1/a/sub")
+	if id.Name != "pod:payments/web/app" || !slices.Equal(id.Aliases, []string{"pod:payments/web", "container:ca"}) || id.Container != "ca" || id.OwnerCgroup != "/kubepods/p1/a" {
+		t.Fatalf("Identify = %+v", id)
+	}
+	wantKind(t, r.Add(NewInPod("cc", "payments/web", "app", "/kubepods/p1/c", 0)), ErrConflict, "identity pod:payments/web/app is registered to container ca")
+	if r.Len() != 2 {
+		t.Fatalf("%d registrations, want 2", r.Len())
+	}
+}

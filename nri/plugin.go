@@ -1,0 +1,329 @@
+package nri
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/containerd/nri/pkg/api"
+
+	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/oci"
+)
+
+// Annotations a pod carries. The per-container forms name the container
+// after the slash: io.capd.acquire/container.web applies to container web
+// only, and wins over the pod-wide io.capd.acquire for it.
+const (
+	containerPrefix = "/container."
+)
+
+// Dir is where a container finds capd: the agent's socket and the binary.
+const Dir = "/run/capd"
+
+// Options configure a Plugin.
+type Options struct {
+	Log *slog.Logger
+	// AgentSocket is the agent's socket as the runtime (the host) sees it:
+	// it is bound into containers, and the plugin dials it.
+	AgentSocket string
+	// Binary is the static capd binary, as the host sees it, bound into
+	// containers at /run/capd/capd.
+	Binary string
+	// Dial connects to the agent (default: client.Dial(AgentSocket)); the
+	// plugin may run in a container of its own where the host path differs.
+	Dial func() (*client.Client, error)
+}
+
+// Plugin handles NRI events for capd.
+type Plugin struct {
+	opt Options
+	log *slog.Logger
+
+	cmu sync.Mutex // guards c
+	c   *client.Client
+
+	mu   sync.Mutex
+	ctrs map[string]*tracked // by container id: the registered ones
+}
+
+// tracked is a registered container: what registering it again needs.
+type tracked struct {
+	reg   client.Registration
+	pod   string // the pod sandbox id
+	pidfd linux.FD
+}
+
+// New returns a plugin; Run connects it to the runtime.
+func New(opt Options) *Plugin {
+	if opt.Log == nil {
+		opt.Log = slog.Default()
+	}
+	if opt.Dial == nil {
+		sock := opt.AgentSocket
+		opt.Dial = func() (*client.Client, error) { return client.Dial(sock) }
+	}
+	return &Plugin{opt: opt, log: opt.Log, ctrs: make(map[string]*tracked)}
+}
+
+// request is what a container's pod annotations ask of capd, nil for a
+// container capd has nothing to do with.
+func request(pod *api.PodSandbox, ctr *api.Container) (*client.Registration, error) {
+	ann := pod.GetAnnotations()
+	get := func(key string) (string, bool) {
+		if v, ok := ann[key+containerPrefix+ctr.GetName()]; ok {
+			return v, true
+		}
+		v, ok := ann[key]
+		return v, ok
+	}
+	acquire, ok := get(oci.AnnotationAcquire)
+	if !ok {
+		return nil, nil
+	}
+	required, _ := get(oci.AnnotationRequired)
+	req, err := oci.ParseRequest(ctr.GetId(), map[string]string{oci.AnnotationAcquire: acquire, oci.AnnotationRequired: required})
+	if err != nil {
+		return nil, fmt.Errorf("pod %s/%s container %s: %w", pod.GetNamespace(), pod.GetName(), ctr.GetName(), err)
+	}
+	r := &client.Registration{ID: ctr.GetId(), Name: ctr.GetName(), Pod: pod.GetNamespace() + "/" + pod.GetName(), Required: req.Required}
+	for _, ref := range req.Refs {
+		r.Refs = append(r.Refs, client.Ref(ref))
+	}
+	return r, nil
+}
+
+// client returns the connection to the agent, dialling it if needed.
+func (p *Plugin) client() (*client.Client, error) {
+	p.cmu.Lock()
+	defer p.cmu.Unlock()
+	if p.c == nil {
+		c, err := p.opt.Dial()
+		if err != nil {
+			return nil, fmt.Errorf("connect to the capd agent at %s: %w", p.opt.AgentSocket, err)
+		}
+		p.c = c
+	}
+	return p.c, nil
+}
+
+// CreateContainer gives an annotated container /run/capd, after checking
+// with the agent, for a container that requires its entries, that it
+// could acquire them all.
+func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate, error) {
+	r, err := request(pod, ctr)
+	if err != nil || r == nil {
+		return nil, nil, err // a bad annotation fails the container: its author wants capd
+	}
+	if r.Required {
+		c, err := p.client()
+		if err == nil {
+			_, _, err = c.Check(r)
+		}
+		if err != nil {
+			p.log.Warn("container refused: it requires capd entries it cannot have", "pod", r.Pod, "container", r.Name, "err", err)
+			return nil, nil, fmt.Errorf("capd: pod %s container %s: %w", r.Pod, r.Name, err)
+		}
+	}
+	adj := &api.ContainerAdjustment{}
+	adj.AddMount(&api.Mount{Destination: Dir, Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "noexec", "mode=0755", "size=64k"}})
+	adj.AddMount(&api.Mount{Destination: Dir + "/capd.sock", Type: "bind", Source: p.opt.AgentSocket, Options: []string{"bind", "ro", "nosuid", "nodev"}})
+	adj.AddMount(&api.Mount{Destination: Dir + "/capd", Type: "bind", Source: p.opt.Binary, Options: []string{"bind", "ro", "nosuid", "nodev"}})
+	return adj, nil, nil
+}
+
+// StartContainer registers an annotated container by a pidfd of its init,
+// which exists now and has not run the workload yet.
+func (p *Plugin) StartContainer(ctx context.Context, pod *api.PodSandbox, ctr *api.Container) error {
+	r, err := request(pod, ctr)
+	if err != nil || r == nil {
+		return nil
+	}
+	p.register(r, pod.GetId(), int(ctr.GetPid()), false)
+	return nil
+}
+
+// register registers r, whose init is pid, and tracks it.
+func (p *Plugin) register(r *client.Registration, podID string, pid int, running bool) {
+	pidfd, err := linux.PidfdOpen(pid)
+	if err != nil {
+		p.log.Warn("container not registered: its init is gone", "pod", r.Pod, "container", r.Name, "pid", pid, "err", err)
+		return
+	}
+	t := &tracked{reg: *r, pod: podID}
+	t.reg.Running = running
+	t.pidfd.Own(pidfd)
+	p.mu.Lock()
+	if old := p.ctrs[r.ID]; old != nil {
+		old.pidfd.Close()
+	}
+	p.ctrs[r.ID] = t
+	p.mu.Unlock()
+	p.send(t)
+}
+
+// send registers t with the agent.
+func (p *Plugin) send(t *tracked) {
+	c, err := p.client()
+	if err == nil {
+		var identity string
+		identity, _, err = c.Register(&t.reg, t.pidfd.Int())
+		if err == nil {
+			p.log.Info("container registered", "pod", t.reg.Pod, "container", t.reg.Name, "id", t.reg.ID, "identity", identity)
+			return
+		}
+	}
+	p.log.Warn("container not registered with the capd agent; its processes have no pod identity until it is", "pod", t.reg.Pod, "container", t.reg.Name, "err", err)
+}
+
+// StopContainer asks the agent to forget the container once its processes
+// are gone (the agent refuses while any remains, and ends the registration
+// itself when the cgroup empties).
+func (p *Plugin) StopContainer(ctx context.Context, pod *api.PodSandbox, ctr *api.Container) ([]*api.ContainerUpdate, error) {
+	p.unregister(ctr.GetId(), false)
+	return nil, nil
+}
+
+// RemoveContainer forgets the container.
+func (p *Plugin) RemoveContainer(ctx context.Context, pod *api.PodSandbox, ctr *api.Container) error {
+	p.unregister(ctr.GetId(), true)
+	return nil
+}
+
+// RemovePodSandbox forgets the pod's containers.
+func (p *Plugin) RemovePodSandbox(ctx context.Context, pod *api.PodSandbox) error {
+	p.mu.Lock()
+	var ids []string
+	for id, t := range p.ctrs {
+		if t.pod == pod.GetId() {
+			ids = append(ids, id)
+		}
+	}
+	p.mu.Unlock()
+	for _, id := range ids {
+		p.unregister(id, true)
+	}
+	return nil
+}
+
+func (p *Plugin) unregister(id string, forget bool) {
+	p.mu.Lock()
+	t := p.ctrs[id]
+	if t != nil && forget {
+		delete(p.ctrs, id)
+		t.pidfd.Close()
+	}
+	p.mu.Unlock()
+	if t == nil {
+		return
+	}
+	c, err := p.client()
+	if err == nil {
+		err = c.Unregister(id)
+	}
+	switch {
+	case err == nil, errors.Is(err, client.ErrNotFound):
+	case errors.Is(err, client.ErrPermissionDenied):
+		p.log.Debug("container still has processes; the agent keeps it registered until they are gone", "id", id)
+	default:
+		p.log.Warn("cannot unregister container", "id", id, "err", err)
+	}
+}
+
+// Synchronize registers the running annotated containers: at every
+// connection to the runtime (a restart of this plugin or of containerd).
+func (p *Plugin) Synchronize(ctx context.Context, pods []*api.PodSandbox, ctrs []*api.Container) ([]*api.ContainerUpdate, error) {
+	byID := make(map[string]*api.PodSandbox, len(pods))
+	for _, pod := range pods {
+		byID[pod.GetId()] = pod
+	}
+	n := 0
+	for _, ctr := range ctrs {
+		pod := byID[ctr.GetPodSandboxId()]
+		if pod == nil || ctr.GetState() != api.ContainerState_CONTAINER_RUNNING || ctr.GetPid() == 0 {
+			continue
+		}
+		r, err := request(pod, ctr)
+		if err != nil || r == nil {
+			continue
+		}
+		p.register(r, pod.GetId(), int(ctr.GetPid()), true)
+		n++
+	}
+	p.log.Info("synchronized with the runtime", "pods", len(pods), "containers", len(ctrs), "registered", n)
+	return nil, nil
+}
+
+// Resync registers every tracked container again, for an agent that
+// restarted (registering is idempotent for the same id and cgroup).
+func (p *Plugin) Resync() {
+	p.mu.Lock()
+	all := make([]*tracked, 0, len(p.ctrs))
+	for _, t := range p.ctrs {
+		t.reg.Running = true
+		all = append(all, t)
+	}
+	p.mu.Unlock()
+	for _, t := range all {
+		p.send(t)
+	}
+}
+
+// WatchAgent keeps one connection to the agent open and, whenever the
+// agent closes it (its idle timeout, or a restart), connects again and
+// registers every tracked container again; it returns only when ctx ends
+// while the agent is unreachable (a plugin stops by exiting). A restarted
+// agent without systemd's fd store has forgotten the registrations; with
+// it, registering again changes nothing.
+func (p *Plugin) WatchAgent(ctx context.Context) {
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		c, err := p.opt.Dial()
+		if err == nil {
+			_, err = c.Whoami()
+		}
+		if err != nil {
+			if c != nil {
+				c.Close()
+			}
+			p.log.Debug("capd agent unreachable; retrying", "err", err, "in", backoff)
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		p.cmu.Lock()
+		if p.c != nil {
+			p.c.Close()
+			p.c = nil // a fresh connection for the next request
+		}
+		p.cmu.Unlock()
+		p.Resync()
+		c.WaitClosed()
+		c.Close()
+	}
+}
+
+// Close releases the pidfds.
+func (p *Plugin) Close() {
+	p.mu.Lock()
+	for id, t := range p.ctrs {
+		t.pidfd.Close()
+		delete(p.ctrs, id)
+	}
+	p.mu.Unlock()
+	p.cmu.Lock()
+	if p.c != nil {
+		p.c.Close()
+		p.c = nil
+	}
+	p.cmu.Unlock()
+}
+
