@@ -326,4 +326,3 @@ func (p *Plugin) Close() {
 	}
 	p.cmu.Unlock()
 }
-
