@@ -4,8 +4,10 @@
 //
 // For a pod annotated io.capd.acquire (every container), or a container
 // named in an io.capd.acquire/container.NAME pod annotation, it adjusts the
-// container at CreateContainer: a small tmpfs at /run/capd with the agent's
-// socket and the static capd binary bound in read-only, so workloads run
+// container at CreateContainer: a small tmpfs at /run/capd with the static
+// capd binary and the directory of the agent's socket bound in read-only
+// (/run/capd/agent: the directory, so that a restarted agent's new socket
+// file is reached too) and CAPD_SOCKET naming the socket, so workloads run
 // "/run/capd/capd acquire OWNER:NAME -- CMD" as under the OCI hook. With
 // io.capd.required=true (or io.capd.required/container.NAME) it first asks
 // the agent whether the container could acquire every entry and fails the

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -22,8 +24,12 @@ const (
 	containerPrefix = "/container."
 )
 
-// Dir is where a container finds capd: the agent's socket and the binary.
-const Dir = "/run/capd"
+// Dir is where a container finds capd: the binary, and the agent's socket
+// in AgentDir (which CAPD_SOCKET names).
+const (
+	Dir      = "/run/capd"
+	AgentDir = Dir + "/agent"
+)
 
 // Options configure a Plugin.
 type Options struct {
@@ -66,6 +72,9 @@ func New(opt Options) *Plugin {
 	if opt.Dial == nil {
 		sock := opt.AgentSocket
 		opt.Dial = func() (*client.Client, error) { return client.Dial(sock) }
+	}
+	if ents, err := os.ReadDir(filepath.Dir(opt.AgentSocket)); err == nil && len(ents) > 1 {
+		opt.Log.Warn("the agent's socket directory holds more than the socket; containers see all of it (read-only): give the socket a directory of its own", "dir", filepath.Dir(opt.AgentSocket), "entries", len(ents))
 	}
 	return &Plugin{opt: opt, log: opt.Log, ctrs: make(map[string]*tracked)}
 }
@@ -129,11 +138,21 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 			return nil, nil, fmt.Errorf("capd: pod %s container %s: %w", r.Pod, r.Name, err)
 		}
 	}
+	return p.adjustment(), nil, nil
+}
+
+// adjustment gives a container capd: a tmpfs at /run/capd holding the
+// static binary and, read-only, the directory of the agent's socket (the
+// directory, not the socket file, so that an agent restarted on a new
+// socket file is still reached), with CAPD_SOCKET naming the socket in it.
+func (p *Plugin) adjustment() *api.ContainerAdjustment {
 	adj := &api.ContainerAdjustment{}
+	ro := []string{"rbind", "ro", "nosuid", "nodev"}
 	adj.AddMount(&api.Mount{Destination: Dir, Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "noexec", "mode=0755", "size=64k"}})
-	adj.AddMount(&api.Mount{Destination: Dir + "/capd.sock", Type: "bind", Source: p.opt.AgentSocket, Options: []string{"bind", "ro", "nosuid", "nodev"}})
-	adj.AddMount(&api.Mount{Destination: Dir + "/capd", Type: "bind", Source: p.opt.Binary, Options: []string{"bind", "ro", "nosuid", "nodev"}})
-	return adj, nil, nil
+	adj.AddMount(&api.Mount{Destination: AgentDir, Type: "bind", Source: filepath.Dir(p.opt.AgentSocket), Options: ro})
+	adj.AddMount(&api.Mount{Destination: Dir + "/capd", Type: "bind", Source: p.opt.Binary, Options: ro})
+	adj.AddEnv("CAPD_SOCKET", AgentDir+"/"+filepath.Base(p.opt.AgentSocket))
+	return adj
 }
 
 // StartContainer registers an annotated container by a pidfd of its init,

@@ -55,8 +55,9 @@ func TestRequest(t *testing.T) {
 }
 
 // An annotated container that does not require its entries gets
-// /run/capd (a tmpfs with the socket and the binary bound in read-only)
-// without asking the agent; others get nothing.
+// /run/capd (a tmpfs with the binary and the socket's directory bound in
+// read-only, CAPD_SOCKET naming the socket) without asking the agent;
+// others get nothing.
 func TestCreateContainerMounts(t *testing.T) {
 	p := New(Options{AgentSocket: "/run/capd/capd.sock", Binary: "/usr/bin/capd",
 		Dial: func() (*client.Client, error) { t.Fatal("the agent was asked"); return nil, nil }})
@@ -73,9 +74,12 @@ func TestCreateContainerMounts(t *testing.T) {
 			t.Errorf("mount %s is not read-only: %v", m.Destination, m.Options)
 		}
 	}
-	want := []string{"tmpfs tmpfs /run/capd", "bind /run/capd/capd.sock /run/capd/capd.sock", "bind /usr/bin/capd /run/capd/capd"}
+	want := []string{"tmpfs tmpfs /run/capd", "bind /run/capd /run/capd/agent", "bind /usr/bin/capd /run/capd/capd"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("mounts %q, want %q", got, want)
+	}
+	if env := adj.GetEnv(); len(env) != 1 || env[0].Key != "CAPD_SOCKET" || env[0].Value != "/run/capd/agent/capd.sock" {
+		t.Fatalf("env %v, want CAPD_SOCKET=/run/capd/agent/capd.sock", env)
 	}
 	pod.Annotations = nil
 	if adj, _, err := p.CreateContainer(context.Background(), pod, &api.Container{Id: "c2", Name: "app"}); err != nil || adj != nil {

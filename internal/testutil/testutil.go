@@ -310,6 +310,19 @@ func StartAgent(t testing.TB, capd, config string) *Agent {
 	if err := os.WriteFile(a.Config, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return a.start(t, capd)
+}
+
+// RestartAgent starts a new agent with the configuration and socket path
+// of old, which must have exited, and stops it when the test ends.
+func RestartAgent(t testing.TB, capd string, old *Agent) *Agent {
+	t.Helper()
+	a := &Agent{Socket: old.Socket, Config: old.Config, Log: &LogBuffer{}}
+	return a.start(t, capd)
+}
+
+func (a *Agent) start(t testing.TB, capd string) *Agent {
+	t.Helper()
 	a.Cmd = exec.Command(capd, "agent", "--config", a.Config, "--socket", a.Socket, "--log-level", "debug")
 	a.Cmd.Stderr = a.Log
 	a.Cmd.Stdout = a.Log
