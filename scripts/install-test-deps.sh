@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages capd's tests need, skipping those present.
-# Needs root; reaches only Debian's package mirrors.
+# Then scripts/install-k8s-deps.sh (containerd, crictl; cached).
+# Needs root; reaches Debian's package mirrors (and the Go module proxy, once).
 set -euo pipefail
 packages=(
   gcc libc6-dev   # go test -race needs cgo
@@ -22,3 +23,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 command -v go >/dev/null || { echo "Go is not on PATH: install Go $(sed -n 's/^go //p' go.mod) or newer (https://go.dev/dl/)" >&2; exit 1; }
+# containerd, crictl and friends for the Kubernetes node tests (cached).
+"$(dirname "$0")/install-k8s-deps.sh"
