@@ -116,6 +116,7 @@ bench:
 	./bench/drop-delay.sh
 	./bench/hook.sh
 	./bench/audit.sh
+	./bench/k8s.sh
 
 clean:
 	rm -rf $(BIN)

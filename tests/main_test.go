@@ -18,8 +18,8 @@ import (
 	"github.com/capd-dev/capd/internal/testutil"
 )
 
-// capd is the binary under test, built once by TestMain.
-var capd string
+// capd and capdNRI are the binaries under test, built once by TestMain.
+var capd, capdNRI string
 
 func TestMain(m *testing.M) {
 	if role := os.Getenv("CAPD_TEST_ROLE"); role != "" {
@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 	os.Chmod(dir, 0o755) // runnable by the uids some tests switch to
 	root, _ := filepath.Abs("..")
 	capd, err = testutil.BuildCapd(root, dir)
+	if err == nil {
+		capdNRI, err = testutil.Build(root, dir, "./cmd/capd-nri")
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

@@ -232,13 +232,17 @@ func (cg *Cgroup) Command(name string, args ...string) *exec.Cmd {
 
 // BuildCapd builds ./cmd/capd into dir and returns its path. root is the
 // module root.
-func BuildCapd(root, dir string) (string, error) {
-	out := filepath.Join(dir, "capd")
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/capd")
+func BuildCapd(root, dir string) (string, error) { return Build(root, dir, "./cmd/capd") }
+
+// Build builds the command in package pkg (relative to the module root)
+// statically into dir and returns the binary's path.
+func Build(root, dir, pkg string) (string, error) {
+	out := filepath.Join(dir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", out, pkg)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build capd: %v\n%s", err, b)
+		return "", fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
 	}
 	return out, nil
 }
