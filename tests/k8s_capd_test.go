@@ -192,3 +192,29 @@ func TestK8sContainerdRestart(t *testing.T) {
 		t.Fatalf("after a containerd restart:\n%s\nplugin:\n%s", out, e.p.log)
 	}
 }
+
+// The plugin and the agent both restart (kill -9) with a pod running: the
+// new plugin is synchronized by the runtime and registers the running
+// container again (its cgroup holds its whole workload by now), which is
+// the pod's again, never a host process's.
+func TestK8sPluginRestart(t *testing.T) {
+	e := newK8sEnv(t)
+	pod := e.n.RunPod("web", "payments", map[string]string{"io.capd.acquire": "rpm-ostreed.service:zincati-fd"})
+	ctr := e.n.Run(pod, "web", "payments", "app", nil, "sh", "-c", "sleep 1000 & exec sleep 1000")
+	e.p.waitLog(t, "container registered", 1)
+	e.p.cmd.Process.Kill()
+	e.p.cmd.Wait()
+	e.agent.Cmd.Process.Kill()
+	e.agent.Cmd.Wait()
+	e.agent = testutil.RestartAgent(t, capd, e.agent)
+	e.publishFile("rpm-ostreed.service", "zincati-fd", "from-the-host")
+	if out, _ := e.n.Exec(ctr, "sh", "-c", `/run/capd/capd whoami; /run/capd/capd status; echo "status=$?"`); strings.Contains(out, "pod:") || strings.Contains(out, "status=0") {
+		t.Fatalf("before the plugin is back, the container is %s", out)
+	}
+	e.p = startPlugin(t, e.n, e.agent)
+	e.p.waitLog(t, "container registered", 1)
+	out, _ := e.n.Exec(ctr, "sh", "-c", `/run/capd/capd whoami; /run/capd/capd acquire rpm-ostreed.service:zincati-fd -- cat /proc/self/fd/3`)
+	if !strings.Contains(out, "pod:payments/web/app") || !strings.Contains(out, "from-the-host") {
+		t.Fatalf("after the plugin's restart: %s\nplugin:\n%s", out, e.p.log)
+	}
+}
