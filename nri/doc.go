@@ -3,7 +3,8 @@
 // hooks.d hook runs.
 //
 // For a pod annotated io.capd.acquire (every container), or a container
-// named in an io.capd.acquire/container.NAME pod annotation, it adjusts the
+// named in an io.capd.acquire/container.NAME pod annotation (an empty value:
+// capd, and nothing to acquire, for a container that only publishes), it adjusts the
 // container at CreateContainer: a small tmpfs at /run/capd with the static
 // capd binary and the directory of the agent's socket bound in read-only
 // (/run/capd/agent: the directory, so that a restarted agent's new socket

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -95,11 +96,19 @@ func request(pod *api.PodSandbox, ctr *api.Container) (*client.Registration, err
 		return nil, nil
 	}
 	required, _ := get(oci.AnnotationRequired)
+	r := &client.Registration{ID: ctr.GetId(), Name: ctr.GetName(), Pod: pod.GetNamespace() + "/" + pod.GetName()}
+	if strings.TrimSpace(acquire) == "" {
+		// capd, and nothing to acquire yet: a pod that only publishes.
+		if required != "" && required != "false" {
+			return nil, fmt.Errorf("pod %s container %s: %s without entries to acquire", r.Pod, r.Name, oci.AnnotationRequired)
+		}
+		return r, nil
+	}
 	req, err := oci.ParseRequest(ctr.GetId(), map[string]string{oci.AnnotationAcquire: acquire, oci.AnnotationRequired: required})
 	if err != nil {
 		return nil, fmt.Errorf("pod %s/%s container %s: %w", pod.GetNamespace(), pod.GetName(), ctr.GetName(), err)
 	}
-	r := &client.Registration{ID: ctr.GetId(), Name: ctr.GetName(), Pod: pod.GetNamespace() + "/" + pod.GetName(), Required: req.Required}
+	r.Required = req.Required
 	for _, ref := range req.Refs {
 		r.Refs = append(r.Refs, client.Ref(ref))
 	}
@@ -192,7 +201,11 @@ func (p *Plugin) send(t *tracked) {
 		var identity string
 		identity, _, err = c.Register(&t.reg, t.pidfd.Int())
 		if err == nil {
-			p.log.Info("container registered", "pod", t.reg.Pod, "container", t.reg.Name, "id", t.reg.ID, "identity", identity)
+			level := slog.LevelInfo
+			if t.reg.Running {
+				level = slog.LevelDebug // again, after a reconnect: usually nothing new
+			}
+			p.log.Log(context.Background(), level, "container registered", "pod", t.reg.Pod, "container", t.reg.Name, "id", t.reg.ID, "identity", identity)
 			return
 		}
 	}

@@ -36,6 +36,9 @@ func TestRequest(t *testing.T) {
 		{"another container's", map[string]string{"io.capd.acquire/container.db": "c.service:z"}, nil, false},
 		{"required pod-wide", map[string]string{"io.capd.acquire": "a.service:x", "io.capd.required": "true"},
 			&client.Registration{ID: "c1", Name: "app", Pod: "payments/web", Refs: []client.Ref{{Owner: "a.service", Name: "x"}}, Required: true}, false},
+		{"publish only", map[string]string{"io.capd.acquire/container.app": ""},
+			&client.Registration{ID: "c1", Name: "app", Pod: "payments/web"}, false},
+		{"required without entries", map[string]string{"io.capd.acquire": "", "io.capd.required": "true"}, nil, true},
 		{"bad ref", map[string]string{"io.capd.acquire": "nocolon"}, nil, true},
 		{"bad required", map[string]string{"io.capd.acquire": "a.service:x", "io.capd.required": "yes"}, nil, true},
 	} {

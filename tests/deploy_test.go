@@ -215,7 +215,7 @@ func TestDeployManifests(t *testing.T) {
 		images[c.Image] = true
 		cmd := append(slices.Clone(c.Command), c.Args...)
 		switch {
-		case slices.Equal(cmd, []string{"/usr/bin/capd", "agent", "--config", policy.DefaultPath}):
+		case len(cmd) >= 4 && slices.Equal(cmd[:4], []string{"/usr/bin/capd", "agent", "--config", policy.DefaultPath}):
 			agent = c
 		case slices.Equal(cmd, []string{"/usr/bin/capd-nri", "--config", policy.DefaultPath}):
 			plugin = c
@@ -225,7 +225,7 @@ func TestDeployManifests(t *testing.T) {
 		images[c.Image] = true
 	}
 	if agent == nil || plugin == nil {
-		t.Fatalf("DaemonSet: want containers running [/usr/bin/capd agent --config %[1]s] and [/usr/bin/capd-nri --config %[1]s]", policy.DefaultPath)
+		t.Fatalf("DaemonSet: want containers running [/usr/bin/capd agent --config %[1]s ...] and [/usr/bin/capd-nri --config %[1]s]", policy.DefaultPath)
 	}
 	if len(images) != 1 {
 		t.Errorf("DaemonSet: images %v, want one", images)
@@ -315,8 +315,20 @@ func TestDeployManifests(t *testing.T) {
 	if got := hostPath(spec, plugin, n.AgentSocket); got != n.AgentSocket {
 		t.Errorf("nri.agent_socket %s is %q on the host in container %s", n.AgentSocket, got, plugin.Name)
 	}
-	if got := hostPath(spec, agent, client.DefaultSocket); got != n.AgentSocket {
-		t.Errorf("the agent listens on %s, which is %q on the host; nri.agent_socket is %s", client.DefaultSocket, got, n.AgentSocket)
+	// The agent listens on --socket, alone in its directory (which
+	// containerd binds into pods), and host clients reach it through
+	// the usual path, a symlink the install initContainer makes.
+	sock := ""
+	for i, a := range agent.Command {
+		if a == "--socket" && i+1 < len(agent.Command) {
+			sock = agent.Command[i+1]
+		}
+	}
+	if got := hostPath(spec, agent, sock); sock == "" || got != n.AgentSocket {
+		t.Errorf("the agent listens on %q, which is %q on the host; nri.agent_socket is %s", sock, got, n.AgentSocket)
+	}
+	if filepath.Dir(n.AgentSocket) == filepath.Dir(client.DefaultSocket) {
+		t.Errorf("nri.agent_socket %s shares its directory with %s: the whole directory is bound into pods", n.AgentSocket, client.DefaultSocket)
 	}
 	if got := hostPath(spec, agent, "/sys/fs/cgroup"); got != "/sys/fs/cgroup" {
 		t.Errorf("the agent's /sys/fs/cgroup is %q on the host", got)

@@ -75,7 +75,13 @@ Options:
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
-	missingOK := *config == policy.DefaultPath && os.Getenv("CAPD_CONFIG") == ""
+	// As capd agent: only the default file may be missing (deny all).
+	missingOK := os.Getenv("CAPD_CONFIG") == ""
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "config" {
+			missingOK = false
+		}
+	})
 	cfg, err := policy.Load(*config, missingOK)
 	if err != nil {
 		fmt.Fprintf(stderr, "capd-nri: load config: %v\n", err)

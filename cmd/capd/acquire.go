@@ -82,9 +82,9 @@ See docs/SECURITY.md and 'capd audit'.`,
 			dash := cmd.ArgsLenAtDash()
 			timeout := time.Duration(-1)
 			if cmd.Flags().Changed("wait") && wait != "forever" {
-				d, err := time.ParseDuration(wait)
+				d, err := parseSpan(wait)
 				if err != nil || d < 0 {
-					return usageErr("--wait=%s: want a duration such as 30s, or no value to wait forever", wait)
+					return usageErr("--wait=%s: want a duration such as 30s, 1min or 1m30s, or no value to wait forever", wait)
 				}
 				timeout = d
 			} else if !cmd.Flags().Changed("wait") {
@@ -181,4 +181,15 @@ func inheritedFDs() (fds []int, names []string) {
 		}
 	}
 	return fds, names
+}
+
+// spanUnits are systemd's time span units (systemd.time(7)) that Go's
+// durations spell otherwise, longest first.
+var spanUnits = strings.NewReplacer("minutes", "m", "minute", "m", "min", "m", "msec", "ms", "usec", "us",
+	"seconds", "s", "second", "s", "sec", "s", "hours", "h", "hour", "h", "hr", "h")
+
+// parseSpan reads a duration as Go writes it (1m30s) or as systemd does
+// (1min 30s, 2h, 500msec), so that a unit's timeouts can be copied.
+func parseSpan(s string) (time.Duration, error) {
+	return time.ParseDuration(spanUnits.Replace(strings.ReplaceAll(s, " ", "")))
 }

@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestEscape(t *testing.T) {
@@ -59,5 +60,22 @@ func TestTreeEscapes(t *testing.T) {
 	}
 	if got := limit(new(uint64), "quota cgroup=/\x1b"); strings.ContainsRune(got, 0x1b) {
 		t.Errorf("limit = %q", got)
+	}
+}
+
+// --wait takes Go's durations and systemd's time spans.
+func TestParseSpan(t *testing.T) {
+	for in, want := range map[string]time.Duration{
+		"30s": 30 * time.Second, "1min": time.Minute, "1min 30s": 90 * time.Second, "1m30s": 90 * time.Second,
+		"2h": 2 * time.Hour, "500msec": 500 * time.Millisecond, "5 minutes": 5 * time.Minute, "1hr": time.Hour,
+	} {
+		if got, err := parseSpan(in); err != nil || got != want {
+			t.Errorf("parseSpan(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "1", "1mon", "x"} {
+		if _, err := parseSpan(in); err == nil {
+			t.Errorf("parseSpan(%q) accepted", in)
+		}
 	}
 }
