@@ -94,13 +94,92 @@ const (
 	Reload
 )
 
+// NumActions is the number of actions: every Action is below it.
+const NumActions = int(Reload) + 1
+
 var actionNames = [...]string{Publish: "publish", Acquire: "acquire", See: "list", Replace: "replace", Revoke: "revoke", Status: "status", Audit: "audit", ManageContainers: "register containers", Reload: "reload"}
+
+// actionKeys are the actions' stable names, for metrics labels.
+var actionKeys = [...]string{Publish: "publish", Acquire: "acquire", See: "see", Replace: "replace", Revoke: "revoke", Status: "status", Audit: "audit", ManageContainers: "manage-containers", Reload: "reload"}
 
 func (a Action) String() string {
 	if int(a) < len(actionNames) {
 		return actionNames[a]
 	}
 	return fmt.Sprintf("action %d", a)
+}
+
+// Key is the action's short stable name ("acquire", "manage-containers"),
+// for metrics labels; String is for messages.
+func (a Action) Key() string {
+	if int(a) < len(actionKeys) {
+		return actionKeys[a]
+	}
+	return "unknown"
+}
+
+// Denials lists the classes Authorize may refuse a with, in order.
+func (a Action) Denials() []Class {
+	switch a {
+	case Acquire:
+		return []Class{NotGranted, OwnerUID, Audience, UnconfinedKind}
+	case See:
+		return []Class{NotVisible}
+	case Replace, Revoke:
+		return []Class{NotOwner, OwnerUID}
+	case Status, ManageContainers, Reload:
+		return []Class{HostAdmin}
+	case Audit:
+		return []Class{HostAdmin, CapSysPtrace}
+	}
+	return nil
+}
+
+// Class is the stable class of a refusal: what the caller lacked. Its Key
+// is short and stable across releases (metrics label it, docs/METRICS.md
+// lists them), while a Decision's Reason is free text for people.
+type Class uint8
+
+// The classes of refusal.
+const (
+	// Allowed is the class of every Decision that allows.
+	Allowed Class = iota
+	// NotGranted: no [[grant]] lets the consumer acquire the entry.
+	NotGranted
+	// OwnerUID: the caller has the owner's identity but not the uid that
+	// published the entry (and is no host administrator).
+	OwnerUID
+	// Audience: the owner's allow list excludes the consumer.
+	Audience
+	// UnconfinedKind: a "dir" or "path" fd for a consumer in a container,
+	// and no grant for it sets allow_kinds.
+	UnconfinedKind
+	// NotOwner: another owner's entry, and the caller is no host
+	// administrator.
+	NotOwner
+	// NotVisible: list does not show the entry to the caller.
+	NotVisible
+	// HostAdmin: the action needs a host administrator.
+	HostAdmin
+	// CapSysPtrace: audit needs CAP_SYS_PTRACE as well.
+	CapSysPtrace
+	// UnknownAction: an action Authorize does not know.
+	UnknownAction
+)
+
+// NumClasses is the number of classes: every Class is below it.
+const NumClasses = int(UnknownAction) + 1
+
+var classKeys = [...]string{Allowed: "allowed", NotGranted: "not-granted", OwnerUID: "owner-uid", Audience: "audience",
+	UnconfinedKind: "unconfined-kind", NotOwner: "not-owner", NotVisible: "not-visible", HostAdmin: "host-admin",
+	CapSysPtrace: "cap-sys-ptrace", UnknownAction: "unknown-action"}
+
+// Key is the class's short stable name ("not-granted").
+func (c Class) Key() string {
+	if int(c) < len(classKeys) {
+		return classKeys[c]
+	}
+	return "unknown"
 }
 
 // Target is the entry an action concerns.
@@ -115,18 +194,20 @@ type Target struct {
 	Kind string
 }
 
-// Decision is an answer with its reason, for the client and the log.
+// Decision is an answer with its reason, for the client and the log, and,
+// for a refusal, its stable class, for counting.
 type Decision struct {
 	Allowed bool
 	Reason  string
+	Class   Class // Allowed (zero) when Allowed is true
 }
 
 func allow(format string, args ...any) Decision {
 	return Decision{Allowed: true, Reason: fmt.Sprintf(format, args...)}
 }
 
-func deny(format string, args ...any) Decision {
-	return Decision{Reason: fmt.Sprintf(format, args...)}
+func deny(class Class, format string, args ...any) Decision {
+	return Decision{Reason: fmt.Sprintf(format, args...), Class: class}
 }
 
 // unconfinedKinds are kinds of fd that reach outside a container's root:
@@ -151,7 +232,7 @@ func (c *Config) Authorize(who *Caller, act Action, t *Target) Decision {
 			return d
 		}
 		if !who.CapSysPtrace {
-			return deny("audit reads every process's fds: a host administrator with CAP_SYS_PTRACE only (the caller lacks CAP_SYS_PTRACE)")
+			return deny(CapSysPtrace, "audit reads every process's fds: a host administrator with CAP_SYS_PTRACE only (the caller lacks CAP_SYS_PTRACE)")
 		}
 		return allow("host administrator")
 	case Revoke, Replace:
@@ -159,7 +240,7 @@ func (c *Config) Authorize(who *Caller, act Action, t *Target) Decision {
 			if who.HostAdmin() {
 				return allow("host administrator")
 			}
-			return deny("%s may not %s %s:%s: only a host administrator may act on another owner's entries (%s)", who.Identity, act, t.Owner, t.Name, who.notAdmin())
+			return deny(NotOwner, "%s may not %s %s:%s: only a host administrator may act on another owner's entries (%s)", who.Identity, act, t.Owner, t.Name, who.notAdmin())
 		}
 		if who.UID == t.UID {
 			return allow("the publishing uid")
@@ -167,7 +248,7 @@ func (c *Config) Authorize(who *Caller, act Action, t *Target) Decision {
 		if who.HostAdmin() {
 			return allow("host administrator")
 		}
-		return deny("%s:%s was published by uid %d; only that uid or a host administrator may %s it", t.Owner, t.Name, t.UID, act)
+		return deny(OwnerUID, "%s:%s was published by uid %d; only that uid or a host administrator may %s it", t.Owner, t.Name, t.UID, act)
 	case See:
 		if who.HostAdmin() || t.Owner == who.Identity {
 			return allow("visible")
@@ -175,18 +256,18 @@ func (c *Config) Authorize(who *Caller, act Action, t *Target) Decision {
 		if _, ok := c.grants(who, t); ok && admits(t.Allow, who.Names()) {
 			return allow("granted")
 		}
-		return deny("not visible")
+		return deny(NotVisible, "not visible")
 	case Acquire:
 		return c.acquire(who, t)
 	}
-	return deny("unknown action %d", act)
+	return deny(UnknownAction, "unknown action %d", act)
 }
 
 func (c *Config) admin(who *Caller, act Action) Decision {
 	if who.HostAdmin() {
 		return allow("host administrator")
 	}
-	return deny("%s needs a host administrator (uid 0 with CAP_SYS_ADMIN in the agent's user and pid namespaces, outside containers): %s", act, who.notAdmin())
+	return deny(HostAdmin, "%s needs a host administrator (uid 0 with CAP_SYS_ADMIN in the agent's user and pid namespaces, outside containers): %s", act, who.notAdmin())
 }
 
 func (c *Config) acquire(who *Caller, t *Target) Decision {
@@ -199,19 +280,20 @@ func (c *Config) acquire(who *Caller, t *Target) Decision {
 	} else {
 		var ok bool
 		if kinds, ok = c.grants(who, t); !ok {
-			why := "no grant in policy"
+			why, class := "no grant in policy", NotGranted
 			if t.Owner == who.Identity {
 				why = fmt.Sprintf("no grant in policy (it was published by uid %d, not the caller's uid %d)", t.UID, who.UID)
+				class = OwnerUID
 			}
-			return deny("%s may not acquire %s:%s: %s", who.Identity, t.Owner, t.Name, why)
+			return deny(class, "%s may not acquire %s:%s: %s", who.Identity, t.Owner, t.Name, why)
 		}
 		if !admits(t.Allow, who.Names()) {
-			return deny("%s may not acquire %s:%s: the owner's allow list excludes it", who.Identity, t.Owner, t.Name)
+			return deny(Audience, "%s may not acquire %s:%s: the owner's allow list excludes it", who.Identity, t.Owner, t.Name)
 		}
 		d = allow("granted")
 	}
 	if who.InContainer() && slices.Contains(unconfinedKinds, t.Kind) && !slices.Contains(kinds, t.Kind) {
-		return deny("%s may not acquire %s:%s: a %s fd reaches outside a container's root, and no grant for it sets allow_kinds = [%q]", who.Identity, t.Owner, t.Name, t.Kind, t.Kind)
+		return deny(UnconfinedKind, "%s may not acquire %s:%s: a %s fd reaches outside a container's root, and no grant for it sets allow_kinds = [%q]", who.Identity, t.Owner, t.Name, t.Kind, t.Kind)
 	}
 	return d
 }

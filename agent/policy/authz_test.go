@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -175,5 +176,64 @@ func TestAllowKindsValidated(t *testing.T) {
 	_, err := Load(write(t, t.TempDir(), "capd.toml", "[[grant]]\nconsumer = \"a.service\"\nacquire = [\"b.service:x\"]\nallow_kinds = [\"socket\"]\n"), false)
 	if err == nil || !strings.Contains(err.Error(), `unknown kind "socket"`) {
 		t.Fatalf("allow_kinds = [\"socket\"]: %v", err)
+	}
+}
+
+// Every refusal carries a class that its action lists in Denials, and its
+// Reason text stays free; every allow carries none.
+func TestDecisionClass(t *testing.T) {
+	c := mustParse(t, `
+[[grant]]
+consumer = "container:web"
+acquire  = ["files.service:*"]
+`)
+	web := &Caller{Identity: "container:web", UID: 0, HostNamespaces: true, Container: "1"}
+	files := &Caller{Identity: "files.service", UID: 1000, HostNamespaces: true}
+	for _, tc := range []struct {
+		who  *Caller
+		act  Action
+		t    *Target
+		want Class
+	}{
+		{svc, Acquire, &Target{Owner: "files.service", Name: "x", UID: 1000, Kind: "file"}, NotGranted},
+		{svcOtherUID, Acquire, &Target{Owner: "db.service", Name: "x", UID: 1000, Kind: "file"}, OwnerUID},
+		{web, Acquire, &Target{Owner: "files.service", Name: "x", UID: 1000, Kind: "file", Allow: []Pattern{"container:db"}}, Audience},
+		{web, Acquire, &Target{Owner: "files.service", Name: "x", UID: 1000, Kind: "dir"}, UnconfinedKind},
+		{web, Acquire, &Target{Owner: "files.service", Name: "x", UID: 1000, Kind: "file"}, Allowed},
+		{files, Acquire, &Target{Owner: "files.service", Name: "x", UID: 1000, Kind: "file"}, Allowed},
+		{svc, See, &Target{Owner: "files.service", Name: "x", UID: 1000}, NotVisible},
+		{svc, Revoke, &Target{Owner: "files.service", Name: "x", UID: 1000}, NotOwner},
+		{svcOtherUID, Replace, &Target{Owner: "db.service", Name: "x", UID: 1000}, OwnerUID},
+		{svc, Status, nil, HostAdmin},
+		{rootInCtr, ManageContainers, nil, HostAdmin},
+		{rootUserNS, Reload, nil, HostAdmin},
+		{svc, Audit, nil, HostAdmin},
+		{adminNoPtr, Audit, nil, CapSysPtrace},
+		{admin, Audit, nil, Allowed},
+		{svc, Publish, nil, Allowed},
+		{svc, Action(200), nil, UnknownAction},
+	} {
+		d := c.Authorize(tc.who, tc.act, tc.t)
+		if d.Class != tc.want || d.Allowed != (tc.want == Allowed) || d.Reason == "" {
+			t.Errorf("%s %v: %+v, want class %s", tc.who.Identity, tc.act, d, tc.want.Key())
+		}
+		if !d.Allowed && tc.act < Action(NumActions) && !slices.Contains(tc.act.Denials(), d.Class) {
+			t.Errorf("%v refused with %s, which %v.Denials() = %v does not list", tc.act, d.Class.Key(), tc.act, tc.act.Denials())
+		}
+	}
+	seen := map[string]bool{}
+	for a := range Action(NumActions) {
+		if k := a.Key(); k == "unknown" || seen[k] || strings.ContainsAny(k, " _\"") {
+			t.Errorf("action %d has key %q", a, k)
+		} else {
+			seen[k] = true
+		}
+	}
+	for cl := range Class(NumClasses) {
+		if k := cl.Key(); k == "unknown" || seen[k] || strings.ContainsAny(k, " _\"") {
+			t.Errorf("class %d has key %q", cl, k)
+		} else {
+			seen[k] = true
+		}
 	}
 }

@@ -23,6 +23,9 @@ var configSeeds = []string{
 	"[agent]\nmax_entries = \"x\"\n",
 	"grant = [{consumer = \"a.service\", acquire = [\"b.service:x\"]}]\n",
 	"[[grant]\n",
+	"[metrics]\nsocket = \"/run/capd/metrics.sock\"\nlisten = \"127.0.0.1:9417\"\n",
+	"[metrics]\nlisten = \"0.0.0.0:9417\"\n",
+	"[metrics]\nlisten = \"[::]:9417\"\nallow_remote = true\n",
 }
 
 // FuzzLoad loads arbitrary bytes as a configuration file. A refusal names

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
@@ -53,10 +54,11 @@ const Unlimited = -1
 
 // Config is one loaded configuration.
 type Config struct {
-	Agent  AgentConfig `toml:"agent"`
-	NRI    NRIConfig   `toml:"nri"`
-	Grants []Grant     `toml:"grant"`
-	Quotas []Quota     `toml:"quota"`
+	Agent   AgentConfig   `toml:"agent"`
+	NRI     NRIConfig     `toml:"nri"`
+	Metrics MetricsConfig `toml:"metrics"`
+	Grants  []Grant       `toml:"grant"`
+	Quotas  []Quota       `toml:"quota"`
 	// Files lists the files this Config was read from, in order.
 	Files []string `toml:"-"`
 	// Warnings are what loading found suspicious but not wrong, each with
@@ -65,6 +67,7 @@ type Config struct {
 
 	byCgroup map[string]Limits // explicit quotas by cgroup path
 	byUnit   map[string]Limits // explicit quotas by unit name
+	listenAt string            // FILE:LINE:COL of the metrics.listen in force
 }
 
 // AgentConfig holds the agent's own limits.
@@ -118,6 +121,36 @@ const (
 	DefaultNRIBinary      = "/usr/bin/capd"
 	DefaultNRIAgentSocket = "/run/capd/capd.sock"
 )
+
+// MetricsConfig configures the agent's metrics endpoint (docs/METRICS.md):
+// Prometheus's text format over HTTP/1.x, GET /metrics, on a unix socket,
+// a TCP address or both. Each is off unless set; the agent reads them at
+// start only (a reload that changes them says a restart is needed).
+type MetricsConfig struct {
+	// Socket is the path of a unix stream socket, mode 0600: only root
+	// connects (a scraper running as root, or a proxy such as socat).
+	Socket string `toml:"socket"`
+	// Listen is a TCP address, IP:PORT (an IP literal; port 0 picks one,
+	// which the agent logs), for Prometheus, which cannot scrape a unix
+	// socket. It must be a loopback address unless AllowRemote is set.
+	Listen string `toml:"listen"`
+	// AllowRemote allows a Listen address that is not loopback. The
+	// endpoint has no authentication and no TLS, and it shows what only
+	// host administrators see on the agent's socket (status): how much the
+	// host holds and how often which actions are refused, as they happen.
+	AllowRemote bool `toml:"allow_remote"`
+}
+
+// ListenAddr is Listen parsed; the zero AddrPort when Listen is "". Load
+// has validated it.
+func (m *MetricsConfig) ListenAddr() netip.AddrPort {
+	a, _ := netip.ParseAddrPort(m.Listen)
+	return a
+}
+
+// maxSocketPath is the longest unix socket path bind(2) takes (sun_path
+// less its terminating NUL).
+const maxSocketPath = 107
 
 // AdminReserve is how many entries of the whole store only host
 // administrators may fill: the last eighth, at most 256.
@@ -366,8 +399,8 @@ func (c *Config) setDefaults() {
 }
 
 // Load reads file and then every *.toml in conf.d/ beside it, in lexical
-// order. Grants from all files add up; a later [agent] setting overrides an
-// earlier one. If file does not exist and missingOK is set, Load returns the
+// order. Grants from all files add up; a later [agent], [nri] or [metrics]
+// setting overrides an earlier one. If file does not exist and missingOK is set, Load returns the
 // deny-all default (drop-ins are still read). Errors name the file, and the
 // line and key where the TOML decoder knows them.
 func Load(file string, missingOK bool) (*Config, error) {
@@ -385,6 +418,9 @@ func Load(file string, missingOK bool) (*Config, error) {
 		if err := c.loadFile(f); err != nil {
 			return nil, err
 		}
+	}
+	if err := c.checkMetrics(); err != nil {
+		return nil, err
 	}
 	c.setDefaults()
 	return c, nil
@@ -589,7 +625,45 @@ func (c *Config) loadFile(file string) error {
 	if md.IsDefined("nri", "enable") {
 		c.NRI.Enable = n.Enable
 	}
+	mc := one.Metrics
+	if md.IsDefined("metrics", "socket") {
+		switch p := mc.Socket; {
+		case p != "" && (!filepath.IsAbs(p) || filepath.Clean(p) != p):
+			return fmt.Errorf("%s: metrics.socket must be a clean absolute path, not %q", at.at("metrics.socket"), p)
+		case len(p) > maxSocketPath:
+			return fmt.Errorf("%s: metrics.socket is %d bytes long; a unix socket path has at most %d", at.at("metrics.socket"), len(p), maxSocketPath)
+		}
+		c.Metrics.Socket = mc.Socket
+	}
+	if md.IsDefined("metrics", "listen") {
+		if mc.Listen != "" {
+			a, err := netip.ParseAddrPort(mc.Listen)
+			switch {
+			case err != nil:
+				return fmt.Errorf("%s: metrics.listen %q is not IP:PORT (like 127.0.0.1:9417 or [::1]:9417; a host name is not taken): %v", at.at("metrics.listen"), mc.Listen, err)
+			case a.Addr().Zone() != "":
+				return fmt.Errorf("%s: metrics.listen %q: an address with a zone is not supported", at.at("metrics.listen"), mc.Listen)
+			}
+		}
+		c.Metrics.Listen, c.listenAt = mc.Listen, at.at("metrics.listen")
+	}
+	if md.IsDefined("metrics", "allow_remote") {
+		c.Metrics.AllowRemote = mc.AllowRemote
+	}
 	c.Files = append(c.Files, file)
+	return nil
+}
+
+// checkMetrics validates what the files set together: a metrics.listen
+// address beyond loopback needs allow_remote, which any file may set.
+func (c *Config) checkMetrics() error {
+	m := &c.Metrics
+	if m.Listen == "" || m.AllowRemote {
+		return nil
+	}
+	if a := m.ListenAddr().Addr(); !a.Unmap().IsLoopback() {
+		return fmt.Errorf("%s: metrics.listen %q is not a loopback address: set metrics.allow_remote = true to serve metrics beyond this host (the endpoint has no authentication and no TLS, and shows what only host administrators see on the agent's socket)", c.listenAt, m.Listen)
+	}
 	return nil
 }
 

@@ -292,3 +292,67 @@ func TestDropInPrecedence(t *testing.T) {
 		t.Fatalf("drop-ins %v, want %v", got, want)
 	}
 }
+
+// [metrics] is off unless set, merges key by key across drop-ins like
+// [agent], and refuses, with file:line:col, what the agent could not serve
+// or should not: a TCP address beyond loopback needs allow_remote, which
+// any file may set.
+func TestMetricsConfig(t *testing.T) {
+	if m := Default().Metrics; m != (MetricsConfig{}) {
+		t.Errorf("default [metrics] = %+v, want everything off", m)
+	}
+	dir := t.TempDir()
+	f := write(t, dir, "capd.toml", "[metrics]\nsocket = \"/run/capd/metrics.sock\"\nlisten = \"127.0.0.1:9417\"\n")
+	c, err := Load(f, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (MetricsConfig{Socket: "/run/capd/metrics.sock", Listen: "127.0.0.1:9417"}); c.Metrics != want {
+		t.Errorf("[metrics] = %+v, want %+v", c.Metrics, want)
+	}
+	if a := c.Metrics.ListenAddr(); a.Port() != 9417 || !a.Addr().IsLoopback() {
+		t.Errorf("ListenAddr = %v", a)
+	}
+	// A drop-in overrides one key and keeps the others; "" turns one off.
+	write(t, dir, "conf.d/10-m.toml", "[metrics]\nsocket = \"\"\nlisten = \"[::1]:0\"\n")
+	if c, err = Load(f, false); err != nil {
+		t.Fatal(err)
+	}
+	if want := (MetricsConfig{Listen: "[::1]:0"}); c.Metrics != want {
+		t.Errorf("after the drop-in [metrics] = %+v, want %+v", c.Metrics, want)
+	}
+
+	for _, tc := range []struct{ body, want string }{
+		{"[metrics]\nlisten = \"0.0.0.0:9417\"\n", `capd.toml:2:1: metrics.listen "0.0.0.0:9417" is not a loopback address: set metrics.allow_remote = true`},
+		{"[metrics]\n  listen = \"192.0.2.1:9417\"\n", `capd.toml:2:3: metrics.listen "192.0.2.1:9417" is not a loopback address`},
+		{"[metrics]\nlisten = \"[::]:9417\"\nallow_remote = false\n", `capd.toml:2:1: metrics.listen "[::]:9417" is not a loopback address`},
+		{"[metrics]\nlisten = \"localhost:9417\"\n", `capd.toml:2:1: metrics.listen "localhost:9417" is not IP:PORT`},
+		{"[metrics]\nlisten = \"127.0.0.1\"\n", `capd.toml:2:1: metrics.listen "127.0.0.1" is not IP:PORT`},
+		{"[metrics]\nlisten = \"[fe80::1%eth0]:9417\"\nallow_remote = true\n", `capd.toml:2:1: metrics.listen "[fe80::1%eth0]:9417": an address with a zone is not supported`},
+		{"[metrics]\nsocket = \"metrics.sock\"\n", `capd.toml:2:1: metrics.socket must be a clean absolute path, not "metrics.sock"`},
+		{"[metrics]\nsocket = \"/run/capd/../m.sock\"\n", `capd.toml:2:1: metrics.socket must be a clean absolute path`},
+		{"[metrics]\nsocket = \"/" + strings.Repeat("x", 107) + "\"\n", `capd.toml:2:1: metrics.socket is 108 bytes long; a unix socket path has at most 107`},
+		{"[metrics]\nport = 9417\n", `capd.toml:2:1: unknown key "metrics.port"`},
+		{"[metrics]\nallow_remote = \"yes\"\n", `capd.toml:2:1: `},
+	} {
+		_, err := Load(write(t, t.TempDir(), "capd.toml", tc.body), false)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("config %q: error %v, want %q", tc.body, err, tc.want)
+		}
+	}
+
+	// allow_remote from a drop-in lets the main file's address through;
+	// the error of a refused one names the file that set it.
+	dir = t.TempDir()
+	f = write(t, dir, "capd.toml", "[metrics]\nlisten = \"0.0.0.0:9417\"\n")
+	write(t, dir, "conf.d/20-remote.toml", "[metrics]\nallow_remote = true\n")
+	if c, err = Load(f, false); err != nil || c.Metrics.Listen != "0.0.0.0:9417" || !c.Metrics.AllowRemote {
+		t.Errorf("allow_remote in a drop-in: %+v, %v", c.Metrics, err)
+	}
+	dir = t.TempDir()
+	f = write(t, dir, "capd.toml", "[metrics]\nallow_remote = true\n")
+	d := write(t, dir, "conf.d/20-remote.toml", "[metrics]\nallow_remote = false\n\nlisten = \"10.0.0.1:9417\"\n")
+	if _, err = Load(f, false); err == nil || !strings.Contains(err.Error(), d+":4:1: metrics.listen") {
+		t.Errorf("allow_remote = false in the last file: %v, want the drop-in's line 4", err)
+	}
+}
