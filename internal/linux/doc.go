@@ -3,7 +3,8 @@
 // memfd_create(2) and sealed memfds, open_by_handle_at(2), fd classification and the
 // devices of the kernel's internal mounts (KernelMounts); and, for the
 // packages outside internal/, thin wrappers named after the system call
-// they make (Socket, Connect, SetsockoptTimeval, Open, Stat, Fstat, Read,
+// they make (Socket, Connect, Bind, Listen, Accept4, Getsockname,
+// SetsockoptTimeval, SetsockoptInt, Open, Stat, Fstat, Read,
 // Write, FcntlGetFD, Poll, Eventfd, InotifyInit1, InotifyAddWatch,
 // InotifyRmWatch, Unshare, Setns, Execve).
 //

@@ -40,6 +40,15 @@ func SetsockoptTimeval(sock, level, opt int, tv *unix.Timeval) error {
 	return nil
 }
 
+// SetsockoptInt sets the integer socket option opt at level on sock
+// (setsockopt(2)): SO_REUSEADDR. Errors name the option.
+func SetsockoptInt(sock, level, opt, value int) error {
+	if err := unix.SetsockoptInt(sock, level, opt, value); err != nil {
+		return os.NewSyscallError("setsockopt "+sockoptName(level, opt), err)
+	}
+	return nil
+}
+
 func sockoptName(level, opt int) string {
 	if level == unix.SOL_SOCKET {
 		switch opt {
@@ -47,6 +56,8 @@ func sockoptName(level, opt int) string {
 			return "SO_RCVTIMEO"
 		case unix.SO_SNDTIMEO:
 			return "SO_SNDTIMEO"
+		case unix.SO_REUSEADDR:
+			return "SO_REUSEADDR"
 		}
 	}
 	return fmt.Sprintf("level %d option %d", level, opt)
@@ -90,6 +101,16 @@ func Accept4(sock int) (int, error) {
 		return -1, os.NewSyscallError("accept4", err)
 	}
 	return fd, nil
+}
+
+// Getsockname returns the address sock is bound to (getsockname(2)): the
+// port the kernel picked for a TCP socket bound to port 0.
+func Getsockname(sock int) (unix.Sockaddr, error) {
+	sa, err := unix.Getsockname(sock)
+	if err != nil {
+		return nil, os.NewSyscallError("getsockname", err)
+	}
+	return sa, nil
 }
 
 // SocketType returns the type of socket sock (SO_TYPE).

@@ -66,6 +66,9 @@ func TestWrapperErrors(t *testing.T) {
 	tv := unix.NsecToTimeval(int64(time.Second))
 	syscallErr(t, "SetsockoptTimeval", linux.SetsockoptTimeval(-1, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv), unix.EBADF, "setsockopt SO_RCVTIMEO")
 	syscallErr(t, "SetsockoptTimeval", linux.SetsockoptTimeval(-1, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv), unix.EBADF, "setsockopt SO_SNDTIMEO")
+	syscallErr(t, "SetsockoptInt", linux.SetsockoptInt(-1, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1), unix.EBADF, "setsockopt SO_REUSEADDR")
+	_, err = linux.Getsockname(-1)
+	syscallErr(t, "Getsockname", err, unix.EBADF, "getsockname")
 
 	sock, err := linux.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET, 0)
 	if err != nil {
