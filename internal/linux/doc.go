@@ -4,7 +4,7 @@
 // devices of the kernel's internal mounts (KernelMounts); and, for the
 // packages outside internal/, thin wrappers named after the system call
 // they make (Socket, Connect, Bind, Listen, Accept4, Getsockname,
-// SetsockoptTimeval, SetsockoptInt, Open, Stat, Fstat, Read,
+// Send, SetsockoptTimeval, SetsockoptInt, Open, Stat, Fstat, Read,
 // Write, FcntlGetFD, Poll, Eventfd, InotifyInit1, InotifyAddWatch,
 // InotifyRmWatch, Unshare, Setns, Execve).
 //

@@ -113,6 +113,22 @@ func Getsockname(sock int) (unix.Sockaddr, error) {
 	return sa, nil
 }
 
+// Send writes b to the connected socket sock (sendmsg(2) with
+// MSG_NOSIGNAL: a peer that went away is EPIPE, never SIGPIPE), retrying
+// EINTR. Like write(2) it may send less than all of b; a send timeout
+// (SO_SNDTIMEO) that expires is EAGAIN.
+func Send(sock int, b []byte) (int, error) {
+	var n int
+	err := ignoringEINTR(func() (err error) {
+		n, err = unix.SendmsgN(sock, b, nil, nil, unix.MSG_NOSIGNAL)
+		return err
+	})
+	if err != nil {
+		return n, os.NewSyscallError("sendmsg", err)
+	}
+	return n, nil
+}
+
 // SocketType returns the type of socket sock (SO_TYPE).
 func SocketType(sock int) (int, error) {
 	t, err := unix.GetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_TYPE)

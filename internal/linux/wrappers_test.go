@@ -69,6 +69,8 @@ func TestWrapperErrors(t *testing.T) {
 	syscallErr(t, "SetsockoptInt", linux.SetsockoptInt(-1, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1), unix.EBADF, "setsockopt SO_REUSEADDR")
 	_, err = linux.Getsockname(-1)
 	syscallErr(t, "Getsockname", err, unix.EBADF, "getsockname")
+	_, err = linux.Send(-1, []byte{1})
+	syscallErr(t, "Send", err, unix.EBADF, "sendmsg")
 
 	sock, err := linux.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET, 0)
 	if err != nil {
@@ -394,4 +396,20 @@ func TestPidfdGetInfo(t *testing.T) {
 	defer linux.Close(ev)
 	_, err = linux.PidfdGetInfo(ev, unix.PIDFD_INFO_CREDS)
 	syscallErr(t, "PidfdGetInfo of an eventfd", err, unix.ENOTTY, "ioctl PIDFD_GET_INFO")
+}
+
+// Send to a peer that went away fails with EPIPE instead of raising
+// SIGPIPE.
+func TestSendNoSigpipe(t *testing.T) {
+	p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer linux.Close(p[0])
+	if n, err := linux.Send(p[0], []byte("ab")); n != 2 || err != nil {
+		t.Fatalf("Send = %d, %v", n, err)
+	}
+	linux.Close(p[1])
+	_, err = linux.Send(p[0], []byte("x"))
+	syscallErr(t, "Send to a closed peer", err, unix.EPIPE, "sendmsg")
 }
