@@ -642,6 +642,17 @@ func (s *Store) Len() int {
 	return len(s.entries)
 }
 
+// Counts returns the number of entries and of pinned entries: the root
+// cgroup's usage, which every entry is charged to.
+func (s *Store) Counts() (entries, pinned int) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if u := s.usage["/"]; u != nil {
+		pinned = u.pinned
+	}
+	return len(s.entries), pinned
+}
+
 // Responsive reports whether the store's lock can be taken: it blocks
 // until it can (the watchdog times it).
 func (s *Store) Responsive() {

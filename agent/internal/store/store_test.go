@@ -1132,11 +1132,18 @@ func TestNodes(t *testing.T) {
 			t.Errorf("Nodes(%q) = %+v, want %+v", tc.after, got, tc.want)
 		}
 	}
-	for _, n := range []string{"1", "2", "3", "4"} {
+	mustPublish(t, f.s, newEntry(t, "x.service", "5")) // unpinned, in the root cgroup
+	if n, p := f.s.Counts(); n != 5 || p != 4 {
+		t.Errorf("Counts = %d, %d; want 5 entries, 4 pinned", n, p)
+	}
+	for _, n := range []string{"1", "2", "3", "4", "5"} {
 		f.s.Revoke("x.service", n, func(*Entry) error { return nil }, false)
 	}
 	if got := f.s.Nodes(""); len(got) != 0 {
 		t.Fatalf("usage left after every entry went: %+v", got)
+	}
+	if n, p := f.s.Counts(); n != 0 || p != 0 {
+		t.Errorf("Counts of an empty store = %d, %d", n, p)
 	}
 }
 
