@@ -64,6 +64,7 @@ func (c *conn) authorize(cfg *policy.Config, act policy.Action, t *policy.Target
 	if d.Allowed {
 		return nil
 	}
+	c.srv.stats.denied(act, d.Class)
 	args := []any{"action", act.String(), "identity", c.peer.Identity, "uid", c.peer.UID, "pid", c.peer.PID, "reason", d.Reason}
 	if t != nil {
 		args = append(args, "entry", t.Owner+":"+t.Name)
@@ -88,6 +89,7 @@ func (c *conn) serve(cfg *policy.Config) {
 	id, err := resolvePeer(c.cred, c.pidfd.Int(), c.pidfdErr, c.srv.resolver, c.srv.reg, c.srv.host)
 	c.pidfd.Close()
 	if err != nil {
+		c.srv.stats.refused[refusedUnidentified].Add(1)
 		log.Warn("cannot identify client; closing", "err", err)
 		m := proto.NewMessage(out, 0, proto.CodePermissionDenied)
 		m.String(proto.AttrMessage, "the agent cannot identify this client: "+err.Error())
@@ -307,6 +309,7 @@ func (c *conn) acquire(cfg *policy.Config, attrs []byte) (*store.Entry, error) {
 				return nil, err
 			}
 			e.CountAcquire()
+			c.srv.stats.acquires.Add(1)
 			if c.log.Enabled(context.Background(), slog.LevelDebug) {
 				c.log.Debug("acquired", "consumer", c.peer.Identity, "pid", c.peer.PID, "entry", owner+":"+name)
 			}
@@ -424,6 +427,7 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, reqFD *linux.FD) error 
 		c.log.Error("publish not acknowledged: not durable", "owner", e.Owner, "name", e.Name, "err", err)
 		return proto.Errorf(proto.CodeInternal, "%s:%s is not published: systemd did not confirm it keeps the entry (%v); publish again", e.Owner, e.Name, err)
 	}
+	c.srv.stats.publishes.Add(1)
 	c.log.Info("published", "owner", e.Owner, "name", e.Name, "kind", e.Kind, "pin", e.Pinned, "ttl", time.Duration(ttl)*time.Millisecond, "uid", e.UID, "pid", c.peer.PID)
 	return nil
 }
@@ -471,6 +475,7 @@ func (c *conn) revoke(cfg *policy.Config, attrs []byte) error {
 	if err != nil {
 		return err
 	}
+	c.srv.stats.revokes.Add(1)
 	if err := c.srv.durable(id); err != nil {
 		return proto.Errorf(proto.CodeInternal, "%s:%s is revoked in the agent, but systemd did not confirm it dropped its copy (%v): after a restart of the agent it may come back; revoke it again then", owner, name, err)
 	}

@@ -3,11 +3,14 @@
 // loop and connection limits (server.go), one connection's requests
 // (conn.go, register.go: decoding, the one authorization call per request,
 // the replies), the peer's identity from the kernel (identity.go), the one
-// mapping from errors to wire codes (errors.go) and log limits per uid
-// (ratelog.go). What it serves lives in agent/internal: the store of named
-// fds (store), the registered containers and identities (registry), the
-// fd-store mirror, restore and hand-off (persist) and audit (audit); the
-// decision itself is agent/policy's Config.Authorize.
+// mapping from errors to wire codes (errors.go), log limits per uid
+// (ratelog.go) and what the metrics endpoint shows (metrics.go: counters
+// the request path increments with atomics, gauges read at scrape time).
+// What it serves lives in agent/internal: the store of named fds (store),
+// the registered containers and identities (registry), the fd-store
+// mirror, restore and hand-off (persist), audit (audit) and the metrics
+// endpoint's HTTP (metrics); the decision itself is agent/policy's
+// Config.Authorize.
 //
 // Identity: a connection's peer is read once, at admission: SO_PEERCRED
 // and a pidfd, then its cgroup, capabilities and namespaces through the
@@ -37,5 +40,7 @@
 // Lock order: the mirror's upload lock, then the store's lock, then the
 // leaf locks (the mirror's failure list, the registry's, the watcher's,
 // the closer's, a log limiter's); Server.mu is never held while taking any
-// of them.
+// of them. A metrics scrape takes Server.mu, the store's, the registry's
+// and the watcher's lock one at a time, each briefly, and none while it
+// sends.
 package agent

@@ -137,6 +137,7 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, reqFD *linux.FD, out [
 		return proto.Builder{}, err
 	}
 	c.srv.synced()
+	c.srv.stats.registrations.Add(1)
 	c.log.Info("container registered", "id", ct.ID, "identity", ct.Identity, "cgroup", ct.Cgroup, "requested", len(refs), "denied", len(denied))
 	return m, nil
 }
@@ -220,6 +221,7 @@ func (c *conn) unregister(cfg *policy.Config, attrs []byte) error {
 	}
 	n := c.srv.store.DropOwned(ct.Cgroup)
 	c.srv.synced()
+	c.srv.stats.unregistrations.Add(1)
 	c.log.Info("container unregistered", "id", ct.ID, "identity", ct.Identity, "dropped", n)
 	return nil
 }

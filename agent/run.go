@@ -4,11 +4,13 @@ package agent
 // flags are parsed: the re-exec into a private mount namespace, the
 // configuration and its reloads (SIGHUP, the RELOAD request), the listener
 // (bound, socket-activated or handed over, with the stored fds that came
-// with it), Restore, Serve, what systemd is told (READY=1, RELOADING=1,
+// with it), Restore, the metrics endpoint ([metrics], read at start
+// only), Serve, what systemd is told (READY=1, RELOADING=1,
 // STOPPING=1, STATUS= and the watchdog), the SIGUSR2 hand-off and Shutdown.
 //
-// Run owns the listener, the signal channel (registered before Restore and
-// stopped when Run returns) and the notify goroutine (stopped when Run
+// Run owns the listener, the metrics endpoint (closed before a hand-off
+// and when Run returns), the signal channel (registered before Restore
+// and stopped when Run returns) and the notify goroutine (stopped when Run
 // returns). It takes none of the Server's locks: it only calls the Server's
 // exported methods, and its one mutex serializes reloads. The hand-off
 // (SIGUSR2) drains the Server, freezes its store and execs the agent binary
@@ -121,6 +123,14 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}
 
+	// The metrics endpoint is optional: one that cannot listen is logged
+	// and the agent serves without it.
+	mx, err := srv.startMetrics(cfg.Metrics)
+	if err != nil {
+		log.Error("metrics endpoint not started; serving without it", "err", err)
+	}
+	defer mx.Close()
+
 	// reload serves SIGHUP and the RELOAD request (capd reload), one at a
 	// time.
 	var reloading sync.Mutex
@@ -138,6 +148,10 @@ func Run(ctx context.Context, opts Options) error {
 			log.Warn("suspicious configuration", "warning", w)
 		}
 		srv.Reload(next)
+		if next.Metrics != cfg.Metrics {
+			log.Warn("[metrics] changed; the agent reads it at start only: restart the agent to apply it",
+				"in_force", describeMetrics(cfg.Metrics), "configured", describeMetrics(next.Metrics))
+		}
 		log.Info("configuration reloaded", "config", next.Files, "grants", len(next.Grants), "quotas", len(next.Quotas))
 		return next, nil
 	}
@@ -171,6 +185,7 @@ loop:
 					log.Error("no hand-off: cannot find the agent binary; still serving", "err", err)
 					continue
 				}
+				mx.Close() // the next process binds it again
 				serveErr = execHandoff(log, srv, l, served, exe, args)
 				break loop // only when the hand-off failed before exec
 			}

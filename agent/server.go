@@ -39,6 +39,7 @@ type Server struct {
 	fdStore  int             // entries systemd's fd store keeps (FileDescriptorStoreMax less the metadata); -1 without one
 	reloader func() (*policy.Config, error)
 	quit     chan struct{} // closed when the server stops: wakes waiting acquires
+	stats    counters      // for the metrics endpoint
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -267,15 +268,16 @@ func (s *Server) admit(nfd int) {
 	s.mu.Lock()
 	us := s.uidLocked(acct)
 	var reason string
+	var class refusal
 	switch {
 	case s.stopping:
-		reason = "agent is shutting down"
+		reason, class = "agent is shutting down", refusedShuttingDown
 	case len(s.conns) >= cfg.Agent.MaxConnections:
-		reason = fmt.Sprintf("agent has %d connections, its limit", len(s.conns))
+		reason, class = fmt.Sprintf("agent has %d connections, its limit", len(s.conns)), refusedLimit
 	case (cred.Uid != 0 || acct != 0) && len(s.conns) >= cfg.Agent.MaxConnections-rootReserve(cfg):
-		reason = fmt.Sprintf("agent has %d connections; the last %d are kept for root", len(s.conns), rootReserve(cfg))
+		reason, class = fmt.Sprintf("agent has %d connections; the last %d are kept for root", len(s.conns), rootReserve(cfg)), refusedRootReserve
 	case us.conns >= cfg.Agent.MaxConnectionsPerUID:
-		reason = fmt.Sprintf("uid %d has %d connections, its limit", acct, us.conns)
+		reason, class = fmt.Sprintf("uid %d has %d connections, its limit", acct, us.conns), refusedPerUID
 		if acct != cred.Uid {
 			reason = fmt.Sprintf("uid %d (which owns the user namespace of uid %d) has %d connections, its limit", acct, cred.Uid, us.conns)
 		}
@@ -283,6 +285,7 @@ func (s *Server) admit(nfd int) {
 	log := slog.New(limitedHandler{s.log.Handler(), us.lim, acct})
 	if reason != "" {
 		s.mu.Unlock()
+		s.stats.refused[class].Add(1)
 		log.Warn("connection refused", "uid", cred.Uid, "acct_uid", acct, "pid", cred.Pid, "reason", reason)
 		if pidfd >= 0 {
 			linux.Close(pidfd)
@@ -296,6 +299,7 @@ func (s *Server) admit(nfd int) {
 	us.conns++
 	s.wg.Add(1)
 	s.mu.Unlock()
+	s.stats.connections.Add(1)
 	go c.serve(cfg)
 }
 
