@@ -70,6 +70,9 @@ func (s *Server) renderMetrics(t *metrics.Text) {
 	t.Family("capd_denials_total", metrics.Counter, "Requests refused by policy, by action and by the class of the reason.")
 	for a := range policy.Action(policy.NumActions) {
 		listed := a.Denials()
+		if a == policy.See {
+			listed = nil // list hides what it may not show; it refuses nothing
+		}
 		for cl := range policy.Class(policy.NumClasses) {
 			v := st.denials[a][cl].Load()
 			if v != 0 || slices.Contains(listed, cl) {

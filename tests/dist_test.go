@@ -226,8 +226,8 @@ func TestShippedConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("policy.Load: %v", err)
 	}
-	if def := policy.Default(); !reflect.DeepEqual(cfg.Agent, def.Agent) || len(cfg.Grants) != 0 || len(cfg.Quotas) != 0 {
-		t.Errorf("as shipped it is not the default: %+v, %d grants, %d quotas", cfg.Agent, len(cfg.Grants), len(cfg.Quotas))
+	if def := policy.Default(); !reflect.DeepEqual(cfg.Agent, def.Agent) || len(cfg.Grants) != 0 || len(cfg.Quotas) != 0 || cfg.Metrics != def.Metrics {
+		t.Errorf("as shipped it is not the default: %+v, %+v, %d grants, %d quotas", cfg.Agent, cfg.Metrics, len(cfg.Grants), len(cfg.Quotas))
 	}
 	keys := reflect.TypeOf(policy.AgentConfig{})
 	for i := 0; i < keys.NumField(); i++ {
@@ -250,6 +250,9 @@ func TestShippedConfig(t *testing.T) {
 	}
 	if len(all.Grants) != 3 || len(all.Quotas) != 2 {
 		t.Errorf("uncommented: %d grants, %d quotas; want the 3 and 2 examples", len(all.Grants), len(all.Quotas))
+	}
+	if all.Metrics.Socket == "" || all.Metrics.Listen == "" || all.Metrics.AllowRemote {
+		t.Errorf("uncommented [metrics] = %+v, want the socket and loopback examples", all.Metrics)
 	}
 
 	testutil.RequireRoot(t)
