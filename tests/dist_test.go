@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -256,9 +257,19 @@ func TestShippedConfig(t *testing.T) {
 	}
 
 	testutil.RequireRoot(t)
-	for _, c := range []string{string(text), uncomment(string(text))} {
+	// The uncommented [metrics] example, on a socket and a port of the
+	// test's own.
+	hermetic := strings.NewReplacer(`"/run/capd/metrics.sock"`, strconv.Quote(filepath.Join(t.TempDir(), "metrics.sock")),
+		`"127.0.0.1:9417"`, `"127.0.0.1:0"`).Replace(uncomment(string(text)))
+	if hermetic == uncomment(string(text)) {
+		t.Error("the [metrics] example is not the one this test expects")
+	}
+	for _, c := range []string{string(text), hermetic} {
 		a := testutil.StartAgent(t, capd, c)
 		a.WaitLog(t, "agent serving", 0)
+		if c == hermetic {
+			a.WaitLog(t, "metrics endpoint listening", 0)
+		}
 		a.Stop()
 	}
 }
