@@ -21,11 +21,11 @@ type counters struct {
 	denials                        [policy.NumActions][policy.NumClasses]atomic.Uint64
 }
 
-// refusal is the class of a refused connection.
-type refusal uint8
+// connRefusal is the class of a refused connection.
+type connRefusal uint8
 
 const (
-	refusedShuttingDown refusal = iota
+	refusedShuttingDown connRefusal = iota
 	refusedLimit
 	refusedRootReserve
 	refusedPerUID
@@ -81,7 +81,7 @@ func (s *Server) renderMetrics(t *metrics.Text) {
 		}
 	}
 	t.Family("capd_connections_refused_total", metrics.Counter, "Client connections refused, by reason.")
-	for r := range refusal(numRefusals) {
+	for r := range connRefusal(numRefusals) {
 		t.Sample("capd_connections_refused_total", st.refused[r].Load(), "reason", refusalKeys[r])
 	}
 

@@ -268,7 +268,7 @@ func (s *Server) admit(nfd int) {
 	s.mu.Lock()
 	us := s.uidLocked(acct)
 	var reason string
-	var class refusal
+	var class connRefusal
 	switch {
 	case s.stopping:
 		reason, class = "agent is shutting down", refusedShuttingDown
