@@ -3,6 +3,7 @@ package linux
 import (
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -19,7 +20,8 @@ import (
 // this thread makes it the new program's table.
 //
 // ExecWithFDs only returns on failure, and then the calling thread's fd
-// table no longer matches the rest of the process: the caller must report
+// table no longer matches the rest of the process, and garbage collection
+// is off (no collection may poll from that thread): the caller must report
 // the error on fd 2 and exit without doing anything else.
 //
 // With privateProc the program also gets a mount namespace of its own
@@ -54,6 +56,14 @@ func blockSignals(sigs []unix.Signal) error {
 }
 
 func execWithFDs(path string, argv, env []string, fds []int, privateProc bool, block []unix.Signal) error {
+	// No garbage collection from here to the exec: the dup3s below put
+	// other files on fd numbers of this thread's private fd table that the
+	// Go runtime uses (its epoll instance), and a collection started by an
+	// allocation on this thread (exec's argv) ends by polling the network
+	// from this thread: "netpoll failed", and the process dies with every
+	// fd it was handing on. Set before the fd table is copied, so that a
+	// collection already under way finishes with the shared one.
+	debug.SetGCPercent(-1)
 	runtime.LockOSThread() // never unlocked: this thread execs or dies
 	if err := unix.Unshare(unix.CLONE_FILES); err != nil {
 		return os.NewSyscallError("unshare CLONE_FILES", err)

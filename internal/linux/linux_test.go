@@ -11,7 +11,12 @@ import (
 	"github.com/capd-dev/capd/internal/testutil"
 )
 
-func TestMain(m *testing.M) { os.Exit(testutil.LeakCheck(m)) }
+func TestMain(m *testing.M) {
+	if os.Getenv("CAPD_TEST_EXEC_UNDER_GC") != "" {
+		execUnderGC()
+	}
+	os.Exit(testutil.LeakCheck(m))
+}
 
 // TestFdKind classifies real fds; O_PATH fds are "path" whatever they name,
 // as fstat alone would call them "file" or "dir".
