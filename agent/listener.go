@@ -33,7 +33,10 @@ func Listen(path string) (*Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
-	if err := removeStale(path); err != nil {
+	if err := linux.RemoveStaleSocket(path, unix.SOCK_SEQPACKET); err != nil {
+		if errors.Is(err, linux.ErrSocketInUse) {
+			return nil, fmt.Errorf("%s: %w", path, ErrAgentRunning)
+		}
 		return nil, err
 	}
 	fd, err := linux.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET, 0)
@@ -85,36 +88,6 @@ func FileListener(fd int) (*Listener, error) {
 		return nil, err
 	}
 	return &Listener{fd: fd}, nil
-}
-
-func removeStale(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("check socket path: %w", err)
-	}
-	if fi.Mode().Type() != os.ModeSocket {
-		return fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
-	}
-	fd, err := linux.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET, 0)
-	if err != nil {
-		return err
-	}
-	defer linux.Close(fd)
-	err = linux.Connect(fd, &unix.SockaddrUnix{Name: path})
-	switch {
-	case err == nil, errors.Is(err, unix.EAGAIN):
-		return fmt.Errorf("%s: %w", path, ErrAgentRunning)
-	case errors.Is(err, unix.ECONNREFUSED):
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove stale socket: %w", err)
-		}
-		return nil
-	default:
-		return fmt.Errorf("probe %s: %w", path, err)
-	}
 }
 
 // FD returns the listening socket, which the Listener still owns (for a

@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -136,4 +137,41 @@ func SocketType(sock int) (int, error) {
 		return 0, os.NewSyscallError("getsockopt SO_TYPE", err)
 	}
 	return t, nil
+}
+
+// ErrSocketInUse says that something accepts connections on a socket path.
+var ErrSocketInUse = errors.New("something already listens on the socket")
+
+// RemoveStaleSocket makes path free for a new listening socket of type
+// sotype: nothing there is fine, a socket file nothing accepts on
+// (ECONNREFUSED: its listener is gone) is removed, a live one is
+// ErrSocketInUse, and anything else (a regular file, a directory) is an
+// error rather than removed.
+func RemoveStaleSocket(path string, sotype int) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("check socket path: %w", err)
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		return fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
+	}
+	fd, err := Socket(unix.AF_UNIX, sotype, 0)
+	if err != nil {
+		return err
+	}
+	defer Close(fd)
+	switch err := Connect(fd, &unix.SockaddrUnix{Name: path}); {
+	case err == nil, errors.Is(err, unix.EAGAIN):
+		return fmt.Errorf("%s: %w", path, ErrSocketInUse)
+	case errors.Is(err, unix.ECONNREFUSED):
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove stale socket: %w", err)
+		}
+		return nil
+	default:
+		return fmt.Errorf("probe %s: %w", path, err)
+	}
 }

@@ -303,8 +303,8 @@ func listenUnix(path string) (*listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("metrics socket directory: %w", err)
 	}
-	if err := removeStale(path); err != nil {
-		return nil, err
+	if err := linux.RemoveStaleSocket(path, unix.SOCK_STREAM); err != nil {
+		return nil, fmt.Errorf("metrics socket: %w", err)
 	}
 	fd, err := linux.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
@@ -330,36 +330,6 @@ func listenUnix(path string) (*listener, error) {
 		return nil, err
 	}
 	return l, nil
-}
-
-// removeStale removes a socket file at path that nothing listens on.
-func removeStale(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("metrics socket: %w", err)
-	}
-	if fi.Mode().Type() != os.ModeSocket {
-		return fmt.Errorf("metrics socket %s exists and is not a socket; refusing to replace it", path)
-	}
-	fd, err := linux.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
-	if err != nil {
-		return err
-	}
-	defer linux.Close(fd)
-	switch err := linux.Connect(fd, &unix.SockaddrUnix{Name: path}); {
-	case err == nil, errors.Is(err, unix.EAGAIN):
-		return fmt.Errorf("metrics socket %s: something already listens there", path)
-	case errors.Is(err, unix.ECONNREFUSED):
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove stale metrics socket: %w", err)
-		}
-		return nil
-	default:
-		return fmt.Errorf("metrics socket %s: probe: %w", path, err)
-	}
 }
 
 // listenTCP binds a TCP socket at a.
