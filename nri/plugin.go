@@ -80,9 +80,10 @@ func New(opt Options) *Plugin {
 	return &Plugin{opt: opt, log: opt.Log, ctrs: make(map[string]*tracked)}
 }
 
-// request is what a container's pod annotations ask of capd, nil for a
-// container capd has nothing to do with.
-func request(pod *api.PodSandbox, ctr *api.Container) (*client.Registration, error) {
+// Request is what a container's pod annotations ask of capd, nil for a
+// container capd has nothing to do with; an error for annotations capd
+// cannot follow (they fail the container's creation).
+func Request(pod *api.PodSandbox, ctr *api.Container) (*client.Registration, error) {
 	ann := pod.GetAnnotations()
 	get := func(key string) (string, bool) {
 		if v, ok := ann[key+containerPrefix+ctr.GetName()]; ok {
@@ -133,7 +134,7 @@ func (p *Plugin) client() (*client.Client, error) {
 // with the agent, for a container that requires its entries, that it
 // could acquire them all.
 func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate, error) {
-	r, err := request(pod, ctr)
+	r, err := Request(pod, ctr)
 	if err != nil || r == nil {
 		return nil, nil, err // a bad annotation fails the container: its author wants capd
 	}
@@ -167,7 +168,7 @@ func (p *Plugin) adjustment() *api.ContainerAdjustment {
 // StartContainer registers an annotated container by a pidfd of its init,
 // which exists now and has not run the workload yet.
 func (p *Plugin) StartContainer(ctx context.Context, pod *api.PodSandbox, ctr *api.Container) error {
-	r, err := request(pod, ctr)
+	r, err := Request(pod, ctr)
 	if err != nil || r == nil {
 		return nil
 	}
@@ -279,7 +280,7 @@ func (p *Plugin) Synchronize(ctx context.Context, pods []*api.PodSandbox, ctrs [
 		if pod == nil || ctr.GetState() != api.ContainerState_CONTAINER_RUNNING || ctr.GetPid() == 0 {
 			continue
 		}
-		r, err := request(pod, ctr)
+		r, err := Request(pod, ctr)
 		if err != nil || r == nil {
 			continue
 		}

@@ -43,7 +43,7 @@ func TestRequest(t *testing.T) {
 		{"bad required", map[string]string{"io.capd.acquire": "a.service:x", "io.capd.required": "yes"}, nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := request(pod(tc.ann), ctr)
+			got, err := Request(pod(tc.ann), ctr)
 			if (err != nil) != tc.err {
 				t.Fatalf("err = %v, want error %v", err, tc.err)
 			}

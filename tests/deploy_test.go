@@ -14,11 +14,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containerd/nri/pkg/api"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/client"
-	"github.com/capd-dev/capd/oci"
+	"github.com/capd-dev/capd/nri"
 )
 
 // The Kubernetes manifests of deploy/kubernetes: well-formed YAML, and
@@ -379,20 +380,15 @@ func TestDeployREADMEExamples(t *testing.T) {
 				ann, spec = d.obj.Spec.Template.Metadata.Annotations, &d.obj.Spec.Template.Spec
 			}
 			for _, c := range spec.Containers {
-				get := func(key string) string {
-					if v, ok := ann[key+"/container."+c.Name]; ok {
-						return v
-					}
-					return ann[key]
+				// What capd-nri makes of them, by its own parser.
+				r, err := nri.Request(&api.PodSandbox{Name: d.obj.Metadata.Name, Namespace: d.obj.Metadata.Namespace, Annotations: ann}, &api.Container{Id: "id", Name: c.Name})
+				if err != nil {
+					t.Errorf("%s/%s container %s: %v", d.obj.Metadata.Namespace, d.obj.Metadata.Name, c.Name, err)
 				}
-				acquire := get(oci.AnnotationAcquire)
-				if acquire == "" {
+				if r == nil {
 					continue
 				}
 				pods++
-				if _, err := oci.ParseRequest("id", map[string]string{oci.AnnotationAcquire: acquire, oci.AnnotationRequired: get(oci.AnnotationRequired)}); err != nil {
-					t.Errorf("%s/%s container %s: %v", d.obj.Metadata.Namespace, d.obj.Metadata.Name, c.Name, err)
-				}
 				if len(c.Command) == 0 || !strings.Contains(strings.Join(c.Command, " "), "/run/capd/capd ") {
 					t.Errorf("%s/%s container %s: does not run /run/capd/capd", d.obj.Metadata.Namespace, d.obj.Metadata.Name, c.Name)
 				}
