@@ -180,11 +180,14 @@ type HookWhen struct {
 }
 
 // HooksD returns the oci-hooks(5) JSON that runs the hook at path (with
-// args, args[0] being the program name) at createRuntime and poststop for
-// containers annotated io.capd.acquire. hooks.d matches annotation keys and
-// values with unanchored regular expressions, so the key is anchored. With
-// always set, the hook runs for every container instead.
-func HooksD(path string, args []string, env []string, always bool) ([]byte, error) {
+// args, args[0] being the program name) at createRuntime, and with
+// poststop at poststop too, for containers annotated io.capd.acquire.
+// poststop is not needed: the agent ends a registration when the
+// container's cgroup empties, and a poststop hook costs another fork and
+// exec per container. hooks.d matches annotation keys and values with
+// unanchored regular expressions, so the key is anchored. With always set,
+// the hook runs for every container instead.
+func HooksD(path string, args []string, env []string, always, poststop bool) ([]byte, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("hook path %q is not absolute", path)
 	}
@@ -192,7 +195,10 @@ func HooksD(path string, args []string, env []string, always bool) ([]byte, erro
 		Version: "1.0.0",
 		Hook:    specs.Hook{Path: path, Args: args, Env: env},
 		When:    HookWhen{Annotations: map[string]string{`^io\.capd\.acquire$`: `.+`}},
-		Stages:  []string{"createRuntime", "poststop"},
+		Stages:  []string{"createRuntime"},
+	}
+	if poststop {
+		c.Stages = append(c.Stages, "poststop")
 	}
 	if always {
 		c.When = HookWhen{Always: true}

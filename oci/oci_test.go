@@ -80,7 +80,7 @@ func TestReadBundle(t *testing.T) {
 // The hooks.d file matches exactly the io.capd.acquire key, as podman
 // applies it: unanchored regular expressions on keys and values.
 func TestHooksD(t *testing.T) {
-	b, err := HooksD("/usr/bin/capd", []string{"capd", "hook"}, nil, false)
+	b, err := HooksD("/usr/bin/capd", []string{"capd", "hook"}, nil, false, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,8 +88,11 @@ func TestHooksD(t *testing.T) {
 	if err := json.Unmarshal(b, &c); err != nil {
 		t.Fatal(err)
 	}
-	if c.Version != "1.0.0" || c.Hook.Path != "/usr/bin/capd" || strings.Join(c.Stages, ",") != "createRuntime,poststop" {
+	if c.Version != "1.0.0" || c.Hook.Path != "/usr/bin/capd" || strings.Join(c.Stages, ",") != "createRuntime" {
 		t.Fatalf("hooks.d config %s", b)
+	}
+	if b, _ := HooksD("/usr/bin/capd", []string{"capd", "hook"}, nil, false, true); !strings.Contains(string(b), `"poststop"`) {
+		t.Fatalf("hooks.d config with poststop %s", b)
 	}
 	for key, want := range map[string]bool{
 		"io.capd.acquire": true, "xio.capd.acquire": false, "io.capd.acquire.extra": false, "io-capd-acquire": false,
@@ -104,7 +107,7 @@ func TestHooksD(t *testing.T) {
 			t.Errorf("annotation %q matched = %v, want %v", key, matched, want)
 		}
 	}
-	if _, err := HooksD("capd", nil, nil, false); err == nil {
+	if _, err := HooksD("capd", nil, nil, false, false); err == nil {
 		t.Error("a relative hook path was accepted")
 	}
 }

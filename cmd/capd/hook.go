@@ -28,8 +28,8 @@ func newHookCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "hook [--socket PATH] [--timeout DURATION]",
 		Short: "OCI hook: give annotated containers their capability fds",
-		Long: `Run as an OCI hook at createRuntime (or prestart, for runtimes without it)
-and poststop. It reads the container's state (runtime-spec State) on stdin
+		Long: `Run as an OCI hook at createRuntime (or prestart, for runtimes without it),
+and optionally at poststop. It reads the container's state (runtime-spec State) on stdin
 and acts only on containers annotated
 
   io.capd.acquire=OWNER:NAME[,OWNER:NAME...]   the entries the container wants
@@ -48,9 +48,10 @@ binary), so the workload runs
   /run/capd/capd acquire OWNER:NAME -- CMD [ARG...]
 
 Processes in the container are then known as container:NAME (or
-container:ID): policy grants that identity, never the annotation. At
-poststop it unregisters the container; if poststop never runs, the agent
-notices the init process exit. Containers without the annotation are left
+container:ID): policy grants that identity, never the annotation. The
+registration ends when the container's cgroup has no process left, which the
+agent notices itself; at poststop, if configured, the hook also unregisters
+the container (not needed, and a fork and exec more per container). Containers without the annotation are left
 alone at once (unless --harden-all).
 
 --timeout DURATION (default 5s; 0: no bound) bounds the whole conversation
@@ -68,8 +69,7 @@ A process of another uid in the container, and its /proc/PID/fd, are then
 invisible; root in the container still sees everything.
 
 For runc, add to config.json:
-  "hooks": {"createRuntime": [{"path": "/usr/bin/capd", "args": ["capd", "hook"]}],
-            "poststop":      [{"path": "/usr/bin/capd", "args": ["capd", "hook"]}]}
+  "hooks": {"createRuntime": [{"path": "/usr/bin/capd", "args": ["capd", "hook"]}]}
 For podman and CRI-O, see 'capd hook install'.`,
 		Args: exactArgs(0, "no arguments (the state comes on stdin)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -92,13 +92,15 @@ For podman and CRI-O, see 'capd hook install'.`,
 
 func newHookInstallCmd() *cobra.Command {
 	var dir, socket, path string
-	var hardenAll bool
+	var hardenAll, poststop bool
 	cmd := &cobra.Command{
 		Use:   "install [--dir DIR] [--socket PATH] [--path BINARY]",
 		Short: "Write the oci-hooks(5) file that makes podman and CRI-O run capd hook",
 		Long: `Write DIR/capd.json, an oci-hooks(5) configuration that runs 'capd hook' at
-createRuntime and poststop for containers annotated io.capd.acquire (the
-annotation key is matched by an anchored regular expression). The default DIR
+createRuntime for containers annotated io.capd.acquire (the annotation key is
+matched by an anchored regular expression); with --poststop at poststop too,
+which is not needed (the agent ends a registration when the container's
+cgroup empties) and costs a fork and exec per container. The default DIR
 is ` + defaultHooksDir + `, which Debian's podman 4.3 and CRI-O
 read; newer podman also reads /etc/containers/oci/hooks.d. podman --hooks-dir
 points elsewhere. The hook runs with the default --timeout of 'capd hook'.`,
@@ -120,7 +122,7 @@ points elsewhere. The hook runs with the default --timeout of 'capd hook'.`,
 			if hardenAll {
 				hookArgs = append(hookArgs, "--harden-all")
 			}
-			b, err := oci.HooksD(path, hookArgs, nil, hardenAll)
+			b, err := oci.HooksD(path, hookArgs, nil, hardenAll, poststop)
 			if err != nil {
 				return usageErr("%v", err)
 			}
@@ -144,5 +146,6 @@ points elsewhere. The hook runs with the default --timeout of 'capd hook'.`,
 	cmd.Flags().StringVar(&socket, "socket", "", "agent socket the hook uses (default: the hook's default, "+client.DefaultSocket+")")
 	cmd.Flags().StringVar(&path, "path", "", "capd binary the runtime runs (default: this one)")
 	cmd.Flags().BoolVar(&hardenAll, "harden-all", false, "run the hook for every container, to hide other users' processes in every container's /proc")
+	cmd.Flags().BoolVar(&poststop, "poststop", false, "run the hook at poststop too (not needed: registrations end when the container's cgroup empties)")
 	return cmd
 }
