@@ -100,7 +100,6 @@ cgroup:/path), never from the request.
 Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.DefaultSocket + `.
 
 ` + exitCodesHelp,
-		Version:       readBuildInfo().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.ArbitraryArgs,
@@ -119,22 +118,29 @@ Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.Defaul
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &exitError{code: exitUsage, err: fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
 	})
-	root.AddCommand(
-		newAgentCmd(),
-		newPublishCmd(),
-		newAcquireCmd(),
-		newRevokeCmd(),
-		newListCmd(),
-		newStatusCmd(),
-		newWhoamiCmd(),
-		newHookCmd(),
-		newAuditCmd(),
-		newReloadCmd(),
-		newCheckConfigCmd(),
-		newVersionCmd(),
-		newGenManCmd(),
-	)
-	addCompletions(root, args)
+	// A subcommand named first is built alone: the commands that start in
+	// front of a workload (acquire, publish, hook, whoami) do not pay for
+	// the others' flag sets and help texts. Anything else (no subcommand,
+	// a root flag such as --version, help, completion, the man pages)
+	// gets the whole tree.
+	var cmds []*cobra.Command
+	if len(args) > 0 {
+		for _, sc := range subcommands {
+			if sc.name == args[0] && sc.alone {
+				cmds = []*cobra.Command{sc.new()}
+			}
+		}
+	}
+	if cmds == nil {
+		for _, sc := range subcommands {
+			cmds = append(cmds, sc.new())
+		}
+		root.Version = readBuildInfo().String()
+	}
+	root.AddCommand(cmds...)
+	if len(cmds) > 1 {
+		addCompletions(root, args)
+	}
 	for _, c := range root.Commands() {
 		c.SetUsageTemplate(c.UsageTemplate() + "\n" + exitCodesHelp + "\n")
 	}
@@ -145,6 +151,29 @@ Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.Defaul
 		fmt.Fprintf(stderr, "capd: %s\n", escape(err.Error()))
 	}
 	return exitCode(err)
+}
+
+// subcommands are capd's commands; alone says one may be built without
+// the others when it is named first (not the man page generator, which
+// documents them all).
+var subcommands = []struct {
+	name  string
+	new   func() *cobra.Command
+	alone bool
+}{
+	{"agent", newAgentCmd, true},
+	{"publish", newPublishCmd, true},
+	{"acquire", newAcquireCmd, true},
+	{"revoke", newRevokeCmd, true},
+	{"list", newListCmd, true},
+	{"status", newStatusCmd, true},
+	{"whoami", newWhoamiCmd, true},
+	{"hook", newHookCmd, true},
+	{"audit", newAuditCmd, true},
+	{"reload", newReloadCmd, true},
+	{"check-config", newCheckConfigCmd, true},
+	{"version", newVersionCmd, true},
+	{"__gen-man", newGenManCmd, false},
 }
 
 // dial connects to the agent, mapping failure to exitUnreachable.
