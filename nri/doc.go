@@ -14,8 +14,8 @@
 // the agent whether the container could acquire every entry and fails the
 // container's creation with the agent's reason when not. At StartContainer,
 // when the container's init exists, it registers the container with the
-// agent by a pidfd of that init, as "pod:NAMESPACE/POD/NAME" (aliases
-// "pod:NAMESPACE/POD" and "container:ID"); the agent takes the cgroup from
+// agent by a pidfd of that init, as "pod:NAMESPACE/POD/NAME" (alias
+// "pod:NAMESPACE/POD"); the agent takes the cgroup from
 // the pidfd and keeps the registration while that cgroup has processes.
 // StopContainer, RemoveContainer and RemovePodSandbox unregister (the agent
 // refuses while processes remain, so a survivor keeps the pod's identity).

@@ -74,8 +74,8 @@ func New(opt Options) *Plugin {
 		sock := opt.AgentSocket
 		opt.Dial = func() (*client.Client, error) { return client.Dial(sock) }
 	}
-	if ents, err := os.ReadDir(filepath.Dir(opt.AgentSocket)); err == nil && len(ents) > 1 {
-		opt.Log.Warn("the agent's socket directory holds more than the socket; containers see all of it (read-only): give the socket a directory of its own", "dir", filepath.Dir(opt.AgentSocket), "entries", len(ents))
+	if err := socketDirAlone(opt.AgentSocket); err != nil {
+		opt.Log.Error("annotated containers will be refused", "err", err)
 	}
 	return &Plugin{opt: opt, log: opt.Log, ctrs: make(map[string]*tracked)}
 }
@@ -148,7 +148,28 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 			return nil, nil, fmt.Errorf("capd: pod %s container %s: %w", r.Pod, r.Name, err)
 		}
 	}
+	// The socket's directory is bound into the container: it must hold
+	// the socket alone (not the policy's drop-ins, not a metrics socket).
+	if err := socketDirAlone(p.opt.AgentSocket); err != nil {
+		p.log.Error("container refused: the agent's socket does not have a directory of its own", "pod", r.Pod, "container", r.Name, "err", err)
+		return nil, nil, fmt.Errorf("capd: pod %s container %s: %w", r.Pod, r.Name, err)
+	}
 	return p.adjustment(), nil, nil
+}
+
+// socketDirAlone checks that the directory of sock holds nothing but sock.
+func socketDirAlone(sock string) error {
+	dir := filepath.Dir(sock)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("the agent's socket directory: %w", err)
+	}
+	for _, e := range ents {
+		if e.Name() != filepath.Base(sock) {
+			return fmt.Errorf("%s holds %s besides the agent's socket and would be bound into the container: give the socket a directory of its own ([nri] agent_socket, and the agent's --socket)", dir, e.Name())
+		}
+	}
+	return nil
 }
 
 // adjustment gives a container capd: a tmpfs at /run/capd holding the
@@ -196,21 +217,39 @@ func (p *Plugin) register(r *client.Registration, podID string, pid int, running
 }
 
 // send registers t with the agent.
+//
+// It sends a copy of t's pidfd, taken under the table's lock: the table's
+// own may be closed meanwhile (the container removed), and its number
+// reused for another container's pidfd, which must never be sent in its
+// place.
 func (p *Plugin) send(t *tracked) {
+	var pidfd linux.FD
+	p.mu.Lock()
+	reg := t.reg
+	if t.pidfd.Valid() {
+		if n, err := linux.DupCloexec(t.pidfd.Int(), 3); err == nil {
+			pidfd.Own(n)
+		}
+	}
+	p.mu.Unlock()
+	defer pidfd.Close()
+	if !pidfd.Valid() {
+		return // removed meanwhile: nothing to register
+	}
 	c, err := p.client()
 	if err == nil {
 		var identity string
-		identity, _, err = c.Register(&t.reg, t.pidfd.Int())
+		identity, _, err = c.Register(&reg, pidfd.Int())
 		if err == nil {
 			level := slog.LevelInfo
-			if t.reg.Running {
+			if reg.Running {
 				level = slog.LevelDebug // again, after a reconnect: usually nothing new
 			}
-			p.log.Log(context.Background(), level, "container registered", "pod", t.reg.Pod, "container", t.reg.Name, "id", t.reg.ID, "identity", identity)
+			p.log.Log(context.Background(), level, "container registered", "pod", reg.Pod, "container", reg.Name, "id", reg.ID, "identity", identity)
 			return
 		}
 	}
-	p.log.Warn("container not registered with the capd agent; its processes have no pod identity until it is", "pod", t.reg.Pod, "container", t.reg.Name, "err", err)
+	p.log.Warn("container not registered with the capd agent; its processes have no pod identity until it is", "pod", reg.Pod, "container", reg.Name, "err", err)
 }
 
 // StopContainer asks the agent to forget the container once its processes

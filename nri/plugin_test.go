@@ -62,7 +62,9 @@ func TestRequest(t *testing.T) {
 // read-only, CAPD_SOCKET naming the socket) without asking the agent;
 // others get nothing.
 func TestCreateContainerMounts(t *testing.T) {
-	p := New(Options{AgentSocket: "/run/capd/capd.sock", Binary: "/usr/bin/capd",
+	dir := t.TempDir()
+	os.WriteFile(dir+"/capd.sock", nil, 0o600) // the socket, alone in its directory
+	p := New(Options{AgentSocket: dir + "/capd.sock", Binary: "/usr/bin/capd",
 		Dial: func() (*client.Client, error) { t.Fatal("the agent was asked"); return nil, nil }})
 	defer p.Close()
 	pod := &api.PodSandbox{Id: "p1", Name: "web", Namespace: "payments", Annotations: map[string]string{"io.capd.acquire": "a.service:x"}}
@@ -77,7 +79,7 @@ func TestCreateContainerMounts(t *testing.T) {
 			t.Errorf("mount %s is not read-only: %v", m.Destination, m.Options)
 		}
 	}
-	want := []string{"tmpfs tmpfs /run/capd", "bind /run/capd /run/capd/agent", "bind /usr/bin/capd /run/capd/capd"}
+	want := []string{"tmpfs tmpfs /run/capd", "bind " + dir + " /run/capd/agent", "bind /usr/bin/capd /run/capd/capd"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("mounts %q, want %q", got, want)
 	}

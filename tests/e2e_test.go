@@ -37,7 +37,13 @@ type env struct {
 func newEnv(t testing.TB, policy string, units ...string) *env {
 	t.Helper()
 	testutil.RequireRoot(t)
-	e := &env{t: t, agent: testutil.StartAgent(t, capd, policy), cgs: map[string]*testutil.Cgroup{}}
+	return newEnvWith(t, testutil.StartAgent(t, capd, policy), units...)
+}
+
+// newEnvWith is newEnv with an agent already started.
+func newEnvWith(t testing.TB, a *testutil.Agent, units ...string) *env {
+	t.Helper()
+	e := &env{t: t, agent: a, cgs: map[string]*testutil.Cgroup{}}
 	for _, u := range units {
 		cg := testutil.NewCgroup(t, u)
 		cg.Keep(t)

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/capd-dev/capd/internal/testutil"
 )
 
 // BenchmarkK8sCreateStart: crictl create + start of a busybox container in
@@ -13,7 +15,7 @@ import (
 // plugin, rotating the order in every round. Containers are removed
 // between rounds, outside the timing.
 func BenchmarkK8sCreateStart(b *testing.B) {
-	e := newEnv(b, k8sPolicy, "rpm-ostreed.service")
+	e := newEnvWith(b, testutil.StartAgentAlone(b, capd, k8sPolicy), "rpm-ostreed.service")
 	e.publishFile("rpm-ostreed.service", "zincati-fd", "from-the-host")
 	withPlugin, plain := newNode(b), newNode(b)
 	startPlugin(b, withPlugin, e.agent)

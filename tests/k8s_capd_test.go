@@ -67,7 +67,7 @@ acquire  = ["rpm-ostreed.service:zincati-fd", "pod:payments/maker/app:made"]
 
 func newK8sEnv(t *testing.T) *k8sEnv {
 	t.Helper()
-	e := &k8sEnv{env: newEnv(t, k8sPolicy, "rpm-ostreed.service"), n: newNode(t)}
+	e := &k8sEnv{env: newEnvWith(t, testutil.StartAgentAlone(t, capd, k8sPolicy), "rpm-ostreed.service"), n: newNode(t)}
 	e.publishFile("rpm-ostreed.service", "zincati-fd", "from-the-host")
 	e.p = startPlugin(t, e.n, e.agent)
 	return e

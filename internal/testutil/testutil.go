@@ -304,13 +304,25 @@ func (a *Agent) Reload(t testing.TB, config string) {
 // a short temp dir and stops it when the test ends.
 func StartAgent(t testing.TB, capd, config string) *Agent {
 	t.Helper()
+	return startAgent(t, capd, config, "s")
+}
+
+// StartAgentAlone is StartAgent with the socket alone in a directory of
+// its own (DIR/a/s), as a directory bound into containers must be.
+func StartAgentAlone(t testing.TB, capd, config string) *Agent {
+	t.Helper()
+	return startAgent(t, capd, config, "a/s")
+}
+
+func startAgent(t testing.TB, capd, config, sock string) *Agent {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "capd")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755) // reachable for tests that run clients as other uids
-	a := &Agent{Socket: filepath.Join(dir, "s"), Config: filepath.Join(dir, "capd.toml"), Log: &LogBuffer{}}
+	a := &Agent{Socket: filepath.Join(dir, sock), Config: filepath.Join(dir, "capd.toml"), Log: &LogBuffer{}}
 	if err := os.WriteFile(a.Config, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}

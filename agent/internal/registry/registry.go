@@ -2,6 +2,7 @@ package registry
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 
@@ -13,7 +14,7 @@ type Container struct {
 	ID, Name string
 	Pod      string   // "NAMESPACE/POD" for a Kubernetes pod's container, else ""
 	Identity string   // "pod:NAMESPACE/POD/NAME", "container:NAME", or "container:ID" without a name
-	Aliases  []string // "pod:NAMESPACE/POD" (shared by the pod's containers) and "container:ID", or "container:ID" when named
+	Aliases  []string // "pod:NAMESPACE/POD" (shared by the pod's containers), or "container:ID" when named
 	Cgroup   string
 	CgroupID uint64 // inode of the cgroup's directory: a cgroup made again at the path is another
 	epoch    uint64 // the cgroup's watch epoch at registration
@@ -30,11 +31,13 @@ func New(id, name, p string, cgroupID uint64) *Container {
 }
 
 // NewInPod returns the container name of pod ("NAMESPACE/POD"), with id,
-// in cgroup p: "pod:NAMESPACE/POD/NAME", with the pod and the id as
-// aliases.
+// in cgroup p: "pod:NAMESPACE/POD/NAME", with the pod as an alias. Not
+// "container:ID": pod creators choose how often they get a random id, and
+// a grant such as container:db* meant for named containers would match
+// one sooner or later.
 func NewInPod(id, pod, name, p string, cgroupID uint64) *Container {
 	return &Container{ID: id, Name: name, Pod: pod, Identity: "pod:" + pod + "/" + name,
-		Aliases: []string{"pod:" + pod, "container:" + id}, Cgroup: p, CgroupID: cgroupID}
+		Aliases: []string{"pod:" + pod}, Cgroup: p, CgroupID: cgroupID}
 }
 
 // names are the names only this container may have: its identity and
@@ -161,6 +164,10 @@ func (r *Registry) Add(c *Container) error {
 		err = errorf(ErrConflict, "cgroup %s is registered to container %s", c.Cgroup, r.byCgroup[c.Cgroup].ID)
 	case old != nil && old.Name != c.Name:
 		err = errorf(ErrConflict, "container %s is registered under the name %q", c.ID, old.Name)
+	case old != nil && (old.Identity != c.Identity || !slices.Equal(old.Aliases, c.Aliases)):
+		// Registered again (a retried hook, a plugin after a restart) it
+		// keeps the identity it has: a second source cannot rename it.
+		err = errorf(ErrConflict, "container %s is registered as %s", c.ID, old.Identity)
 	}
 	for _, n := range c.names() {
 		if o := r.byIdent[n]; err == nil && o != nil && o.ID != c.ID {

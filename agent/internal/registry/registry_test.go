@@ -610,11 +610,38 @@ func TestPodContainers(t *testing.T) {
 	mustAdd(t, r, a)
 	mustAdd(t, r, NewInPod("cb", "payments/web", "sidecar", "/kubepods/p1/b", 0))
 	id := r.Identify("/kubepods/p1/a/sub")
-	if id.Name != "pod:payments/web/app" || !slices.Equal(id.Aliases, []string{"pod:payments/web", "container:ca"}) || id.Container != "ca" || id.OwnerCgroup != "/kubepods/p1/a" {
+	if id.Name != "pod:payments/web/app" || !slices.Equal(id.Aliases, []string{"pod:payments/web"}) || id.Container != "ca" || id.OwnerCgroup != "/kubepods/p1/a" {
 		t.Fatalf("Identify = %+v", id)
 	}
 	wantKind(t, r.Add(NewInPod("cc", "payments/web", "app", "/kubepods/p1/c", 0)), ErrConflict, "identity pod:payments/web/app is registered to container ca")
 	if r.Len() != 2 {
 		t.Fatalf("%d registrations, want 2", r.Len())
+	}
+}
+
+// A live container registered again with the same id, cgroup and
+// name but another pod (or a pod where there was none) changes identity:
+// Add compares the old registration's Name, not its Pod. The same id from
+// the same cgroup must keep the identity it has (as a changed name does).
+func TestReviewReregisterCannotChangePod(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		first, then *Container
+	}{
+		{"pod to other pod", NewInPod("c1", "payments/web", "app", "/kubepods/p1/a", 0), NewInPod("c1", "shop/db-0", "app", "/kubepods/p1/a", 0)},
+		{"container to pod", New("c1", "app", "/kubepods/p1/a", 0), NewInPod("c1", "payments/web", "app", "/kubepods/p1/a", 0)},
+		{"pod to container", NewInPod("c1", "payments/web", "app", "/kubepods/p1/a", 0), New("c1", "app", "/kubepods/p1/a", 0)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := newTree()
+			tr.mk("/kubepods/p1/a", 10)
+			r := newRegistry(t, tr)
+			mustAdd(t, r, tc.first)
+			err := r.Add(tc.then)
+			if id := r.Identify("/kubepods/p1/a").Name; id != tc.first.Identity {
+				t.Errorf("identity of the live container changed from %s to %s by a second registration (Add: %v)", tc.first.Identity, id, err)
+			}
+			wantKind(t, err, ErrConflict, "")
+		})
 	}
 }
