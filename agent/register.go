@@ -24,10 +24,10 @@ import (
 // plugin asks before the container has a process). A pod's container
 // (AttrPod) is "pod:NAMESPACE/POD/NAME".
 func (c *conn) register(cfg *policy.Config, attrs []byte, reqFD *linux.FD, out []byte) (proto.Builder, error) {
-	var id, name, pod string
+	var id, name, pod, wantCg string
 	var flags uint32
 	var refs [][2]string
-	var haveID, haveName, havePod, haveFlags bool
+	var haveID, haveName, havePod, haveCg, haveFlags bool
 	var err error
 	it := proto.Attrs(attrs)
 	for t, v, ok := it.Next(); ok && err == nil; t, v, ok = it.Next() {
@@ -38,6 +38,8 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, reqFD *linux.FD, out [
 		case t == proto.AttrContainerName && !haveName:
 			name, haveName = string(v), true
 			err = proto.ValidContainerName(name)
+		case t == proto.AttrCgroup && !haveCg:
+			wantCg, haveCg = string(v), true
 		case t == proto.AttrPod && !havePod:
 			pod, havePod = string(v), true
 			err = proto.ValidPod(pod)
@@ -68,6 +70,11 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, reqFD *linux.FD, out [
 		err = errors.New("register with check takes no fd")
 	case flags&proto.FlagCheck == 0 && !reqFD.Valid():
 		err = errors.New("register needs the pidfd of the container's init process")
+	case flags&proto.FlagRunning != 0 && !haveCg:
+		// Without the single-process check, the runtime's word on where
+		// the container is must agree with the kernel's: a pid recycled
+		// between the runtime's report and the pidfd is refused.
+		err = errors.New("register with running needs the cgroup the runtime reports for the container")
 	}
 	if err != nil {
 		var perr *proto.Error
@@ -94,6 +101,9 @@ func (c *conn) register(cfg *policy.Config, attrs []byte, reqFD *linux.FD, out [
 			return proto.Builder{}, proto.Errorf(proto.CodeInvalidRequest, "container %s: its init process: %v", id, err)
 		}
 		ct = newContainer(cg, cgID)
+		if haveCg && wantCg != cg {
+			return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "container %s: its init is in cgroup %s, not %s, where the runtime put the container", id, cg, wantCg)
+		}
 		if cgroup.Within(c.peer.Cgroup, ct.Cgroup) {
 			// Registering "/" or the runtime's own cgroup would rename the
 			// caller and everything beside it.

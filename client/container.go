@@ -26,8 +26,13 @@ type Registration struct {
 	// Required refuses the registration if any of Refs is refused.
 	Required bool
 	// Running says the container already runs (registered again after a
-	// restart): its cgroup may hold more processes than its init.
+	// restart): its cgroup may hold more processes than its init. It
+	// needs Cgroup.
 	Running bool
+	// Cgroup is, if not empty, the cgroup v2 path the runtime reports for
+	// the container: the agent refuses the registration unless the init's
+	// cgroup, as the kernel tells it, is that one.
+	Cgroup string
 }
 
 // Ref names an entry: its owner's identity and its name.
@@ -73,6 +78,9 @@ func (c *Client) register(r *Registration, flags uint32, pidfd int) (string, []R
 	}
 	if r.Pod != "" {
 		m.String(proto.AttrPod, r.Pod)
+	}
+	if r.Cgroup != "" {
+		m.String(proto.AttrCgroup, r.Cgroup)
 	}
 	if r.Required {
 		flags |= proto.FlagRequired

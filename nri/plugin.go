@@ -189,12 +189,26 @@ func (p *Plugin) adjustment() *api.ContainerAdjustment {
 // StartContainer registers an annotated container by a pidfd of its init,
 // which exists now and has not run the workload yet.
 func (p *Plugin) StartContainer(ctx context.Context, pod *api.PodSandbox, ctr *api.Container) error {
-	r, err := Request(pod, ctr)
+	r, err := p.registration(pod, ctr)
 	if err != nil || r == nil {
 		return nil
 	}
 	p.register(r, pod.GetId(), int(ctr.GetPid()), false)
 	return nil
+}
+
+// registration is Request with the cgroup the runtime reports for the
+// container, which the agent checks the init's against.
+func (p *Plugin) registration(pod *api.PodSandbox, ctr *api.Container) (*client.Registration, error) {
+	r, err := Request(pod, ctr)
+	if err != nil || r == nil {
+		return nil, err
+	}
+	if r.Cgroup, err = cgroupPath(ctr.GetLinux().GetCgroupsPath()); err != nil {
+		p.log.Warn("container not registered: the runtime reports no usable cgroup for it", "pod", r.Pod, "container", r.Name, "err", err)
+		return nil, err
+	}
+	return r, nil
 }
 
 // register registers r, whose init is pid, and tracks it.
@@ -319,7 +333,7 @@ func (p *Plugin) Synchronize(ctx context.Context, pods []*api.PodSandbox, ctrs [
 		if pod == nil || ctr.GetState() != api.ContainerState_CONTAINER_RUNNING || ctr.GetPid() == 0 {
 			continue
 		}
-		r, err := Request(pod, ctr)
+		r, err := p.registration(pod, ctr)
 		if err != nil || r == nil {
 			continue
 		}

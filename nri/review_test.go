@@ -125,7 +125,7 @@ func sleeper(t *testing.T) *exec.Cmd {
 	return cmd
 }
 
-// REVIEW: send borrows a tracked container's pidfd number (t.pidfd.Int())
+// send borrows a tracked container's pidfd number (t.pidfd.Int())
 // outside p.mu and then waits for the client's lock; unregister (forget)
 // and register (replacing) close that pidfd meanwhile, and the next pidfd
 // the plugin opens (another pod's container) takes the number. The agent
@@ -149,8 +149,8 @@ func TestReviewResyncSendsAnotherContainersPidfd(t *testing.T) {
 	podA := &api.PodSandbox{Id: "sa", Name: "a", Namespace: "nsa", Annotations: map[string]string{"io.capd.acquire": ""}}
 	podB := &api.PodSandbox{Id: "sb", Name: "b", Namespace: "nsb", Annotations: map[string]string{"io.capd.acquire": ""}}
 	podC := &api.PodSandbox{Id: "sc", Name: "c", Namespace: "nsc", Annotations: map[string]string{"io.capd.acquire": "x.service:y", "io.capd.required": "true"}}
-	ctrA := &api.Container{Id: "A", Name: "a", PodSandboxId: "sa", Pid: uint32(procA.Process.Pid)}
-	ctrB := &api.Container{Id: "B", Name: "b", PodSandboxId: "sb", Pid: uint32(procB.Process.Pid)}
+	ctrA := &api.Container{Id: "A", Name: "a", PodSandboxId: "sa", Pid: uint32(procA.Process.Pid), Linux: &api.LinuxContainer{CgroupsPath: "/kubepods/a"}}
+	ctrB := &api.Container{Id: "B", Name: "b", PodSandboxId: "sb", Pid: uint32(procB.Process.Pid), Linux: &api.LinuxContainer{CgroupsPath: "/kubepods/b"}}
 	ctrC := &api.Container{Id: "C", Name: "c", PodSandboxId: "sc"}
 
 	p.StartContainer(ctx, podA, ctrA)
@@ -211,7 +211,7 @@ func TestReviewResyncSendsAnotherContainersPidfd(t *testing.T) {
 	t.Logf("registrations: %+v (A pid %d, B pid %d)", a.registrations(), procA.Process.Pid, procB.Process.Pid)
 }
 
-// REVIEW: the plugin binds the whole directory of agent_socket into every
+// the plugin binds the whole directory of agent_socket into every
 // annotated container and only logs a warning (at New) when it holds
 // more. With the default agent_socket (/run/capd/capd.sock) that directory
 // is /run/capd: the system drop-in directory /run/capd/conf.d (policy)
