@@ -5,12 +5,14 @@
 // binary does not link: it reads one request head of at most MaxHead
 // bytes, answers it, and closes the connection.
 //
-// Bounds: each listener has one goroutine, which serves one connection at
-// a time; a connection gets Timeout (2 s) to send its head and as long
-// again to read the answer, deadlines enforced with SO_RCVTIMEO and
-// SO_SNDTIMEO set to what is left before every read and send, so a slow
-// or silent client delays the next scrape by at most that (and 200 ms of
-// lingering for its close). The agent's request path is
+// Bounds: each listener has one accept goroutine and answers at most 16
+// connections at once, one goroutine and a 4 KiB buffer each; a connection
+// gets Timeout (2 s) to send its head and as long again to read the
+// answer, deadlines enforced with SO_RCVTIMEO and SO_SNDTIMEO set to what
+// is left before every read and send, so 16 slow or silent clients delay
+// the next scrape by about that (and 200 ms of lingering for their close).
+// Over TCP a Host naming anything but an address or localhost is refused
+// (DNS rebinding). The agent's request path is
 // never involved: the endpoint renders with a callback that reads
 // atomics and takes the agent's locks only briefly, never while it sends.
 //

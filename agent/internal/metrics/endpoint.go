@@ -155,11 +155,16 @@ func (e *Endpoint) closeAll() {
 	e.poll.Close()
 }
 
-// serve is one listener's loop: accept, answer, close, one at a time.
+// maxConcurrent bounds the connections one listener answers at once:
+// enough that a few silent clients (each given Timeout to send its head)
+// do not hold a scrape back, few enough to bound goroutines and buffers.
+const maxConcurrent = 16
+
+// serve is one listener's loop: accept, and answer each connection on one
+// of at most maxConcurrent goroutines (the loop waits for a free one).
 func (e *Endpoint) serve(l *listener) {
 	defer e.wg.Done()
-	in := make([]byte, MaxHead)
-	var body, out []byte
+	slots := make(chan struct{}, maxConcurrent)
 	for {
 		if err := e.poll.Wait(l.fd); errors.Is(err, poller.ErrStopped) {
 			return
@@ -188,11 +193,17 @@ func (e *Endpoint) serve(l *listener) {
 		}
 		e.conns[fd] = struct{}{}
 		e.mu.Unlock()
-		body, out = e.answer(fd, in, body, out)
-		e.mu.Lock()
-		delete(e.conns, fd)
-		linux.Close(fd)
-		e.mu.Unlock()
+		slots <- struct{}{}
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			e.answer(fd, make([]byte, MaxHead), nil, nil, l.path == "")
+			e.mu.Lock()
+			delete(e.conns, fd)
+			linux.Close(fd)
+			e.mu.Unlock()
+			<-slots
+		}()
 	}
 }
 
@@ -201,7 +212,7 @@ func (e *Endpoint) serve(l *listener) {
 // lingerTime, discards what the client sent beyond the head, so that
 // closing does not reset the connection before the client read the
 // answer. body and out are buffers it reuses.
-func (e *Endpoint) answer(fd int, in, body, out []byte) ([]byte, []byte) {
+func (e *Endpoint) answer(fd int, in, body, out []byte, tcp bool) ([]byte, []byte) {
 	deadline := time.Now().Add(e.opts.Timeout)
 	n, end := 0, -1
 	status := 0
@@ -238,6 +249,11 @@ func (e *Endpoint) answer(fd int, in, body, out []byte) ([]byte, []byte) {
 	omitBody := false
 	if status == 0 {
 		status, omitBody = parseHead(in[:end])
+		if status == statusOK && tcp && !localHost(in[:end]) {
+			// A page in a browser on this host, its name rebound to
+			// 127.0.0.1 (DNS rebinding), sends its own name as Host.
+			status = statusBadRequest
+		}
 	}
 	body = body[:0]
 	if status == statusOK {

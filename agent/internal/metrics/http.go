@@ -2,7 +2,9 @@ package metrics
 
 import (
 	"bytes"
+	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -203,4 +205,28 @@ func appendResponse(b []byte, status int, body []byte, omitBody bool, now time.T
 		b = append(b, body...)
 	}
 	return b
+}
+
+// localHost reports whether the request head's Host field, if it has one,
+// names this host by an IP literal or "localhost" (with or without a
+// port), as a scraper does and a rebound web page's name does not.
+func localHost(head []byte) bool {
+	for _, l := range bytes.Split(head, []byte{'\n'}) {
+		name, value, ok := bytes.Cut(bytes.TrimSuffix(l, []byte{'\r'}), []byte{':'})
+		if !ok || !bytes.EqualFold(bytes.TrimSpace(name), []byte("host")) {
+			continue
+		}
+		h := string(bytes.TrimSpace(value))
+		switch {
+		case strings.HasPrefix(h, "["): // [v6]:port or [v6]
+			if i := strings.IndexByte(h, ']'); i > 0 {
+				h = h[1:i]
+			}
+		case strings.Count(h, ":") == 1: // name:port, v4:port
+			h, _, _ = strings.Cut(h, ":")
+		}
+		_, err := netip.ParseAddr(h)
+		return err == nil || strings.EqualFold(h, "localhost")
+	}
+	return true
 }

@@ -139,3 +139,22 @@ capd_y 7
 		t.Errorf("got\n%s\nwant\n%s", got, want)
 	}
 }
+
+// Over TCP only a request naming this host by address or as localhost is
+// answered: a web page whose name was rebound to 127.0.0.1 sends its own.
+func TestLocalHost(t *testing.T) {
+	for head, want := range map[string]bool{
+		"GET /metrics HTTP/1.0\r\n":                                 true,
+		"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9417\r\n":         true,
+		"GET /metrics HTTP/1.1\r\nhost: [::1]:9417\r\n":             true,
+		"GET /metrics HTTP/1.1\r\nHost: localhost:9417\r\n":         true,
+		"GET /metrics HTTP/1.1\r\nHost: ::1\r\n":                    true,
+		"GET /metrics HTTP/1.1\r\nHost: evil.example:9417\r\n":      false,
+		"GET /metrics HTTP/1.1\r\nHost: evil.example\r\n":           false,
+		"GET /metrics HTTP/1.1\r\nHost: localhost.evil.example\r\n": false,
+	} {
+		if got := localHost([]byte(head)); got != want {
+			t.Errorf("localHost(%q) = %v, want %v", head, got, want)
+		}
+	}
+}
