@@ -1,10 +1,13 @@
 package linux
 
 import (
+	"math"
 	"os"
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -56,14 +59,32 @@ func blockSignals(sigs []unix.Signal) error {
 }
 
 func execWithFDs(path string, argv, env []string, fds []int, privateProc bool, block []unix.Signal) error {
-	// No garbage collection from here to the exec: the dup3s below put
-	// other files on fd numbers of this thread's private fd table that the
-	// Go runtime uses (its epoll instance), and a collection started by an
-	// allocation on this thread (exec's argv) ends by polling the network
-	// from this thread: "netpoll failed", and the process dies with every
-	// fd it was handing on. Set before the fd table is copied, so that a
-	// collection already under way finishes with the shared one.
+	// Everything that allocates or enters the runtime happens before the
+	// first dup3 below: from there on this thread's private fd table no
+	// longer matches the numbers the Go runtime keeps (its epoll instance
+	// and eventfd), and the runtime must not use them from this thread. A
+	// collection started by an allocation here ended by polling the
+	// network from this thread ("netpoll failed": the process died with
+	// every fd it was handing on), and a system call's return through the
+	// scheduler may wake the poller by writing to its eventfd number, which
+	// would then be one of the fds handed on. So: no garbage collection
+	// (set before the fd table is copied, so that one under way finishes
+	// with the shared table), argv and env converted first, and only raw
+	// system calls after the shuffle.
 	debug.SetGCPercent(-1)
+	debug.SetMemoryLimit(math.MaxInt64)
+	argv0p, err := syscall.BytePtrFromString(path)
+	if err != nil {
+		return err
+	}
+	argvp, err := syscall.SlicePtrFromStrings(argv)
+	if err != nil {
+		return err
+	}
+	envp, err := syscall.SlicePtrFromStrings(env)
+	if err != nil {
+		return err
+	}
 	runtime.LockOSThread() // never unlocked: this thread execs or dies
 	if err := unix.Unshare(unix.CLONE_FILES); err != nil {
 		return os.NewSyscallError("unshare CLONE_FILES", err)
@@ -79,6 +100,9 @@ func execWithFDs(path string, argv, env []string, fds []int, privateProc bool, b
 			return os.NewSyscallError("mount /proc hidepid=invisible", err)
 		}
 	}
+	if err := blockSignals(block); err != nil {
+		return err
+	}
 	n := len(fds)
 	// Park every fd above the target range first, so that no dup3 below can
 	// overwrite an fd that is yet to be moved.
@@ -90,18 +114,20 @@ func execWithFDs(path string, argv, env []string, fds []int, privateProc bool, b
 		}
 		parked[i] = p
 	}
-	for i, p := range parked {
-		if err := unix.Dup3(p, 3+i, 0); err != nil {
-			return os.NewSyscallError("dup3", err)
-		}
+	var errno unix.Errno
+	what := "dup3"
+	for i := 0; i < n && errno == 0; i++ {
+		_, _, errno = unix.RawSyscall(unix.SYS_DUP3, uintptr(parked[i]), uintptr(3+i), 0)
 	}
-	if err := unix.CloseRange(uint(3+n), ^uint(0), 0); err != nil {
-		return os.NewSyscallError("close_range", err)
+	if errno == 0 {
+		what = "close_range"
+		_, _, errno = unix.RawSyscall(unix.SYS_CLOSE_RANGE, uintptr(3+n), ^uintptr(0), 0)
 	}
-	if err := blockSignals(block); err != nil {
-		return err
+	if errno == 0 {
+		what = "execve " + path
+		_, _, errno = unix.RawSyscall(unix.SYS_EXECVE, uintptr(unsafe.Pointer(argv0p)), uintptr(unsafe.Pointer(&argvp[0])), uintptr(unsafe.Pointer(&envp[0])))
 	}
-	return Execve(path, argv, env)
+	return os.NewSyscallError(what, errno)
 }
 
 // ExecInNewMountNS re-executes the running binary with argv and env in a
