@@ -385,12 +385,9 @@ func (p *Plugin) WatchAgent(ctx context.Context) {
 			continue
 		}
 		backoff = 50 * time.Millisecond
-		p.cmu.Lock()
-		if p.c != nil {
-			p.c.Close()
-			p.c = nil // a fresh connection for the next request
-		}
-		p.cmu.Unlock()
+		// The request connection is left alone: a request in flight on it
+		// must not fail, and after an agent restart the client connects
+		// again by itself (a REGISTER is safe to send again).
 		p.Resync()
 		c.WaitClosed()
 		c.Close()

@@ -392,19 +392,32 @@ func SplitRef(ref string) (owner, name string, err error) {
 	return owner, name, nil
 }
 
-// ValidPod checks a pod reference "NAMESPACE/POD": two container names.
+// ValidPod checks a pod reference "NAMESPACE/POD": a namespace (a DNS
+// label, at most 63 bytes) and a pod name (at most 253), each of the
+// characters of a container name.
 func ValidPod(s string) error {
 	ns, pod, ok := strings.Cut(s, "/")
 	if !ok {
 		return fmt.Errorf("pod %q: want NAMESPACE/POD", s)
 	}
-	if err := ValidContainerName(ns); err != nil {
+	if err := validKubeName(ns, 63); err != nil {
 		return fmt.Errorf("pod %q: namespace: %w", s, err)
 	}
-	if err := ValidContainerName(pod); err != nil {
+	if err := validKubeName(pod, 253); err != nil {
 		return fmt.Errorf("pod %q: %w", s, err)
 	}
 	return nil
+}
+
+// validKubeName checks a Kubernetes object name of at most max bytes.
+func validKubeName(s string, max int) error {
+	if len(s) > max {
+		return fmt.Errorf("name %q: longer than %d bytes", s, max)
+	}
+	if len(s) > 128 {
+		s = s[:128] // the alphabet is the container name's; its length bound is not
+	}
+	return ValidContainerName(s)
 }
 
 // ValidContainerName checks a container id or name: 1 to 128 letters,

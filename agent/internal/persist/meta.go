@@ -189,6 +189,10 @@ func ValidContainer(c *CtrRecord) error {
 		return proto.ValidContainerName(c.Name)
 	case !validCgroupPath(c.Cgroup) || c.Cgroup == "/":
 		return fmt.Errorf("cgroup %q is not a cgroup below the root", c.Cgroup)
+	case c.CgroupID == 0:
+		// Without the inode, a cgroup made again at the path since
+		// would pass for the registered one.
+		return fmt.Errorf("registration of %s records no cgroup inode", c.Cgroup)
 	case c.Pod != "" && (proto.ValidPod(c.Pod) != nil || c.Name == ""):
 		return fmt.Errorf("pod %q of container %q: want NAMESPACE/POD and a container name", c.Pod, c.Name)
 	}
