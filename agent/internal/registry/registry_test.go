@@ -623,7 +623,7 @@ func TestPodContainers(t *testing.T) {
 // name but another pod (or a pod where there was none) changes identity:
 // Add compares the old registration's Name, not its Pod. The same id from
 // the same cgroup must keep the identity it has (as a changed name does).
-func TestReviewReregisterCannotChangePod(t *testing.T) {
+func TestReregisterCannotChangeIdentity(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
 		first, then *Container

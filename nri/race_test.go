@@ -134,7 +134,7 @@ func sleeper(t *testing.T) *exec.Cmd {
 // single-process check). Here: a CHECK keeps the client busy, Resync
 // captures A's number, RemoveContainer(A) closes it, StartContainer(B)
 // reuses it.
-func TestReviewResyncSendsAnotherContainersPidfd(t *testing.T) {
+func TestResyncSendsTheRightPidfd(t *testing.T) {
 	dir := t.TempDir()
 	a := newFakeAgent(t, dir)
 	defer func() {
@@ -219,7 +219,7 @@ func TestReviewResyncSendsAnotherContainersPidfd(t *testing.T) {
 // which root in a pod, uid 0 of the host's user namespace, connects to
 // through a read-only bind) reach every annotated pod. A directory that
 // holds anything but the socket must not be bound.
-func TestReviewSocketDirectoryHoldsOnlyTheSocket(t *testing.T) {
+func TestSocketDirectoryHoldsOnlyTheSocket(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "capd.sock")
 	for _, f := range []string{sock, filepath.Join(dir, "metrics.sock")} {
