@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"golang.org/x/sys/unix"
 
@@ -30,38 +29,14 @@ type Listener struct {
 // world-connectable (0666): who may do what is decided per request from the
 // kernel's identity of the peer.
 func Listen(path string) (*Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("create socket directory: %w", err)
+	fd, ino, err := linux.ListenUnix(path, unix.SOCK_SEQPACKET, 128)
+	if errors.Is(err, linux.ErrSocketInUse) {
+		return nil, fmt.Errorf("%s: %w", path, ErrAgentRunning)
 	}
-	if err := linux.RemoveStaleSocket(path, unix.SOCK_SEQPACKET); err != nil {
-		if errors.Is(err, linux.ErrSocketInUse) {
-			return nil, fmt.Errorf("%s: %w", path, ErrAgentRunning)
-		}
-		return nil, err
-	}
-	fd, err := linux.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET, 0)
 	if err != nil {
 		return nil, err
 	}
-	// Bind under a restrictive umask, then open up: no window in which the
-	// socket exists with other permissions than intended.
-	old := linux.Umask(0o177)
-	err = linux.Bind(fd, &unix.SockaddrUnix{Name: path})
-	linux.Umask(old)
-	if err != nil {
-		linux.Close(fd)
-		return nil, fmt.Errorf("bind %s: %w", path, err)
-	}
-	var st unix.Stat_t
-	if err := linux.Stat(path, &st); err != nil {
-		linux.Close(fd)
-		return nil, err
-	}
-	l := &Listener{fd: fd, path: path, ino: st.Ino}
-	if err := linux.Listen(fd, 128); err != nil {
-		l.Close()
-		return nil, err
-	}
+	l := &Listener{fd: fd, path: path, ino: ino}
 	// Only root can connect until now; from here on everyone can, and
 	// connections queue until Serve accepts them.
 	if err := os.Chmod(path, 0o666); err != nil {

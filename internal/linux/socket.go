@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
@@ -174,4 +175,41 @@ func RemoveStaleSocket(path string, sotype int) error {
 	default:
 		return fmt.Errorf("probe %s: %w", path, err)
 	}
+}
+
+// ListenUnix makes a listening AF_UNIX socket of type sotype (flags such
+// as SOCK_NONBLOCK may be or'ed in) at path, with mode 0600: the
+// directory is created if missing, a stale socket file replaced
+// (RemoveStaleSocket; a live one is ErrSocketInUse), and the socket bound
+// under a umask that leaves 0600, so that it never exists with other
+// permissions (a caller opening it up chmods it afterwards). It returns the
+// fd, which the caller owns, and the socket file's inode, for removing the
+// file later only if it is still this one.
+func ListenUnix(path string, sotype, backlog int) (fd int, ino uint64, err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return -1, 0, fmt.Errorf("create socket directory: %w", err)
+	}
+	if err := RemoveStaleSocket(path, sotype&^(unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)); err != nil {
+		return -1, 0, err
+	}
+	if fd, err = Socket(unix.AF_UNIX, sotype, 0); err != nil {
+		return -1, 0, err
+	}
+	old := Umask(0o177)
+	err = Bind(fd, &unix.SockaddrUnix{Name: path})
+	Umask(old)
+	if err != nil {
+		Close(fd)
+		return -1, 0, fmt.Errorf("bind %s: %w", path, err)
+	}
+	var st unix.Stat_t
+	if err = Stat(path, &st); err == nil {
+		err = Listen(fd, backlog)
+	}
+	if err != nil {
+		os.Remove(path)
+		Close(fd)
+		return -1, 0, err
+	}
+	return fd, st.Ino, nil
 }

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -316,36 +315,11 @@ func setTimeout(fd, opt int, d time.Duration) error {
 // socket there is an error; a stale one (nothing listening) is replaced;
 // anything else there is left alone and an error.
 func listenUnix(path string) (*listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("metrics socket directory: %w", err)
-	}
-	if err := linux.RemoveStaleSocket(path, unix.SOCK_STREAM); err != nil {
+	fd, ino, err := linux.ListenUnix(path, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, backlog)
+	if err != nil {
 		return nil, fmt.Errorf("metrics socket: %w", err)
 	}
-	fd, err := linux.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	// Bound under a umask that leaves 0600: no moment with other modes.
-	old := linux.Umask(0o177)
-	err = linux.Bind(fd, &unix.SockaddrUnix{Name: path})
-	linux.Umask(old)
-	if err != nil {
-		linux.Close(fd)
-		return nil, fmt.Errorf("bind metrics socket %s: %w", path, err)
-	}
-	var st unix.Stat_t
-	if err := linux.Stat(path, &st); err != nil {
-		linux.Close(fd)
-		return nil, err
-	}
-	l := &listener{fd: fd, addr: path, path: path, ino: st.Ino}
-	if err := linux.Listen(fd, backlog); err != nil {
-		os.Remove(path)
-		linux.Close(fd)
-		return nil, err
-	}
-	return l, nil
+	return &listener{fd: fd, addr: path, path: path, ino: ino}, nil
 }
 
 // listenTCP binds a TCP socket at a.
