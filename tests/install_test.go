@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"bytes"
 	"fmt"
 	"maps"
 	"os"
@@ -10,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -32,45 +30,10 @@ const maxExposure = 2.5
 // packages.
 func bootPackageMachine(t *testing.T) *machine {
 	t.Helper()
-	testutil.RequireRoot(t)
-	if _, err := exec.LookPath("systemd-nspawn"); err != nil {
-		t.Fatalf("this test needs systemd-nspawn (apt-get install systemd-container; scripts/install-test-deps.sh): %v", err)
-	}
 	upper := t.TempDir()
-	m := &machine{t: t}
-	m.nspwn = exec.Command("systemd-nspawn", "--volatile=yes",
+	return startMachine(t, "--volatile=yes",
 		"--overlay=/usr:"+upper+"/usr:/usr", "--overlay=/etc:"+upper+"/etc:/etc", "--overlay=/var:"+upper+"/var:/var",
-		"-D", "/", "--register=no", "--keep-unit", "-M", fmt.Sprintf("capdpkg%d", os.Getpid()),
-		"-b", "--", "systemd.firstboot=off")
-	var log bytes.Buffer
-	m.nspwn.Stdout, m.nspwn.Stderr = &log, &log
-	if err := m.nspwn.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if m.pid1 > 1 {
-			syscall.Kill(m.pid1, syscall.SIGKILL)
-		}
-		m.nspwn.Process.Kill()
-		m.nspwn.Wait()
-	})
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		if m.pid1 == 0 {
-			out, _ := exec.Command("pgrep", "-P", strconv.Itoa(m.nspwn.Process.Pid), "-x", "systemd").Output()
-			m.pid1, _ = strconv.Atoi(strings.TrimSpace(string(out)))
-		}
-		if m.pid1 != 0 {
-			out, _ := m.cmd("systemctl", "is-system-running").Output()
-			if s := strings.TrimSpace(string(out)); s == "running" || s == "degraded" {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("systemd in systemd-nspawn did not come up in 60s:\n%s", log.String())
-		}
-	}
-	m.root = fmt.Sprintf("/proc/%d/root", m.pid1)
-	return m
+		"-D", "/", "--register=no", "--keep-unit", "-M", fmt.Sprintf("capdpkg%d", os.Getpid()))
 }
 
 // capdIn runs capd ARGS in the machine, bounded: the client of an agent

@@ -24,31 +24,31 @@ type machine struct {
 	root  string // the container's / from the host
 }
 
-func bootMachine(t *testing.T) *machine {
+// startMachine boots systemd in systemd-nspawn with args (then -b and
+// systemd.firstboot=off), waits until it is running, and kills its PID 1
+// when the test ends: SIGKILL to systemd-nspawn alone leaves the container
+// running, its PID 1 takes the whole pid namespace with it.
+func startMachine(t *testing.T, args ...string) *machine {
 	t.Helper()
 	testutil.RequireRoot(t)
 	if _, err := exec.LookPath("systemd-nspawn"); err != nil {
 		t.Fatalf("this test needs systemd-nspawn (apt-get install systemd-container; scripts/install-test-deps.sh): %v", err)
 	}
-	name := fmt.Sprintf("capdtest%d", os.Getpid())
 	m := &machine{t: t}
-	m.nspwn = exec.Command("systemd-nspawn", "--volatile=yes", "-D", "/", "--register=no", "--keep-unit", "-M", name, "-b", "--", "systemd.firstboot=off")
+	m.nspwn = exec.Command("systemd-nspawn", append(args, "-b", "--", "systemd.firstboot=off")...)
 	var log bytes.Buffer
 	m.nspwn.Stdout, m.nspwn.Stderr = &log, &log
 	if err := m.nspwn.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		// SIGKILL to systemd-nspawn alone leaves the container running:
-		// kill its PID 1, which takes the whole pid namespace with it.
 		if m.pid1 > 1 {
 			syscall.Kill(m.pid1, syscall.SIGKILL)
 		}
 		m.nspwn.Process.Kill()
 		m.nspwn.Wait()
 	})
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		if m.pid1 == 0 {
 			out, _ := exec.Command("pgrep", "-P", strconv.Itoa(m.nspwn.Process.Pid), "-x", "systemd").Output()
 			m.pid1, _ = strconv.Atoi(strings.TrimSpace(string(out)))
@@ -62,9 +62,14 @@ func bootMachine(t *testing.T) *machine {
 		if time.Now().After(deadline) {
 			t.Fatalf("systemd in systemd-nspawn did not come up in 60s:\n%s", log.String())
 		}
-		time.Sleep(200 * time.Millisecond)
 	}
 	m.root = fmt.Sprintf("/proc/%d/root", m.pid1)
+	return m
+}
+
+func bootMachine(t *testing.T) *machine {
+	t.Helper()
+	m := startMachine(t, "--volatile=yes", "-D", "/", "--register=no", "--keep-unit", "-M", fmt.Sprintf("capdtest%d", os.Getpid()))
 	b, err := os.ReadFile(capd)
 	if err != nil {
 		t.Fatal(err)
