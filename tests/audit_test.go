@@ -44,22 +44,9 @@ func TestAudit(t *testing.T) {
 	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "zincati.service")
 	f := tempFile(t, "secret")
 	defer f.Close()
-	// The publisher keeps its copy at fd 3 while it runs.
-	pub := e.cgs["rpm-ostreed.service"].Command("sh", "-c", `"$0" publish zincati-fd --fd 3 && exec sleep 30`, capd)
-	pub.Env, pub.ExtraFiles = e.agent.Env(), []*os.File{f}
-	if err := pub.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { pub.Process.Kill(); pub.Wait() }()
-	e.waitNames("", "rpm-ostreed.service:zincati-fd")
-	// A consumer as uid 65534 holds an acquired copy.
-	cons := e.cgs["zincati.service"].Command(capd, "acquire", "rpm-ostreed.service:zincati-fd", "--", "sleep", "30")
-	cons.Env = e.agent.Env()
-	cons.SysProcAttr.Credential = &syscall.Credential{Uid: 65534, Gid: 65534}
-	if err := cons.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cons.Process.Kill(); cons.Wait() }()
+	// The publisher keeps its copy at fd 3 while it runs; a consumer as
+	// uid 65534 holds an acquired copy.
+	pub, cons := e.seedHolders(f, "30")
 	// Another process opens the same file itself: same inode, another
 	// open file description, not a copy.
 	other := exec.Command("sleep", "30")
@@ -273,4 +260,27 @@ func TestAcquirePrivateProc(t *testing.T) {
 	if h.PID == 0 || !h.ProcHidden || !h.Exposed {
 		t.Fatalf("audit of the consumer: %+v", h)
 	}
+}
+
+// seedHolders runs the seed pair for the test's life: rpm-ostreed.service
+// publishes f as zincati-fd (keeping its copy at fd 3) and zincati.service
+// acquires it as uid 65534; each then sleeps for secs. It returns them
+// once the entry is published and the consumer started.
+func (e *env) seedHolders(f *os.File, secs string) (pub, cons *exec.Cmd) {
+	e.t.Helper()
+	pub = e.cgs["rpm-ostreed.service"].Command("sh", "-c", `"$0" publish zincati-fd --fd 3 && exec sleep `+secs, capd)
+	pub.Env, pub.ExtraFiles = e.agent.Env(), []*os.File{f}
+	if err := pub.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { pub.Process.Kill(); pub.Wait() })
+	e.waitNames("", "rpm-ostreed.service:zincati-fd")
+	cons = e.cgs["zincati.service"].Command(capd, "acquire", "rpm-ostreed.service:zincati-fd", "--", "sleep", secs)
+	cons.Env = e.agent.Env()
+	cons.SysProcAttr.Credential = &syscall.Credential{Uid: 65534, Gid: 65534}
+	if err := cons.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { cons.Process.Kill(); cons.Wait() })
+	return pub, cons
 }

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -124,20 +123,7 @@ func TestAuditWithStoppedFUSE(t *testing.T) {
 	held := fuse.Create(t, "held", "on fuse")
 	f := tempFile(t, "secret")
 	defer f.Close()
-	pub := e.cgs["rpm-ostreed.service"].Command("sh", "-c", `"$0" publish zincati-fd --fd 3 && exec sleep 600`, capd)
-	pub.Env, pub.ExtraFiles = e.agent.Env(), []*os.File{f}
-	if err := pub.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { pub.Process.Kill(); pub.Wait() }()
-	e.waitNames("", "rpm-ostreed.service:zincati-fd")
-	cons := e.cgs["zincati.service"].Command(capd, "acquire", "rpm-ostreed.service:zincati-fd", "--", "sleep", "600")
-	cons.Env = e.agent.Env()
-	cons.SysProcAttr.Credential = &syscall.Credential{Uid: 65534, Gid: 65534}
-	if err := cons.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cons.Process.Kill(); cons.Wait() }()
+	pub, cons := e.seedHolders(f, "600")
 	// The FUSE holder: the file on the mount at fd 3, the entry's open
 	// file description at fd 4.
 	ff, err := os.Open(held)
