@@ -6,6 +6,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+
+	"github.com/capd-dev/capd/client"
 )
 
 func newAuditCmd() *cobra.Command {
@@ -30,12 +32,7 @@ UTF-8 are printed as quoted Go strings ("\x1b..."). --json prints the whole
 report as a JSON object for scripts (see docs/JSON.md). Root only.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			rep, err := c.Audit()
+			rep, err := ask((*client.Client).Audit)
 			if err != nil {
 				return err
 			}

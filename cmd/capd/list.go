@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/capd-dev/capd/client"
 )
 
 func newListCmd() *cobra.Command {
@@ -21,12 +23,7 @@ control characters or invalid UTF-8 are printed as quoted Go strings
 docs/JSON.md).`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			entries, err := c.List()
+			entries, err := ask((*client.Client).List)
 			if err != nil {
 				return err
 			}

@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/capd-dev/capd/client"
 )
 
 func newReloadCmd() *cobra.Command {
@@ -26,12 +28,7 @@ and a half-written file that still parses is accepted.`,
   ExecReload=/usr/bin/capd reload`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			r, err := c.Reload()
+			r, err := ask((*client.Client).Reload)
 			if err != nil {
 				return err
 			}

@@ -185,6 +185,17 @@ func dial() (*client.Client, error) {
 	return c, nil
 }
 
+// ask dials the agent, asks it one thing and hangs up.
+func ask[T any](q func(*client.Client) (T, error)) (T, error) {
+	c, err := dial()
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	defer c.Close()
+	return q(c)
+}
+
 // exactArgs is cobra.ExactArgs with a usage error that says what is wanted.
 func exactArgs(n int, what string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {

@@ -7,6 +7,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+
+	"github.com/capd-dev/capd/client"
 )
 
 func newStatusCmd() *cobra.Command {
@@ -26,12 +28,7 @@ JSON object for scripts (see docs/JSON.md). Root only.`,
   sudo capd status --json | jq '.cgroups[] | select(.pinned > 0)'`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			st, err := c.Status()
+			st, err := ask((*client.Client).Status)
 			if err != nil {
 				return err
 			}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+
+	"github.com/capd-dev/capd/client"
 )
 
 func newWhoamiCmd() *cobra.Command {
@@ -20,12 +22,7 @@ invalid UTF-8 (cgroup names may) is printed as a quoted Go string
 and pid (see docs/JSON.md).`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			id, err := c.Whoami()
+			id, err := ask((*client.Client).Whoami)
 			if err != nil {
 				return err
 			}
