@@ -3,13 +3,4 @@
 # against a bare walk of /proc/*/fd (stat of every fd) in the same run.
 #
 # Needs root. Usage: bench/audit.sh [ROUNDS] [COUNT]
-set -euo pipefail
-cd "$(dirname "$0")/.."
-rounds=${1:-3}
-count=${2:-5}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-go test -c -o "$tmp/tests.test" ./tests/
-for i in $(seq "$rounds"); do
-  (cd tests && "$tmp/tests.test" -test.run '^$' -test.bench '^BenchmarkAudit$' -test.benchtime "${count}x") | grep '^Benchmark'
-done
+exec "$(dirname "$0")/rounds.sh" '^BenchmarkAudit$' "${1:-3}" "${2:-5}"

@@ -5,13 +5,4 @@
 #
 # Needs root and what scripts/install-k8s-deps.sh installs. Usage:
 # bench/k8s.sh [ROUNDS] [COUNT]
-set -euo pipefail
-cd "$(dirname "$0")/.."
-rounds=${1:-3}
-count=${2:-30}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-go test -c -o "$tmp/tests.test" ./tests/
-for i in $(seq "$rounds"); do
-  (cd tests && "$tmp/tests.test" -test.run '^$' -test.bench '^BenchmarkK8sCreateStart$' -test.benchtime "${count}x") | grep '^Benchmark'
-done
+exec "$(dirname "$0")/rounds.sh" '^BenchmarkK8sCreateStart$' "${1:-3}" "${2:-30}"
