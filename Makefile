@@ -39,6 +39,7 @@ all: build
 
 build:
 	$(GOBUILD) -o $(BIN)/capd ./cmd/capd
+	$(GOBUILD) -o $(BIN)/capd-full ./cmd/capd-full
 	$(GOBUILD) -o $(BIN)/capd-nri ./cmd/capd-nri
 	$(GOBUILD) -o $(BIN)/seed ./examples/seed
 
@@ -59,6 +60,7 @@ install: build man completions
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(HOOKSDIR) $(DESTDIR)$(CONFDIR) \
 		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
 	install -m 0755 $(BIN)/capd $(DESTDIR)$(BINDIR)/capd
+	install -m 0755 $(BIN)/capd-full $(DESTDIR)$(BINDIR)/capd-full
 	install -m 0755 $(BIN)/capd-nri $(DESTDIR)$(BINDIR)/capd-nri
 	for u in capd.service capd.socket; do \
 		sed 's|/usr/bin/capd|$(BINDIR)/capd|g' dist/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; \

@@ -57,7 +57,7 @@ type Options struct {
 	Args []string
 }
 
-// exitReexecFailed is the exit code after a failed re-exec: cmd/capd's
+// exitReexecFailed is the exit code after a failed re-exec: cmd/capd-full's
 // exitFailure.
 const exitReexecFailed = 1
 

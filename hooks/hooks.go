@@ -20,6 +20,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -36,6 +38,25 @@ const (
 	Socket = Dir + "/capd.sock"
 	Binary = Dir + "/capd"
 )
+
+// FullName is capd-full, the binary beside capd that runs every command
+// capd does not run itself; containers get it beside capd when the host
+// has it.
+const FullName = "capd-full"
+
+// cloneFull clones capd-full, beside this binary, as a detached mount
+// tree, or returns -1 when there is none.
+func cloneFull() (int, error) {
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil {
+		return -1, err
+	}
+	fd, err := linux.CloneTree(filepath.Join(filepath.Dir(exe), FullName), true)
+	if errors.Is(err, unix.ENOENT) {
+		return -1, nil
+	}
+	return fd, err
+}
 
 // Options configure Run.
 type Options struct {
@@ -260,6 +281,23 @@ func expose(pidfd int, b *oci.Bundle, socket string) error {
 		return err
 	}
 	defer linux.Close(exe)
+	files := []struct {
+		name string
+		mode uint32
+		tree int
+	}{{"capd.sock", 0o600, sock}, {"capd", 0o755, exe}}
+	// capd-full, beside this binary, runs every command but the start-up
+	// ones; a container without it still acquires and publishes.
+	if full, err := cloneFull(); err != nil {
+		return err
+	} else if full >= 0 {
+		defer linux.Close(full)
+		files = append(files, struct {
+			name string
+			mode uint32
+			tree int
+		}{FullName, 0o755, full})
+	}
 	tmpfs, err := linux.NewTmpfs("0755", "64k")
 	if err != nil {
 		return err
@@ -307,11 +345,7 @@ func expose(pidfd int, b *oci.Bundle, socket string) error {
 		if err != nil {
 			return err
 		}
-		for _, f := range []struct {
-			name string
-			mode uint32
-			tree int
-		}{{"capd.sock", 0o600, sock}, {"capd", 0o755, exe}} {
+		for _, f := range files {
 			target, err := open(linux.CreateAt(dir, f.name, f.mode))
 			if err != nil {
 				return err

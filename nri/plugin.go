@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/hooks"
 	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/oci"
 )
@@ -48,8 +49,9 @@ type Options struct {
 
 // Plugin handles NRI events for capd.
 type Plugin struct {
-	opt Options
-	log *slog.Logger
+	opt  Options
+	log  *slog.Logger
+	full string // capd-full beside Binary on the host, "" if there is none
 
 	cmu sync.Mutex // guards c
 	c   *client.Client
@@ -77,7 +79,15 @@ func New(opt Options) *Plugin {
 	if err := socketDirAlone(opt.AgentSocket); err != nil {
 		opt.Log.Error("annotated containers will be refused", "err", err)
 	}
-	return &Plugin{opt: opt, log: opt.Log, ctrs: make(map[string]*tracked)}
+	p := &Plugin{opt: opt, log: opt.Log, ctrs: make(map[string]*tracked)}
+	// capd-full runs every command but the start-up ones; containers get
+	// it beside capd when the host has it.
+	if full := filepath.Join(filepath.Dir(opt.Binary), hooks.FullName); opt.Binary != "" {
+		if st, err := os.Stat(full); err == nil && st.Mode().IsRegular() {
+			p.full = full
+		}
+	}
+	return p
 }
 
 // Request is what a container's pod annotations ask of capd, nil for a
@@ -182,6 +192,9 @@ func (p *Plugin) adjustment() *api.ContainerAdjustment {
 	adj.AddMount(&api.Mount{Destination: Dir, Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "noexec", "mode=0755", "size=64k"}})
 	adj.AddMount(&api.Mount{Destination: AgentDir, Type: "bind", Source: filepath.Dir(p.opt.AgentSocket), Options: ro})
 	adj.AddMount(&api.Mount{Destination: Dir + "/capd", Type: "bind", Source: p.opt.Binary, Options: ro})
+	if p.full != "" {
+		adj.AddMount(&api.Mount{Destination: Dir + "/" + hooks.FullName, Type: "bind", Source: p.full, Options: ro})
+	}
 	adj.AddEnv("CAPD_SOCKET", AgentDir+"/"+filepath.Base(p.opt.AgentSocket))
 	return adj
 }

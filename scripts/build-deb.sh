@@ -62,7 +62,7 @@ root=$stage/capd
 
 # As dh_strip does: no symbol table (Go's stack traces need none; the build
 # information capd version reads stays).
-strip --remove-section=.comment --remove-section=.note "$root/usr/bin/capd" "$root/usr/bin/capd-nri"
+strip --remove-section=.comment --remove-section=.note "$root/usr/bin/capd" "$root/usr/bin/capd-full" "$root/usr/bin/capd-nri"
 gzip -9n "$root"/usr/share/man/man1/*.1
 install -D -m 0644 dist/debian/lintian-overrides "$root/usr/share/lintian/overrides/capd"
 doc=$root/usr/share/doc/capd

@@ -235,7 +235,7 @@ func TestDeployManifests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"COPY bin/capd bin/capd-nri /usr/bin/", "COPY dist/capd.toml " + policy.DefaultPath} {
+	for _, want := range []string{"COPY bin/capd bin/capd-full bin/capd-nri /usr/bin/", "COPY dist/capd.toml " + policy.DefaultPath} {
 		if !bytes.Contains(containerfile, []byte(want)) {
 			t.Errorf("Containerfile: no %q", want)
 		}
@@ -337,22 +337,26 @@ func TestDeployManifests(t *testing.T) {
 
 	// nri.binary, which containerd binds into pods from the host, is where
 	// an initContainer moves the image's capd to.
-	copied := false
+	// capd-full goes beside it (capd executes it for every command but
+	// the start-up ones).
 	mvRE := regexp.MustCompile(`(?m)^\s*mv(?: -f)? \S+ (\S+)\s*$`)
-	for i := range spec.InitContainers {
-		c := &spec.InitContainers[i]
-		script := strings.Join(append(slices.Clone(c.Command), c.Args...), " ")
-		if !strings.Contains(script, "cp /usr/bin/capd ") {
-			continue
-		}
-		for _, m := range mvRE.FindAllStringSubmatch(script, -1) {
-			if hostPath(spec, c, m[1]) == n.Binary {
-				copied = true
+	for bin, want := range map[string]string{"capd": n.Binary, "capd-full": filepath.Join(filepath.Dir(n.Binary), "capd-full")} {
+		copied := false
+		for i := range spec.InitContainers {
+			c := &spec.InitContainers[i]
+			script := strings.Join(append(slices.Clone(c.Command), c.Args...), " ")
+			if !strings.Contains(script, "cp /usr/bin/"+bin+" ") {
+				continue
+			}
+			for _, m := range mvRE.FindAllStringSubmatch(script, -1) {
+				if hostPath(spec, c, m[1]) == want {
+					copied = true
+				}
 			}
 		}
-	}
-	if !copied {
-		t.Errorf("no initContainer copies /usr/bin/capd to nri.binary %s on the host", n.Binary)
+		if !copied {
+			t.Errorf("no initContainer copies /usr/bin/%s to %s on the host", bin, want)
+		}
 	}
 }
 

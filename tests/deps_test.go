@@ -5,21 +5,41 @@ import (
 	"maps"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 )
 
-// capdPkg is the package of the capd binary.
-const capdPkg = "github.com/capd-dev/capd/cmd/capd"
+// forbiddenDeps are packages a binary must not link, with why, by the
+// binary's package.
+var forbiddenDeps = map[string]map[string]string{
+	"github.com/capd-dev/capd/cmd/capd-full": fullForbidden,
+	// capd starts in front of every workload and runs in every container
+	// hook: it links only what acquire, publish, hook and whoami use.
+	"github.com/capd-dev/capd/cmd/capd": merge(fullForbidden, map[string]string{
+		"github.com/spf13/cobra":                 "cobra and its text/template are capd-full's: capd parses its start-up commands with pflag",
+		"text/template":                          "text/template (cobra's help) keeps every exported method of every linked type alive: a larger binary to page in at each start",
+		"github.com/capd-dev/capd/agent":         "the agent is capd-full's",
+		"github.com/godbus/dbus/v5":              "D-Bus is the agent's",
+		"github.com/BurntSushi/toml":             "the policy file is the agent's",
+		"github.com/spf13/cobra/doc":             "the man page generator is capd-full's",
+		"github.com/capd-dev/capd/cmd/capd-full": "capd executes capd-full, it does not link it",
+	}),
+}
 
-// forbiddenDeps are packages the capd binary must not link, with why.
-var forbiddenDeps = map[string]string{
+var fullForbidden = map[string]string{
 	"github.com/containerd/cgroups/v3/cgroup2": "the agent reads cgroups itself (package cgroup); cgroup2 is for tests",
 	"crypto/tls":                        "capd speaks only AF_UNIX: TLS is code the host agent does not need",
 	"net/http":                          "capd neither serves nor fetches HTTP",
 	"github.com/containerd/nri/pkg/api": "the NRI plugin is the capd-nri binary: NRI's protobuf and ttrpc initialisation would cost every capd start",
+}
+
+func merge(a, b map[string]string) map[string]string {
+	m := maps.Clone(a)
+	maps.Copy(m, b)
+	return m
 }
 
 // moduleRoot is the directory of go.mod, the parent of tests/.
@@ -88,36 +108,39 @@ func TestImportChain(t *testing.T) {
 	}
 }
 
-// TestBinaryDeps fails if the capd binary links a package it should not,
-// naming the import chain that pulls it in. Both cgo settings count: the
-// Makefile builds with the default, the tests with CGO_ENABLED=0.
+// TestBinaryDeps fails if capd or capd-full links a package it should
+// not, naming the import chain that pulls it in. Both cgo settings count:
+// a build may use either.
 func TestBinaryDeps(t *testing.T) {
-	chains := map[string][]string{} // "pkg: chain" -> cgo settings
-	for _, cgo := range []string{"0", "1"} {
-		out, err := goCmd(t, []string{"CGO_ENABLED=" + cgo}, "list", "-deps", "-f", `{{.ImportPath}} {{join .Imports " "}}`, "./cmd/capd")
-		if err != nil {
-			t.Fatalf("go list -deps ./cmd/capd (CGO_ENABLED=%s): %v", cgo, err)
-		}
-		graph := map[string][]string{}
-		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-			f := strings.Fields(line)
-			if len(f) > 0 {
-				graph[f[0]] = f[1:]
+	for _, bin := range slices.Sorted(maps.Keys(forbiddenDeps)) {
+		forbidden := forbiddenDeps[bin]
+		chains := map[string][]string{} // "pkg: chain" -> cgo settings
+		for _, cgo := range []string{"0", "1"} {
+			out, err := goCmd(t, []string{"CGO_ENABLED=" + cgo}, "list", "-deps", "-f", `{{.ImportPath}} {{join .Imports " "}}`, bin)
+			if err != nil {
+				t.Fatalf("go list -deps %s (CGO_ENABLED=%s): %v", bin, cgo, err)
+			}
+			graph := map[string][]string{}
+			for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+				f := strings.Fields(line)
+				if len(f) > 0 {
+					graph[f[0]] = f[1:]
+				}
+			}
+			if _, ok := graph[bin]; !ok {
+				t.Fatalf("go list -deps %s does not list it:\n%s", bin, out)
+			}
+			for pkg := range forbidden {
+				if chain := importChain(graph, bin, pkg); chain != nil {
+					k := pkg + ": " + strings.Join(chain, " -> ")
+					chains[k] = append(chains[k], "CGO_ENABLED="+cgo)
+				}
 			}
 		}
-		if _, ok := graph[capdPkg]; !ok {
-			t.Fatalf("go list -deps ./cmd/capd does not list %s:\n%s", capdPkg, out)
+		for _, k := range slices.Sorted(maps.Keys(chains)) {
+			pkg, chain, _ := strings.Cut(k, ": ")
+			t.Errorf("%s links %s (%s), with %s, through\n\t%s", path.Base(bin), pkg, forbidden[pkg], strings.Join(chains[k], " and "), chain)
 		}
-		for pkg := range forbiddenDeps {
-			if chain := importChain(graph, capdPkg, pkg); chain != nil {
-				k := pkg + ": " + strings.Join(chain, " -> ")
-				chains[k] = append(chains[k], "CGO_ENABLED="+cgo)
-			}
-		}
-	}
-	for _, k := range slices.Sorted(maps.Keys(chains)) {
-		pkg, chain, _ := strings.Cut(k, ": ")
-		t.Errorf("capd links %s (%s), with %s, through\n\t%s", pkg, forbiddenDeps[pkg], strings.Join(chains[k], " and "), chain)
 	}
 }
 

@@ -96,7 +96,7 @@ func TestMakeBuildStatic(t *testing.T) {
 	}
 	bin := t.TempDir()
 	distMake(t, "build", "BIN="+bin)
-	for _, b := range []string{"capd", "seed"} {
+	for _, b := range []string{"capd", "capd-full", "seed"} {
 		requireStatic(t, filepath.Join(bin, b))
 	}
 	mod, err := exec.Command("go", "version", "-m", filepath.Join(bin, "capd")).Output()
@@ -142,6 +142,7 @@ func TestMakeInstall(t *testing.T) {
 	root := func(p string) string { return filepath.Join(dest, p) }
 	exe := prefix + "/bin/capd"
 	requireStatic(t, root(exe))
+	requireStatic(t, root(prefix+"/bin/capd-full")) // beside capd, which executes it
 	for _, u := range []string{"capd.service", "capd.socket"} {
 		b, err := os.ReadFile(root(prefix + "/lib/systemd/system/" + u))
 		if err != nil {

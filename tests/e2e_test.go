@@ -3,6 +3,7 @@ package tests
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -67,13 +68,20 @@ func (e *env) run(unit string, extra []*os.File, args ...string) result {
 // runAs is run with another uid (0 keeps root).
 func (e *env) runAs(unit string, uid uint32, extra []*os.File, args ...string) result {
 	e.t.Helper()
+	return e.runBin(unit, uid, nil, extra, capd, args...)
+}
+
+// runBin is runAs of any binary, with stdin (nil: none).
+func (e *env) runBin(unit string, uid uint32, stdin io.Reader, extra []*os.File, bin string, args ...string) result {
+	e.t.Helper()
 	var cmd *exec.Cmd
 	if unit == "" {
-		cmd = exec.Command(capd, args...)
+		cmd = exec.Command(bin, args...)
 	} else {
-		cmd = e.cgs[unit].Command(capd, args...)
+		cmd = e.cgs[unit].Command(bin, args...)
 	}
 	cmd.Env = e.agent.Env()
+	cmd.Stdin = stdin
 	cmd.ExtraFiles = extra
 	if uid != 0 {
 		if cmd.SysProcAttr == nil {
@@ -88,7 +96,7 @@ func (e *env) runAs(unit string, uid uint32, extra []*os.File, args ...string) r
 	if ee, ok := err.(*exec.ExitError); ok {
 		r.code = ee.ExitCode()
 	} else if err != nil {
-		e.t.Fatalf("run capd %v: %v", args, err)
+		e.t.Fatalf("run %s %v: %v", bin, args, err)
 	}
 	return r
 }

@@ -95,7 +95,7 @@ func TestNspawnMachineAcquires(t *testing.T) {
 		}
 	}
 	out := m.must("systemd-nspawn", "--quiet", "--console=pipe", "-M", "inner", "--volatile=yes", "-D", "/",
-		"--bind-ro=/run/capd", "--bind-ro=/run/capd-bin", "--",
+		"--bind-ro=/run/capd", "--bind-ro=/run/capd-bin", "--bind-ro=/run/capd-full", "--",
 		"/bin/sh", "-c", `/run/capd-bin whoami; /run/capd-bin acquire pub.service:for-inner -- cat /proc/self/fd/3; /run/capd-bin status; echo "status=$?"`)
 	t.Logf("in the nspawn machine:\n%s", out)
 	for _, want := range []string{"machine:inner", "inner-data\n", "status=4"} {

@@ -70,12 +70,15 @@ func startMachine(t *testing.T, args ...string) *machine {
 func bootMachine(t *testing.T) *machine {
 	t.Helper()
 	m := startMachine(t, "--volatile=yes", "-D", "/", "--register=no", "--keep-unit", "-M", fmt.Sprintf("capdtest%d", os.Getpid()))
-	b, err := os.ReadFile(capd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(m.root+"/run/capd-bin", b, 0o755); err != nil {
-		t.Fatal(err)
+	// capd as /run/capd-bin, and beside it capd-full, which it executes.
+	for src, dst := range map[string]string{capd: "/run/capd-bin", filepath.Join(filepath.Dir(capd), "capd-full"): "/run/capd-full"} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(m.root+dst, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, u := range []string{"capd.service", "capd.socket"} {
 		unit, err := os.ReadFile(filepath.Join("..", "dist", u))

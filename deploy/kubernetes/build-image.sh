@@ -22,7 +22,7 @@ aarch64 | arm64) ARCH=arm64 ;;
 esac
 OUT=$BIN/capd-image.oci.tar
 
-for f in "$BIN/capd" "$BIN/capd-nri" dist/capd.toml "$BUSYBOX"; do
+for f in "$BIN/capd" "$BIN/capd-full" "$BIN/capd-nri" dist/capd.toml "$BUSYBOX"; do
 	[ -f "$f" ] || { echo "build-image.sh: $f missing (run make build from the repository's root)" >&2; exit 1; }
 done
 if command -v file >/dev/null && ! file -L "$BUSYBOX" | grep -q "statically linked"; then
@@ -38,7 +38,7 @@ mkdir -p "$root/bin" "$root/usr/bin" "$root/etc/capd/conf.d" "$root/run/capd" "$
 chmod 1777 "$root/tmp"
 cp "$BUSYBOX" "$root/bin/busybox"
 for a in $("$BUSYBOX" --list); do [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"; done
-install -m 0755 "$BIN/capd" "$BIN/capd-nri" "$root/usr/bin/"
+install -m 0755 "$BIN/capd" "$BIN/capd-full" "$BIN/capd-nri" "$root/usr/bin/"
 install -m 0644 dist/capd.toml "$root/etc/capd/capd.toml"
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }

@@ -230,9 +230,15 @@ func (cg *Cgroup) Command(name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-// BuildCapd builds ./cmd/capd into dir and returns its path. root is the
-// module root.
-func BuildCapd(root, dir string) (string, error) { return Build(root, dir, "./cmd/capd") }
+// BuildCapd builds ./cmd/capd and, beside it, ./cmd/capd-full (which capd
+// executes for every command it does not run itself) into dir and returns
+// capd's path. root is the module root.
+func BuildCapd(root, dir string) (string, error) {
+	if _, err := Build(root, dir, "./cmd/capd-full"); err != nil {
+		return "", err
+	}
+	return Build(root, dir, "./cmd/capd")
+}
 
 // Build builds the command in package pkg (relative to the module root)
 // statically into dir and returns the binary's path.

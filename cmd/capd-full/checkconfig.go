@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/capd-dev/capd/agent/policy"
+	"github.com/capd-dev/capd/internal/cli"
 )
 
 func newCheckConfigCmd() *cobra.Command {
@@ -34,9 +35,9 @@ to the agent: use it in ExecStartPre= or before 'capd reload'.`,
 					return err
 				}
 				for _, w := range cfg.Warnings {
-					fmt.Fprintf(cmd.ErrOrStderr(), "capd: warning: %s\n", escape(w))
+					fmt.Fprintf(cmd.ErrOrStderr(), "capd: warning: %s\n", cli.Escape(w))
 				}
-				fmt.Fprintf(out, "%s: %d grants, %d quotas from %d files\n", escape(f), len(cfg.Grants), len(cfg.Quotas), len(cfg.Files))
+				fmt.Fprintf(out, "%s: %d grants, %d quotas from %d files\n", cli.Escape(f), len(cfg.Grants), len(cfg.Quotas), len(cfg.Files))
 			}
 			return nil
 		},

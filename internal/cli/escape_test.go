@@ -1,8 +1,7 @@
-package main
+package cli
 
 import (
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 )
@@ -33,33 +32,20 @@ func TestEscape(t *testing.T) {
 		// A plain string never reads as a quoted one.
 		{`"\x1b"`, `"\"\\x1b\""`},
 	} {
-		got := escape(tc.in)
+		got := Escape(tc.in)
 		if got != tc.want {
-			t.Errorf("escape(%q) = %s, want %s", tc.in, got, tc.want)
+			t.Errorf("Escape(%q) = %s, want %s", tc.in, got, tc.want)
 		}
 		for _, c := range got {
 			if c < 0x20 || (c >= 0x7f && c <= 0x9f) {
-				t.Errorf("escape(%q) = %q keeps control character %U", tc.in, got, c)
+				t.Errorf("Escape(%q) = %q keeps control character %U", tc.in, got, c)
 			}
 		}
 		if got != tc.in {
 			if back, err := strconv.Unquote(got); err != nil || back != tc.in {
-				t.Errorf("escape(%q) = %s does not unquote to the input: %q, %v", tc.in, got, back, err)
+				t.Errorf("Escape(%q) = %s does not unquote to the input: %q, %v", tc.in, got, back, err)
 			}
 		}
-	}
-}
-
-// The status tree escapes the last component only, after the indentation.
-func TestTreeEscapes(t *testing.T) {
-	if got, want := tree("/a.slice/\x1b[2J"), `    "/\x1b[2J"`; got != want {
-		t.Errorf("tree = %q, want %q", got, want)
-	}
-	if got := tree("/a.slice/b.service"); got != "    /b.service" {
-		t.Errorf("tree = %q", got)
-	}
-	if got := limit(new(uint64), "quota cgroup=/\x1b"); strings.ContainsRune(got, 0x1b) {
-		t.Errorf("limit = %q", got)
 	}
 }
 
@@ -69,13 +55,13 @@ func TestParseSpan(t *testing.T) {
 		"30s": 30 * time.Second, "1min": time.Minute, "1min 30s": 90 * time.Second, "1m30s": 90 * time.Second,
 		"2h": 2 * time.Hour, "500msec": 500 * time.Millisecond, "5 minutes": 5 * time.Minute, "1hr": time.Hour,
 	} {
-		if got, err := parseSpan(in); err != nil || got != want {
-			t.Errorf("parseSpan(%q) = %v, %v; want %v", in, got, err, want)
+		if got, err := ParseSpan(in); err != nil || got != want {
+			t.Errorf("ParseSpan(%q) = %v, %v; want %v", in, got, err, want)
 		}
 	}
 	for _, in := range []string{"", "1", "1mon", "x"} {
-		if _, err := parseSpan(in); err == nil {
-			t.Errorf("parseSpan(%q) accepted", in)
+		if _, err := ParseSpan(in); err == nil {
+			t.Errorf("ParseSpan(%q) accepted", in)
 		}
 	}
 }

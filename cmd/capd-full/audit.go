@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/cli"
 )
 
 func newAuditCmd() *cobra.Command {
@@ -32,7 +33,7 @@ UTF-8 are printed as quoted Go strings ("\x1b..."). --json prints the whole
 report as a JSON object for scripts (see docs/JSON.md). Root only.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			rep, err := ask((*client.Client).Audit)
+			rep, err := cli.Ask((*client.Client).Audit)
 			if err != nil {
 				return err
 			}
@@ -46,13 +47,13 @@ report as a JSON object for scripts (see docs/JSON.md). Root only.`,
 			print := func(state string, owner, name string, pid int, id string, uid, fd int, exposed bool, how []string) {
 				ex := "no"
 				if exposed {
-					ex = "yes: " + escape(strings.Join(how, "; "))
+					ex = "yes: " + cli.Escape(strings.Join(how, "; "))
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%s\n", escape(owner+":"+name), state, pid, escape(id), uid, fd, ex)
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%s\n", cli.Escape(owner+":"+name), state, pid, cli.Escape(id), uid, fd, ex)
 			}
 			for _, e := range rep.Entries {
 				if len(e.Holders) == 0 {
-					fmt.Fprintf(tw, "%s\tlive\t-\t(only the agent)\t\t\t\n", escape(e.Owner+":"+e.Name))
+					fmt.Fprintf(tw, "%s\tlive\t-\t(only the agent)\t\t\t\n", cli.Escape(e.Owner+":"+e.Name))
 				}
 				for _, h := range e.Holders {
 					print("live", e.Owner, e.Name, h.PID, h.Identity, h.UID, h.FD, h.Exposed, h.Exposure)

@@ -4,12 +4,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/capd-dev/capd/client"
-	"github.com/capd-dev/capd/hooks"
+	"github.com/capd-dev/capd/internal/cli"
 	"github.com/capd-dev/capd/oci"
 )
 
@@ -17,14 +16,8 @@ import (
 // newer podman also reads /etc/containers/oci/hooks.d.
 const defaultHooksDir = "/usr/share/containers/oci/hooks.d"
 
-// defaultHookTimeout bounds the hook's conversation with the agent, so that
-// a stalled agent cannot stall container creation.
-const defaultHookTimeout = 5 * time.Second
-
 func newHookCmd() *cobra.Command {
-	var socket string
-	var hardenAll bool
-	var timeout time.Duration
+	var h cli.Hook
 	cmd := &cobra.Command{
 		Use:   "hook [--socket PATH] [--timeout DURATION]",
 		Short: "OCI hook: give annotated containers their capability fds",
@@ -71,21 +64,12 @@ invisible; root in the container still sees everything.
 For runc, add to config.json:
   "hooks": {"createRuntime": [{"path": "/usr/bin/capd", "args": ["capd", "hook"]}]}
 For podman and CRI-O, see 'capd hook install'.`,
-		Args: exactArgs(0, "no arguments (the state comes on stdin)"),
+		Args: func(cmd *cobra.Command, args []string) error { return h.Args(args) },
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if timeout < 0 {
-				return usageErr("--timeout must not be negative, not %v", timeout)
-			}
-			if socket == "" {
-				socket = client.SocketPath()
-			}
-			return hooks.Run(hooks.Options{Socket: socket, Stdin: cmd.InOrStdin(), Stderr: cmd.ErrOrStderr(),
-				HardenAll: hardenAll, Timeout: timeout})
+			return h.Run(cmd.InOrStdin(), cmd.ErrOrStderr())
 		},
 	}
-	cmd.Flags().StringVar(&socket, "socket", "", "the agent's socket (default $CAPD_SOCKET or "+client.DefaultSocket+")")
-	cmd.Flags().DurationVar(&timeout, "timeout", defaultHookTimeout, "give up on an agent that has not answered within this long (0: wait forever)")
-	cmd.Flags().BoolVar(&hardenAll, "harden-all", false, "give every container, not only annotated ones, a /proc that hides other users' processes")
+	h.Flags(cmd.Flags())
 	cmd.AddCommand(newHookInstallCmd())
 	return cmd
 }
@@ -109,11 +93,16 @@ points elsewhere. The hook runs with the default --timeout of 'capd hook'.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if path == "" {
+				// capd, beside this binary, runs the hook without starting
+				// capd-full.
 				exe, err := os.Executable()
 				if err != nil {
 					return fmt.Errorf("find the capd binary: %w (use --path)", err)
 				}
-				path = exe
+				path = filepath.Join(filepath.Dir(exe), "capd")
+				if _, err := os.Stat(path); err != nil {
+					return fmt.Errorf("find the capd binary: %w (use --path)", err)
+				}
 			}
 			hookArgs := []string{"capd", "hook"}
 			if socket != "" {
@@ -144,7 +133,7 @@ points elsewhere. The hook runs with the default --timeout of 'capd hook'.`,
 	}
 	cmd.Flags().StringVar(&dir, "dir", defaultHooksDir, "hooks.d directory")
 	cmd.Flags().StringVar(&socket, "socket", "", "agent socket the hook uses (default: the hook's default, "+client.DefaultSocket+")")
-	cmd.Flags().StringVar(&path, "path", "", "capd binary the runtime runs (default: this one)")
+	cmd.Flags().StringVar(&path, "path", "", "capd binary the runtime runs (default: capd beside this capd-full)")
 	cmd.Flags().BoolVar(&hardenAll, "harden-all", false, "run the hook for every container, to hide other users' processes in every container's /proc")
 	cmd.Flags().BoolVar(&poststop, "poststop", false, "run the hook at poststop too (not needed: registrations end when the container's cgroup empties)")
 	return cmd

@@ -1,11 +1,10 @@
 package main
 
 import (
-	"fmt"
-
 	"github.com/spf13/cobra"
 
 	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/cli"
 )
 
 func newWhoamiCmd() *cobra.Command {
@@ -22,15 +21,14 @@ invalid UTF-8 (cgroup names may) is printed as a quoted Go string
 and pid (see docs/JSON.md).`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := ask((*client.Client).Whoami)
+			if !asJSON {
+				return cli.Whoami(cmd.OutOrStdout())
+			}
+			id, err := cli.Ask((*client.Client).Whoami)
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				return printJSON(cmd.OutOrStdout(), newWhoamiJSON(id))
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), escape(id.Name))
-			return nil
+			return printJSON(cmd.OutOrStdout(), newWhoamiJSON(id))
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print identity, cgroup, uid and pid as JSON")

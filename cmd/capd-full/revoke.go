@@ -3,6 +3,7 @@ package main
 import (
 	"github.com/spf13/cobra"
 
+	"github.com/capd-dev/capd/internal/cli"
 	"github.com/capd-dev/capd/internal/proto"
 )
 
@@ -37,7 +38,7 @@ end-of-file and fails to write. Other kinds are refused with --shutdown
 			if cmd.Flags().Changed("owner") && (owner == "" || len(owner) > proto.MaxIdentity) {
 				return usageErr("--owner needs an identity such as rpm-ostreed.service or cgroup:/path")
 			}
-			c, err := dial()
+			c, err := cli.Dial()
 			if err != nil {
 				return err
 			}

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/cli"
 )
 
 func newListCmd() *cobra.Command {
@@ -23,7 +24,7 @@ control characters or invalid UTF-8 are printed as quoted Go strings
 docs/JSON.md).`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			entries, err := ask((*client.Client).List)
+			entries, err := cli.Ask((*client.Client).List)
 			if err != nil {
 				return err
 			}
@@ -42,7 +43,7 @@ docs/JSON.md).`,
 				if e.Pinned {
 					pinned = "yes"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", escape(e.Owner), escape(e.Name), escape(e.Kind), pinned, exp, e.Acquired)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", cli.Escape(e.Owner), cli.Escape(e.Name), cli.Escape(e.Kind), pinned, exp, e.Acquired)
 			}
 			return tw.Flush()
 		},

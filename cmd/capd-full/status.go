@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/cli"
 )
 
 func newStatusCmd() *cobra.Command {
@@ -28,7 +29,7 @@ JSON object for scripts (see docs/JSON.md). Root only.`,
   sudo capd status --json | jq '.cgroups[] | select(.pinned > 0)'`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := ask((*client.Client).Status)
+			st, err := cli.Ask((*client.Client).Status)
 			if err != nil {
 				return err
 			}
@@ -56,12 +57,12 @@ func tree(p string) string {
 	if p == "/" {
 		return "/"
 	}
-	return strings.Repeat("  ", strings.Count(p, "/")) + escape(p[strings.LastIndexByte(p, '/'):])
+	return strings.Repeat("  ", strings.Count(p, "/")) + cli.Escape(p[strings.LastIndexByte(p, '/'):])
 }
 
 func limit(v *uint64, source string) string {
 	if v == nil {
 		return "-"
 	}
-	return strconv.FormatUint(*v, 10) + " (" + escape(source) + ")"
+	return strconv.FormatUint(*v, 10) + " (" + cli.Escape(source) + ")"
 }

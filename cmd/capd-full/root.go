@@ -2,77 +2,28 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 
 	"github.com/spf13/cobra"
 
 	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/cli"
 )
 
-// Exit codes, stable and documented in --help and the README.
+// The exit codes and errors of internal/cli, shared with cmd/capd.
 const (
-	exitOK               = 0
-	exitFailure          = 1
-	exitUsage            = 2
-	exitUnreachable      = 3
-	exitPermissionDenied = 4
-	exitNotFound         = 5
-	exitExists           = 6
-	exitQuotaExceeded    = 7
-	exitBusy             = 8
-	exitCannotExec       = 126
-	exitCommandNotFound  = 127
+	exitBusy        = cli.ExitBusy
+	exitFailure     = cli.ExitFailure
+	exitUsage       = cli.ExitUsage
+	exitUnreachable = cli.ExitUnreachable
+	exitCannotExec  = cli.ExitCannotExec
+	exitCodesHelp   = cli.ExitCodesHelp
 )
 
-const exitCodesHelp = `Exit codes:
-  0    success
-  1    failure not listed below
-  2    usage error (bad flags or arguments)
-  3    the agent is not reachable on its socket
-  4    permission-denied: policy or the owner's allow list refuses it
-  5    not-found: no such entry (never published, revoked or expired)
-  6    exists: the name is already published
-  7    quota-exceeded: a store or quota limit refuses the entry
-  8    busy: the agent refuses more connections or is shutting down
-  126  acquire: COMMAND cannot be executed
-  127  acquire: COMMAND not found`
+type exitError = cli.ExitError
 
-// exitError carries an exit code out of a subcommand.
-type exitError struct {
-	code int
-	err  error
-}
-
-func (e *exitError) Error() string { return e.err.Error() }
-func (e *exitError) Unwrap() error { return e.err }
-
-func usageErr(format string, args ...any) error {
-	return &exitError{code: exitUsage, err: fmt.Errorf(format, args...)}
-}
-
-// exitCode maps an error to the documented exit code.
-func exitCode(err error) int {
-	var ee *exitError
-	switch {
-	case err == nil:
-		return exitOK
-	case errors.As(err, &ee):
-		return ee.code
-	case errors.Is(err, client.ErrPermissionDenied):
-		return exitPermissionDenied
-	case errors.Is(err, client.ErrNotFound):
-		return exitNotFound
-	case errors.Is(err, client.ErrExists):
-		return exitExists
-	case errors.Is(err, client.ErrQuotaExceeded):
-		return exitQuotaExceeded
-	case errors.Is(err, client.ErrBusy):
-		return exitBusy
-	}
-	return exitFailure
-}
+var usageErr = cli.UsageErr
 
 // run is the whole program: parse args, run the subcommand, map the error
 // to an exit code.
@@ -116,7 +67,7 @@ Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.Defaul
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return &exitError{code: exitUsage, err: fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
+		return &exitError{Code: exitUsage, Err: fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
 	})
 	// A subcommand named first is built alone: the commands that start in
 	// front of a workload (acquire, publish, hook, whoami) do not pay for
@@ -144,13 +95,7 @@ Every client subcommand talks to the agent on $CAPD_SOCKET, or ` + client.Defaul
 	for _, c := range root.Commands() {
 		c.SetUsageTemplate(c.UsageTemplate() + "\n" + exitCodesHelp + "\n")
 	}
-	err := root.ExecuteContext(ctx)
-	if err != nil {
-		// Agent errors quote cgroup paths and identities, which may hold
-		// any byte.
-		fmt.Fprintf(stderr, "capd: %s\n", escape(err.Error()))
-	}
-	return exitCode(err)
+	return cli.Report(stderr, root.ExecuteContext(ctx))
 }
 
 // subcommands are capd's commands; alone says one may be built without
@@ -174,26 +119,6 @@ var subcommands = []struct {
 	{"check-config", newCheckConfigCmd, true},
 	{"version", newVersionCmd, true},
 	{"__gen-man", newGenManCmd, false},
-}
-
-// dial connects to the agent, mapping failure to exitUnreachable.
-func dial() (*client.Client, error) {
-	c, err := client.Dial("")
-	if err != nil {
-		return nil, &exitError{code: exitUnreachable, err: fmt.Errorf("%w (is the agent running? set CAPD_SOCKET for another socket)", err)}
-	}
-	return c, nil
-}
-
-// ask dials the agent, asks it one thing and hangs up.
-func ask[T any](q func(*client.Client) (T, error)) (T, error) {
-	c, err := dial()
-	if err != nil {
-		var zero T
-		return zero, err
-	}
-	defer c.Close()
-	return q(c)
 }
 
 // exactArgs is cobra.ExactArgs with a usage error that says what is wanted.

@@ -72,7 +72,7 @@ A reload never drops entries, even where a lowered limit is now exceeded.`,
 				Log:             slog.New(h),
 			})
 			if errors.Is(err, agent.ErrAgentRunning) {
-				err = &exitError{code: exitBusy, err: err}
+				err = &exitError{Code: exitBusy, Err: err}
 			}
 			return err
 		},

@@ -1,11 +1,11 @@
-package main
+package cli
 
 import (
 	"strconv"
 	"unicode/utf8"
 )
 
-// escape makes s, a string the agent supplied (a cgroup path, an identity,
+// Escape makes s, a string the agent supplied (a cgroup path, an identity,
 // an entry name, an error message), safe to print on a terminal. Cgroup
 // names may hold any byte but '/' and '\n', so such strings can carry
 // terminal escape sequences ("\x1b]0;title\a", "\x1b[2J").
@@ -18,7 +18,7 @@ import (
 // C1), other non-printable runes and invalid UTF-8 become \a, \r, \x1b,
 // \u0085, \xff and the like, and '\\' and '"' are escaped. The quotes keep
 // the two forms apart: an escaped string never reads as a plain one.
-func escape(s string) string {
+func Escape(s string) string {
 	if len(s) > 0 && s[0] == '"' {
 		return strconv.Quote(s)
 	}

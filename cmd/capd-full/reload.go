@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/cli"
 )
 
 func newReloadCmd() *cobra.Command {
@@ -28,7 +29,7 @@ and a half-written file that still parses is accepted.`,
   ExecReload=/usr/bin/capd reload`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := ask((*client.Client).Reload)
+			r, err := cli.Ask((*client.Client).Reload)
 			if err != nil {
 				return err
 			}
