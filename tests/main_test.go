@@ -130,6 +130,8 @@ func runRole(role string) int {
 		}
 		json.NewEncoder(os.Stdout).Encode(res)
 		return 0
+	case "persist-bench":
+		return persistBenchRole()
 	case "sendback":
 		// Send fd 3 (a capability from capd acquire) to $CAPD_TEST_BACK.
 		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)

@@ -18,7 +18,7 @@ import (
 // machine is a real systemd (PID 1 of a systemd-nspawn container booting
 // this host's OS on a tmpfs, see ../shared/recipes) with capd's units.
 type machine struct {
-	t     *testing.T
+	t     testing.TB
 	nspwn *exec.Cmd
 	pid1  int
 	root  string // the container's / from the host
@@ -28,7 +28,7 @@ type machine struct {
 // systemd.firstboot=off), waits until it is running, and kills its PID 1
 // when the test ends: SIGKILL to systemd-nspawn alone leaves the container
 // running, its PID 1 takes the whole pid namespace with it.
-func startMachine(t *testing.T, args ...string) *machine {
+func startMachine(t testing.TB, args ...string) *machine {
 	t.Helper()
 	testutil.RequireRoot(t)
 	if _, err := exec.LookPath("systemd-nspawn"); err != nil {
@@ -67,7 +67,7 @@ func startMachine(t *testing.T, args ...string) *machine {
 	return m
 }
 
-func bootMachine(t *testing.T) *machine {
+func bootMachine(t testing.TB) *machine {
 	t.Helper()
 	m := startMachine(t, "--volatile=yes", "-D", "/", "--register=no", "--keep-unit", "-M", fmt.Sprintf("capdtest%d", os.Getpid()))
 	// capd as /run/capd-bin, and beside it capd-full, which it executes.
