@@ -154,6 +154,28 @@ func Pread(fd int, b []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// Pwrite writes b to fd at off (pwrite(2), which may write less than all
+// of b), retrying EINTR.
+func Pwrite(fd int, b []byte, off int64) (int, error) {
+	var n int
+	err := ignoringEINTR(func() (err error) {
+		n, err = unix.Pwrite(fd, b, off)
+		return err
+	})
+	if err != nil {
+		return n, os.NewSyscallError("pwrite", err)
+	}
+	return n, nil
+}
+
+// AddSeals adds seals to a memfd (fcntl F_ADD_SEALS).
+func AddSeals(fd, seals int) error {
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, seals); err != nil {
+		return os.NewSyscallError("fcntl F_ADD_SEALS", err)
+	}
+	return nil
+}
+
 // Seals returns the seals of a memfd (fcntl F_GET_SEALS).
 func Seals(fd int) (int, error) {
 	s, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)

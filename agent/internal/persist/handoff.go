@@ -12,8 +12,9 @@ import (
 // st (expiry and drops stop; connections must be drained first) and
 // returns fds and their names in the socket-activation protocol's form:
 // every entry's fd (its id) and the metadata of entries and container
-// registrations ("capd-meta-G", a sealed memfd), for a new agent process
-// to Restore. The entries' fds stay open, owned by the frozen store,
+// registrations ("capd-meta-G", a sealed snapshot, G the journal's
+// generation: older agents read it too), for a new agent process to
+// Restore. The entries' fds stay open, owned by the frozen store,
 // until the process execs; the metadata memfd is the caller's. If it
 // fails, it has released what it took; the process must then stop.
 func Handoff(st *store.Store, reg *registry.Registry, m *Mirror) (names []string, fds []int, err error) {

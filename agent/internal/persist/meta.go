@@ -7,6 +7,7 @@ import (
 	"path"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -25,7 +26,8 @@ const (
 	// CtrPrefix names a container's init pidfd, in a hand-off from an
 	// older agent only.
 	CtrPrefix = "c-"
-	// MetaPrefix names a metadata generation.
+	// MetaPrefix names a sealed metadata snapshot: what a hand-off passes,
+	// and what an older agent stored in the fd store.
 	MetaPrefix = "capd-meta-"
 	maxMeta    = 64 << 20
 )
@@ -34,7 +36,12 @@ const (
 // (entries, metadata, an older agent's container pidfds), as opposed to a
 // socket systemd passes.
 func IsStored(name string) bool {
-	return strings.HasPrefix(name, store.IDPrefix) || strings.HasPrefix(name, CtrPrefix) || strings.HasPrefix(name, MetaPrefix)
+	for _, p := range []string{store.IDPrefix, CtrPrefix, MetaPrefix, JournalPrefix} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // Meta is the stored metadata: the entries and the registered containers,
@@ -82,17 +89,22 @@ type Record struct {
 func snapshot(next uint64, entries iter.Seq[*store.Entry]) *Meta {
 	m := &Meta{NextID: next}
 	for e := range entries {
-		m.Entries = append(m.Entries, Record{
-			ID: e.ID(), Owner: e.Owner, Name: e.Name, Pinned: e.Pinned, Allow: e.Allow, Kind: e.Kind,
-			Cgroup: e.Cgroup, OwnerCg: e.OwnerCgroup, UID: e.UID, Published: e.Published, Expires: e.Expires,
-			Dev: e.Dev, Ino: e.Ino, Acct: e.Acct, Exempt: !e.Limited,
-		})
+		m.Entries = append(m.Entries, recordOf(e))
 	}
 	if m.Entries == nil {
 		m.Entries = []Record{}
 	}
 	sort.Slice(m.Entries, func(i, j int) bool { return m.Entries[i].ID < m.Entries[j].ID })
 	return m
+}
+
+// recordOf describes e (called under the store's lock).
+func recordOf(e *store.Entry) Record {
+	return Record{
+		ID: e.ID(), Owner: e.Owner, Name: e.Name, Pinned: e.Pinned, Allow: e.Allow, Kind: e.Kind,
+		Cgroup: e.Cgroup, OwnerCg: e.OwnerCgroup, UID: e.UID, Published: e.Published, Expires: e.Expires,
+		Dev: e.Dev, Ino: e.Ino, Acct: e.Acct, Exempt: !e.Limited,
+	}
 }
 
 // containers describes the registrations, sorted by id.
@@ -153,12 +165,17 @@ func Decode(b []byte) (*Meta, error) {
 }
 
 // ValidRecord checks a stored entry field by field: a cgroup path that is
-// not clean and absolute would never reach the root when walked up.
+// not clean and absolute would never reach the root when walked up, and an
+// id that does not name the record's owner and name (as EntryID made it;
+// a bare "e-N" from an older agent) could give one owner's fd to another.
 func ValidRecord(r *Record) error {
-	if _, err := store.ParseEntryID(r.ID); err != nil {
+	n, err := store.ParseEntryID(r.ID)
+	if err != nil {
 		return err
 	}
 	switch {
+	case r.ID != store.IDPrefix+strconv.FormatUint(n, 10) && r.ID != store.EntryID(n, r.Owner, r.Name):
+		return fmt.Errorf("entry id %q does not name owner %q and name %q", r.ID, r.Owner, r.Name)
 	case r.Owner == "" || len(r.Owner) > proto.MaxIdentity || strings.ContainsFunc(r.Owner, unicode.IsControl):
 		return fmt.Errorf("owner %q is not an identity", r.Owner)
 	case proto.ValidName(r.Name) != nil:

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 
 	"github.com/capd-dev/capd/agent/internal/registry"
@@ -23,9 +22,10 @@ type Stored struct {
 // Restore from here on) and returns how many entries it restored. m, if
 // not nil, is the mirror of the fd store the fds came from. Bad state is
 // reported and skipped, never fatal: an fd without metadata is closed and
-// dropped from the fd store, metadata without its fd is skipped, a corrupt
-// or unsealed metadata memfd is discarded (its entries' fds then have no
-// metadata), an invalid record is skipped, and so is an fd that is not the
+// dropped from the fd store, metadata without its fd is skipped, corrupt
+// metadata (a journal that is not exactly what the agent writes, an
+// unsealed snapshot) is discarded whole (its entries' fds then have no
+// metadata; see chooseMeta), an invalid record is skipped, and so is an fd that is not the
 // file its record describes (device, inode, kind), which is never handed
 // out. Unpinned entries whose owner cgroup has emptied, and expired ones,
 // are dropped; so are registrations whose cgroup is gone.
@@ -40,35 +40,13 @@ func Restore(log *slog.Logger, stored []Stored, st *store.Store, reg *registry.R
 	for _, s := range stored {
 		byName[s.Name] = append(byName[s.Name], s.FD)
 	}
-	var metaName string
-	var metaGen uint64
-	for name := range byName {
-		if g, ok := strings.CutPrefix(name, MetaPrefix); ok {
-			if n, err := strconv.ParseUint(g, 10, 64); err == nil && (metaName == "" || n > metaGen) {
-				metaName, metaGen = name, n
-			}
-		}
-	}
-	meta := &Meta{}
-	if metaName != "" {
-		var err error
-		fds := byName[metaName]
-		if len(fds) != 1 {
-			err = fmt.Errorf("%d fds carry the name", len(fds))
-		} else {
-			meta, err = readMeta(fds[0])
-		}
-		if err != nil {
-			log.Error("discarding the stored metadata", "name", metaName, "err", err)
-			meta = &Meta{}
-		}
-	}
+	meta, metaGen := chooseMeta(log, byName)
 	for name, fds := range byName {
-		if !strings.HasPrefix(name, MetaPrefix) {
+		if !strings.HasPrefix(name, MetaPrefix) && !strings.HasPrefix(name, JournalPrefix) {
 			continue
 		}
 		for _, fd := range fds {
-			if name == metaName {
+			if name == meta.name {
 				// Kept in the fd store until a newer one replaces it.
 				linux.Close(fd)
 			} else {
@@ -105,9 +83,7 @@ func Restore(log *slog.Logger, stored []Stored, st *store.Store, reg *registry.R
 		log.Info("restored container registrations", "containers", ctrs)
 	}
 	if m != nil {
-		m.mu.Lock()
-		m.gen = metaGen
-		m.mu.Unlock()
+		m.restored(metaGen)
 	}
 	restored := 0
 	nextID := meta.NextID
@@ -191,4 +167,61 @@ func sameFile(fd int, r *Record) (string, error) {
 		return "", fmt.Errorf("a %s, recorded as a %s", kind, r.Kind)
 	}
 	return kind, nil
+}
+
+// chosen is the metadata Restore goes by, and the name it came under.
+type chosen struct {
+	*Meta
+	name string
+}
+
+// chooseMeta reads the metadata of the highest generation among the names
+// passed (a journal, or the sealed snapshot of a hand-off or of an older
+// agent) and returns it with its generation: the highest complete
+// generation wins, and a compaction stores its generation whole before the
+// older one goes. Anything wrong with it (two fds or two kinds under one
+// generation, a journal that is not exactly what the agent writes, an
+// unsealed or corrupt snapshot) discards all metadata: an older generation
+// might name an entry revoked since, whose fd systemd still holds. An
+// incomplete last journal record (a crash while it was written) is
+// dropped: it was never acknowledged.
+func chooseMeta(log *slog.Logger, byName map[string][]int) (chosen, uint64) {
+	var names []string
+	var gen uint64
+	var journal bool
+	for name := range byName {
+		g, j, ok := parseMetaName(name)
+		switch {
+		case !ok:
+		case len(names) == 0 || g > gen:
+			names, gen, journal = []string{name}, g, j
+		case g == gen:
+			names = append(names, name)
+		}
+	}
+	if len(names) == 0 {
+		return chosen{Meta: &Meta{}}, 0
+	}
+	var meta *Meta
+	var info JournalInfo
+	var err error
+	switch fds := byName[names[0]]; {
+	case len(names) > 1:
+		err = fmt.Errorf("generation %d is stored as %q", gen, names)
+	case len(fds) != 1:
+		err = fmt.Errorf("%d fds carry the name", len(fds))
+	case journal:
+		meta, info, err = readJournal(fds[0], gen)
+	default:
+		meta, err = readMeta(fds[0])
+	}
+	if err != nil {
+		log.Error("discarding the stored metadata: no entry or container registration is restored", "name", names[0], "generation", gen, "err", err)
+		return chosen{Meta: &Meta{}, name: names[0]}, gen
+	}
+	if info.Torn > 0 {
+		log.Warn("the metadata journal ends in an incomplete record (the agent stopped while writing it); its changes were never acknowledged and are dropped", "name", names[0], "bytes", info.Torn)
+	}
+	log.Debug("stored metadata", "name", names[0], "entries", len(meta.Entries), "containers", len(meta.Containers), "journal_records", info.Batches)
+	return chosen{Meta: meta, name: names[0]}, gen
 }

@@ -75,6 +75,7 @@ type Registry struct {
 	byCgroup map[string]*Container
 	byID     map[string]*Container
 	byIdent  map[string]*Container // by identity and aliases
+	changes  uint64                // counts changes, for the mirror
 }
 
 // NewRegistry returns an empty registry.
@@ -186,6 +187,7 @@ func (r *Registry) Add(c *Container) error {
 	for _, n := range c.names() {
 		r.byIdent[n] = c
 	}
+	r.changes++
 	return nil
 }
 
@@ -225,6 +227,7 @@ func (r *Registry) Emptied(p string, epoch uint64) *Container {
 }
 
 func (r *Registry) removeLocked(c *Container) {
+	r.changes++
 	delete(r.byID, c.ID)
 	if r.byCgroup[c.Cgroup] == c {
 		delete(r.byCgroup, c.Cgroup)
@@ -235,6 +238,14 @@ func (r *Registry) removeLocked(c *Container) {
 		}
 	}
 	r.watch.Remove(c.Cgroup)
+}
+
+// Changes counts the changes to the registrations so far: the mirror
+// writes them again only when it moved.
+func (r *Registry) Changes() uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.changes
 }
 
 // Len returns the number of registered containers.
