@@ -193,6 +193,7 @@ type fiReplay struct {
 	t     *testing.T
 	names map[string]*fiName // OWNER:NAME
 
+	workers, perWorker                  int // the fleet: workers, names each
 	requests                            int
 	ackPublish, ackReplace, ackRevoke   int
 	ambiguous, ambApplied, ambUnapplied int
@@ -206,8 +207,8 @@ type fiReplay struct {
 	details                             []string
 }
 
-func newFiReplay(t *testing.T) *fiReplay {
-	return &fiReplay{t: t, names: map[string]*fiName{}, outcomes: map[string]int{}, ambErrs: map[string]int{}}
+func newFiReplay(t *testing.T, workers, names int) *fiReplay {
+	return &fiReplay{t: t, workers: workers, perWorker: names, names: map[string]*fiName{}, outcomes: map[string]int{}, ambErrs: map[string]int{}}
 }
 
 func (r *fiReplay) name(owner, name string) *fiName {
@@ -415,8 +416,8 @@ func (r *fiReplay) final(evs []fiEvent, round string) map[string]string {
 			r.t.Errorf("%s: %s: no answer: %s %s", where, ref, ev.Res, ev.Err)
 		}
 	}
-	if len(evs) != fiWorkers*fiNames {
-		r.t.Errorf("final %s: %d answers, want %d", round, len(evs), fiWorkers*fiNames)
+	if len(evs) != r.workers*r.perWorker {
+		r.t.Errorf("final %s: %d answers, want %d", round, len(evs), r.workers*r.perWorker)
 	}
 	return live
 }
@@ -444,7 +445,7 @@ func (r *fiReplay) report(faults string, live int, fds string) {
 	if r.absentAfterUnackedReplace > 0 {
 		t.Errorf("%d names lost their acknowledged file in an unacknowledged replace", r.absentAfterUnackedReplace)
 	}
-	if r.ackPublish < fiWorkers*fiNames || r.ackRevoke < fiWorkers {
+	if r.ackPublish < r.workers*r.perWorker || r.ackRevoke < r.workers {
 		t.Errorf("too little load: %d publishes and %d revokes acknowledged", r.ackPublish, r.ackRevoke)
 	}
 }
@@ -589,7 +590,7 @@ func TestFaultInjectionHandoff(t *testing.T) {
 	os.WriteFile(stop, nil, 0o644)
 	f.wait(t, time.Now().Add(30*time.Second))
 
-	r := newFiReplay(t)
+	r := newFiReplay(t, fiWorkers, fiNames)
 	for i := range fiWorkers {
 		hello, done := r.worker(fiReadEvents(t, filepath.Join(dir, fmt.Sprintf("w%d.jsonl", i))))
 		if !hello || !done {
@@ -659,6 +660,38 @@ func fiTail(s string, n int) string {
 // Under systemd: kill -9 of the agent, systemctl restart and SIGUSR2, mixed,
 // under load.
 func TestFaultInjectionSystemd(t *testing.T) {
+	fiSystemd(t, fiRun{workers: fiWorkers, names: fiNames, faults: fiFaults,
+		kinds: []string{"kill -9", "systemctl restart", "SIGUSR2"}, minPause: 50, maxPause: 300})
+}
+
+// Under systemd, the metadata journal: kill -9 alone, at random points of
+// a stream of publishes, replaces and revokes whose records are large
+// (every publish carries 4 allow patterns, 3 of them 900 bytes long), with few live
+// entries, so that the journal is compacted every few changes and a kill
+// lands at every stage of it: while a record is appended, between an
+// entry's FDSTORE=1 and its record, between a new generation's FDSTORE=1
+// and its barrier, before the old generation is dropped. Each name's
+// acknowledged state must come back exactly (by its memfd's content:
+// owner, name and generation), as in TestFaultInjectionSystemd; the test
+// logs how many restarts found a torn record or two generations.
+func TestFaultInjectionJournal(t *testing.T) {
+	fiSystemd(t, fiRun{workers: 3, names: 3, faults: 40, kinds: []string{"kill -9"}, minPause: 0, maxPause: 200, serving: true,
+		args: []string{"-allow", "4", "-cli-share", "0"}})
+}
+
+// fiRun is one fault-injection run under systemd: the fleet, its
+// workers' extra arguments, and the faults (kinds, taken in turns and
+// shuffled) with the pause after each, in milliseconds, or, if serving,
+// before each, once the agent is active again.
+type fiRun struct {
+	workers, names, faults int
+	kinds                  []string
+	minPause, maxPause     int
+	serving                bool
+	args                   []string
+}
+
+func fiSystemd(t *testing.T, run fiRun) {
 	seed := fiSeed(t)
 	rng := rand.New(rand.NewPCG(seed, 2))
 	gen := buildFaultgen(t)
@@ -684,18 +717,18 @@ func TestFaultInjectionSystemd(t *testing.T) {
 
 	var f fiFleet
 	var owners []string
-	for i := range fiWorkers {
+	for i := range run.workers {
 		owners = append(owners, fmt.Sprintf("fi-w%d.service", i))
-		f.start(t, m.cmd("systemd-run", "--quiet", "--wait", "--collect", "--unit", fmt.Sprintf("fi-w%d", i),
+		f.start(t, m.cmd(append([]string{"systemd-run", "--quiet", "--wait", "--collect", "--unit", fmt.Sprintf("fi-w%d", i),
 			"/run/faultgen", "work", "-out", fmt.Sprintf("/run/fi/w%d.jsonl", i), "-stop", "/run/fi/stop",
-			"-names", strconv.Itoa(fiNames), "-seed", strconv.FormatUint(seed+uint64(i)+1, 10),
-			"-cli", "/run/capd-bin", "-deadline", "150s"))
+			"-names", strconv.Itoa(run.names), "-seed", strconv.FormatUint(seed+uint64(i)+1, 10),
+			"-cli", "/run/capd-bin", "-deadline", "150s"}, run.args...)...))
 	}
 
-	// A mixed schedule: every kind about a third of the time.
+	// A mixed schedule: every kind as often as the others.
 	var kinds []string
-	for i := range fiFaults {
-		kinds = append(kinds, []string{"kill -9", "systemctl restart", "SIGUSR2"}[i%3])
+	for i := range run.faults {
+		kinds = append(kinds, run.kinds[i%len(run.kinds)])
 	}
 	rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
 	count := map[string]int{}
@@ -714,6 +747,16 @@ func TestFaultInjectionSystemd(t *testing.T) {
 	time.Sleep(time.Second) // the workers get going
 	start := time.Now()
 	for _, kind := range kinds {
+		if run.serving {
+			// A fault at a random point of the load, once the agent
+			// restored and serves again (not while it starts).
+			for deadline := time.Now().Add(30 * time.Second); !m.active(); time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("capd.service is not active again after 30s")
+				}
+			}
+			time.Sleep(time.Duration(run.minPause+rng.IntN(run.maxPause-run.minPause+1)) * time.Millisecond)
+		}
 		pid := livePID()
 		switch kind {
 		case "kill -9":
@@ -728,7 +771,9 @@ func TestFaultInjectionSystemd(t *testing.T) {
 			}
 		}
 		count[kind]++
-		time.Sleep(time.Duration(50+rng.IntN(251)) * time.Millisecond)
+		if !run.serving {
+			time.Sleep(time.Duration(run.minPause+rng.IntN(run.maxPause-run.minPause+1)) * time.Millisecond)
+		}
 	}
 	t.Logf("%d faults in %v: %v", len(kinds), time.Since(start).Round(time.Millisecond), count)
 	for deadline := time.Now().Add(30 * time.Second); !m.active() || m.mainPID() <= 1; time.Sleep(50 * time.Millisecond) {
@@ -741,8 +786,8 @@ func TestFaultInjectionSystemd(t *testing.T) {
 	m.write("/run/fi/stop", "", 0o644)
 	f.wait(t, time.Now().Add(45*time.Second))
 
-	r := newFiReplay(t)
-	for i := range fiWorkers {
+	r := newFiReplay(t, run.workers, run.names)
+	for i := range run.workers {
 		hello, done := r.worker(fiReadEvents(t, m.root+fmt.Sprintf("/run/fi/w%d.jsonl", i)))
 		if !hello || !done {
 			t.Errorf("worker %d: started %v, finished %v", i, hello, done)
@@ -751,7 +796,7 @@ func TestFaultInjectionSystemd(t *testing.T) {
 	verify := func(round string) map[string]string {
 		t.Helper()
 		out := "/run/fi/final-" + round + ".jsonl"
-		m.unit("fi-verify", "/run/faultgen", "verify", "-out", out, "-owners", strings.Join(owners, ","), "-names", strconv.Itoa(fiNames))
+		m.unit("fi-verify", "/run/faultgen", "verify", "-out", out, "-owners", strings.Join(owners, ","), "-names", strconv.Itoa(run.names))
 		return r.final(fiReadEvents(t, m.root+out), round)
 	}
 	live := verify("1")
@@ -776,9 +821,10 @@ func TestFaultInjectionSystemd(t *testing.T) {
 	journal := m.must("journalctl", "-u", "capd.service", "-o", "cat", "--no-pager")
 	full := m.must("journalctl", "--no-pager")
 	fiKeep(t, map[string]string{"journal": full}, m.root+"/run/fi")
-	t.Logf("agent restarts: %d restored from systemd's fd store, %d hand-offs, %d deaths by SIGUSR2; restore messages: %s",
+	t.Logf("agent restarts: %d restored from systemd's fd store, %d hand-offs, %d deaths by SIGUSR2; %d found a torn journal record, %d two journal generations; restore messages: %s",
 		strings.Count(journal, "restored entries from systemd's fd store"), strings.Count(journal, "restored entries from the previous agent process"),
-		strings.Count(full, "code=killed, status=12/USR2"), fiRestoreNotes(t, journal))
+		strings.Count(full, "code=killed, status=12/USR2"), strings.Count(journal, "ends in an incomplete record"),
+		strings.Count(journal, "older metadata generations dropped"), fiRestoreNotes(t, journal))
 	if w := fiWarnings(journal, 30); len(w) > 0 {
 		t.Logf("agent warnings and errors:\n%s", strings.Join(w, "\n"))
 	}

@@ -2,7 +2,7 @@
 // (tests/faultinject_test.go). It is built by the test (CGO_ENABLED=0, so
 // that it also runs inside a systemd-nspawn machine) and run in two roles:
 //
-//	faultgen work   -out FILE -stop FILE [-names N] [-seed S] [-cli CAPD] ...
+//	faultgen work   -out FILE -stop FILE [-names N] [-seed S] [-cli CAPD] [-allow N] ...
 //	faultgen verify -out FILE -owners A,B,... [-names N] ...
 //
 // work runs in one service's cgroup, owns the names n00..nNN of that
@@ -152,6 +152,7 @@ type worker struct {
 	cliPart float64
 	gen     int
 	timeout time.Duration
+	allow   []string // the library's publishes' allow patterns
 }
 
 func work(args []string) error {
@@ -166,6 +167,7 @@ func work(args []string) error {
 	cli := fs.String("cli", "", "capd binary for a share of the changes (none: library only)")
 	cliPart := fs.Float64("cli-share", 0.25, "share of the changes made through the CLI")
 	timeout := fs.Duration("timeout", 20*time.Second, "bound on one request")
+	allow := fs.Int("allow", 0, "publish through the library with this many allow patterns (fi-*.service, then 900-byte ones that match nothing): large records")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -195,6 +197,13 @@ func work(args []string) error {
 	}()
 
 	w := &worker{rec: rec, rng: rand.New(rand.NewPCG(*seed, *seed^0x9e3779b97f4a7c15)), socket: *socket, cli: *cli, cliPart: *cliPart, timeout: *timeout}
+	for i := range *allow {
+		p := "fi-*.service"
+		if i > 0 {
+			p = fmt.Sprintf("pad-%d-%s.service", i, strings.Repeat("x", 880))
+		}
+		w.allow = append(w.allow, p)
+	}
 	// Connect and learn the identity the agent sees, through restarts.
 	for {
 		if w.c == nil {
@@ -312,7 +321,7 @@ func (w *worker) publish(name string, replace bool) belief {
 		ev.Res, ev.Err = w.runCLI(args, f)
 	} else {
 		ev.Via = "lib"
-		err := w.c.Publish(name, f, &client.PublishOptions{Pin: true, Replace: replace})
+		err := w.c.Publish(name, f, &client.PublishOptions{Pin: true, Replace: replace, Allow: w.allow})
 		ev.Res = classify(err)
 		if err != nil {
 			ev.Err = err.Error()

@@ -189,8 +189,12 @@ func chooseMeta(log *slog.Logger, byName map[string][]int) (chosen, uint64) {
 	var names []string
 	var gen uint64
 	var journal bool
+	older := 0
 	for name := range byName {
 		g, j, ok := parseMetaName(name)
+		if ok && len(names) > 0 && g != gen {
+			older++
+		}
 		switch {
 		case !ok:
 		case len(names) == 0 || g > gen:
@@ -201,6 +205,10 @@ func chooseMeta(log *slog.Logger, byName map[string][]int) (chosen, uint64) {
 	}
 	if len(names) == 0 {
 		return chosen{Meta: &Meta{}}, 0
+	}
+	if older > 0 {
+		// A compaction was under way: its new generation is complete.
+		log.Info("older metadata generations dropped", "name", names[0], "older", older)
 	}
 	var meta *Meta
 	var info JournalInfo
