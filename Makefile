@@ -103,6 +103,7 @@ test: lint
 FUZZTIME ?= 1m
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRestore$$' -fuzztime $(FUZZTIME) ./agent/internal/persist/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeJournal$$' -fuzztime $(FUZZTIME) ./agent/internal/persist/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) ./internal/proto/
 	$(GO) test -run '^$$' -fuzz '^FuzzAttrs$$' -fuzztime $(FUZZTIME) ./internal/proto/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRights$$' -fuzztime $(FUZZTIME) ./internal/fdpass/
