@@ -132,6 +132,8 @@ func runRole(role string) int {
 		return 0
 	case "persist-bench":
 		return persistBenchRole()
+	case "publish-memfds":
+		return publishMemfdsRole()
 	case "sendback":
 		// Send fd 3 (a capability from capd acquire) to $CAPD_TEST_BACK.
 		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
