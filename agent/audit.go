@@ -14,7 +14,7 @@ func (s *Server) audit() (*proto.AuditReport, error) {
 	defer s.store.ReleaseAll(live)
 	items := make([]audit.Item, len(live))
 	for i, e := range live {
-		items[i] = audit.Item{Owner: e.Owner, Name: e.Name, Kind: e.Kind, FD: e.FD()}
+		items[i] = audit.Item{Owner: e.Owner(), Name: e.Name(), Kind: e.Kind(), FD: e.FD()}
 	}
 	ts := make([]audit.Tomb, len(tombs))
 	for i, t := range tombs {

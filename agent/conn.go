@@ -403,19 +403,16 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, reqFD *linux.FD) error 
 		return &proto.Error{Code: proto.CodeInvalidRequest, Message: err.Error()}
 	}
 	fd := reqFD.Int()
-	e := store.NewEntry(c.peer.Identity, name, reqFD.Release())
-	e.Allow = allow
-	e.Pinned = flags&proto.FlagPin != 0
-	e.Kind = linux.FdKind(fd)
-	e.Dev, e.Ino, _ = linux.FileID(fd)
-	e.Cgroup = c.peer.Cgroup
-	e.OwnerCgroup = c.peer.OwnerCgroup
-	e.UID = c.peer.UID
-	e.Acct, e.Limited = c.peer.Acct, !c.peer.HostAdmin()
-	e.Published = time.Now()
-	if haveTTL {
-		e.Expires = e.Published.Add(time.Duration(ttl) * time.Millisecond)
+	sp := store.Spec{
+		Owner: c.peer.Identity, Name: name, Allow: allow, Pinned: flags&proto.FlagPin != 0,
+		Kind: linux.FdKind(fd), Cgroup: c.peer.Cgroup, OwnerCgroup: c.peer.OwnerCgroup,
+		UID: c.peer.UID, Acct: c.peer.Acct, Limited: !c.peer.HostAdmin(), Published: time.Now(),
 	}
+	sp.Dev, sp.Ino, _ = linux.FileID(fd)
+	if haveTTL {
+		sp.Expires = sp.Published.Add(time.Duration(ttl) * time.Millisecond)
+	}
+	e := store.NewEntry(&sp, reqFD.Release())
 	mayReplace := func(old *store.Entry) error { return c.authorize(cfg, policy.Replace, old.Target()) }
 	if err := c.srv.store.Publish(e, flags&proto.FlagReplace != 0, mayReplace, c.srv.limits(cfg)); err != nil {
 		return err
@@ -424,11 +421,11 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, reqFD *linux.FD) error 
 	if err := c.srv.durable(e.ID()); err != nil {
 		c.srv.store.Unpublish(e)
 		c.srv.synced()
-		c.log.Error("publish not acknowledged: not durable", "owner", e.Owner, "name", e.Name, "err", err)
-		return proto.Errorf(proto.CodeInternal, "%s:%s is not published: systemd did not confirm it keeps the entry (%v); publish again", e.Owner, e.Name, err)
+		c.log.Error("publish not acknowledged: not durable", "owner", sp.Owner, "name", name, "err", err)
+		return proto.Errorf(proto.CodeInternal, "%s:%s is not published: systemd did not confirm it keeps the entry (%v); publish again", sp.Owner, name, err)
 	}
 	c.srv.stats.publishes.Add(1)
-	c.log.Info("published", "owner", e.Owner, "name", e.Name, "kind", e.Kind, "pin", e.Pinned, "ttl", time.Duration(ttl)*time.Millisecond, "uid", e.UID, "pid", c.peer.PID)
+	c.log.Info("published", "owner", sp.Owner, "name", name, "kind", sp.Kind, "pin", sp.Pinned, "ttl", time.Duration(ttl)*time.Millisecond, "uid", sp.UID, "pid", c.peer.PID)
 	return nil
 }
 
@@ -577,7 +574,7 @@ func (c *conn) list(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder
 		return proto.Builder{}, err
 	}
 	entries := c.srv.store.Snapshot(func(e *store.Entry) bool {
-		if haveAfter && !after.Less(e.Key) {
+		if haveAfter && !after.Less(e.Key()) {
 			return false
 		}
 		return cfg.Authorize(&c.peer.Caller, policy.See, e.Target()).Allowed
@@ -586,21 +583,21 @@ func (c *conn) list(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder
 	for _, e := range entries {
 		mark := m.Len()
 		start := m.Begin(proto.AttrEntry)
-		m.String(proto.AttrOwner, e.Owner)
-		m.String(proto.AttrName, e.Name)
+		m.String(proto.AttrOwner, e.Owner())
+		m.String(proto.AttrName, e.Name())
 		var flags uint32
-		if e.Pinned {
+		if e.Pinned() {
 			flags |= proto.FlagPin
 		}
 		m.U32(proto.AttrFlags, flags)
-		m.String(proto.AttrKind, e.Kind)
-		m.String(proto.AttrCgroup, e.Cgroup)
-		m.U64(proto.AttrPublished, uint64(e.Published.UnixMilli()))
-		if !e.Expires.IsZero() {
-			m.U64(proto.AttrExpires, uint64(e.Expires.UnixMilli()))
+		m.String(proto.AttrKind, e.Kind())
+		m.String(proto.AttrCgroup, e.Cgroup())
+		m.U64(proto.AttrPublished, uint64(e.Published().UnixMilli()))
+		if exp := e.Expires(); !exp.IsZero() {
+			m.U64(proto.AttrExpires, uint64(exp.UnixMilli()))
 		}
 		m.U64(proto.AttrAcquired, e.Acquired())
-		for _, a := range e.Allow {
+		for _, a := range e.Allow() {
 			m.String(proto.AttrAllow, string(a))
 		}
 		if !endPaged(&m, start, mark) {

@@ -94,7 +94,8 @@ func FuzzRestore(f *testing.F) {
 					if err := ValidRecord(&r); err != nil {
 						t.Errorf("restored %s: %v", e.ID(), err)
 					}
-					if d, i, _ := linux.FileID(e.FD()); d != e.Dev || i != e.Ino || linux.FdKind(e.FD()) != e.Kind {
+					dev, ino := e.File()
+					if d, i, _ := linux.FileID(e.FD()); d != dev || i != ino || linux.FdKind(e.FD()) != e.Kind() {
 						t.Errorf("restored %s over another file", e.ID())
 					}
 				}

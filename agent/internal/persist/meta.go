@@ -100,10 +100,11 @@ func snapshot(next uint64, entries iter.Seq[*store.Entry]) *Meta {
 
 // recordOf describes e (called under the store's lock).
 func recordOf(e *store.Entry) Record {
+	dev, ino := e.File()
 	return Record{
-		ID: e.ID(), Owner: e.Owner, Name: e.Name, Pinned: e.Pinned, Allow: e.Allow, Kind: e.Kind,
-		Cgroup: e.Cgroup, OwnerCg: e.OwnerCgroup, UID: e.UID, Published: e.Published, Expires: e.Expires,
-		Dev: e.Dev, Ino: e.Ino, Acct: e.Acct, Exempt: !e.Limited,
+		ID: e.ID(), Owner: e.Owner(), Name: e.Name(), Pinned: e.Pinned(), Allow: e.Allow(), Kind: e.Kind(),
+		Cgroup: e.Cgroup(), OwnerCg: e.OwnerCgroup(), UID: e.UID(), Published: e.Published(), Expires: e.Expires(),
+		Dev: dev, Ino: ino, Acct: e.Acct(), Exempt: !e.Limited(),
 	}
 }
 

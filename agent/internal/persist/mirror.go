@@ -75,9 +75,10 @@ func NewMirror(fs FDStore, log *slog.Logger, st *store.Store, reg *registry.Regi
 // store's lock, so that adds and removes reach systemd and the journal in
 // the store's order.
 func (m *Mirror) Added(e *store.Entry) {
-	if err := m.fs.Add(e.ID(), e.FD()); err != nil {
-		m.log.Error("cannot keep an entry in systemd's fd store; it will not survive a restart", "owner", e.Owner, "name", e.Name, "err", err)
-		m.fail(e.ID(), fmt.Errorf("store %s:%s in systemd's fd store: %w", e.Owner, e.Name, err))
+	id := e.ID()
+	if err := m.fs.Add(id, e.FD()); err != nil {
+		m.log.Error("cannot keep an entry in systemd's fd store; it will not survive a restart", "owner", e.Owner(), "name", e.Name(), "err", err)
+		m.fail(id, fmt.Errorf("store %s:%s in systemd's fd store: %w", e.Owner(), e.Name(), err))
 	}
 	r := recordOf(e)
 	m.fmu.Lock()

@@ -201,7 +201,7 @@ func state(st *store.Store, reg *registry.Registry) string {
 	st.ReadLocked(func(_ uint64, entries iter.Seq[*store.Entry]) {
 		for e := range entries {
 			_, ino, _ := linux.FileID(e.FD())
-			keys = append(keys, fmt.Sprintf("%s:%s=%d", e.Owner, e.Name, ino))
+			keys = append(keys, fmt.Sprintf("%s:%s=%d", e.Owner(), e.Name(), ino))
 		}
 	})
 	slices.Sort(keys)
@@ -252,14 +252,13 @@ func TestMirrorCrashAnywhere(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		e := store.NewEntry("x.service", name, fd)
-		e.Pinned, e.Kind, e.Cgroup, e.OwnerCgroup = true, "memfd", "/svc", "/svc"
-		e.Dev, e.Ino, _ = linux.FileID(fd)
-		e.Published = time.Now()
+		sp := store.Spec{Owner: "x.service", Name: name, Pinned: true, Kind: "memfd", Cgroup: "/svc", OwnerCgroup: "/svc", Published: time.Now()}
+		sp.Dev, sp.Ino, _ = linux.FileID(fd)
 		// Records of every size: compactions at different points.
 		for range rng.IntN(4) {
-			e.Allow = append(e.Allow, policy.Pattern("p"+strings.Repeat("x", rng.IntN(200))+".service"))
+			sp.Allow = append(sp.Allow, policy.Pattern("p"+strings.Repeat("x", rng.IntN(200))+".service"))
 		}
+		e := store.NewEntry(&sp, fd)
 		if err := fx.st.Publish(e, replace, func(*store.Entry) error { return nil }, limits); err != nil {
 			return "publish refused: " + err.Error(), false
 		}

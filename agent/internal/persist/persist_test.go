@@ -208,12 +208,12 @@ func TestHandoffRestoresEverything(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		e := store.NewEntry("x.service", spec.name, fd)
-		e.Pinned, e.Kind, e.Cgroup, e.OwnerCgroup = spec.pinned, linux.FdKind(fd), spec.owner, spec.owner
-		e.UID, e.Acct, e.Limited = uint32(1000+i), uint32(1000+i), true
-		e.Dev, e.Ino, _ = linux.FileID(fd)
-		e.Published = time.Now().Truncate(time.Millisecond)
-		if err := from.st.Publish(e, false, nil, limits); err != nil {
+		sp := store.Spec{
+			Owner: "x.service", Name: spec.name, Pinned: spec.pinned, Kind: linux.FdKind(fd), Cgroup: spec.owner, OwnerCgroup: spec.owner,
+			UID: uint32(1000 + i), Acct: uint32(1000 + i), Limited: true, Published: time.Now().Truncate(time.Millisecond),
+		}
+		sp.Dev, sp.Ino, _ = linux.FileID(fd)
+		if err := from.st.Publish(store.NewEntry(&sp, fd), false, nil, limits); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -259,8 +259,7 @@ func TestHandoffRestoresEverything(t *testing.T) {
 		t.Fatalf("registration not restored: %+v", c)
 	}
 	fd, _ := linux.MemfdCreate("e")
-	e := store.NewEntry("x.service", "d", fd)
-	e.Pinned, e.Cgroup, e.OwnerCgroup, e.Kind = true, "/svc", "/svc", "memfd"
+	e := store.NewEntry(&store.Spec{Owner: "x.service", Name: "d", Pinned: true, Cgroup: "/svc", OwnerCgroup: "/svc", Kind: "memfd"}, fd)
 	if err := to.st.Publish(e, false, nil, limits); err != nil {
 		t.Fatal(err)
 	}

@@ -121,13 +121,14 @@ func Restore(log *slog.Logger, stored []Stored, st *store.Store, reg *registry.R
 			}
 			continue
 		}
-		e := store.NewEntry(r.Owner, r.Name, fd)
-		e.Pinned, e.Allow, e.Kind, e.Cgroup, e.OwnerCgroup = r.Pinned, r.Allow, kind, r.Cgroup, r.OwnerCg
-		e.UID, e.Acct, e.Limited, e.Published, e.Expires, e.Dev, e.Ino = r.UID, r.Acct, !r.Exempt, r.Published, r.Expires, r.Dev, r.Ino
-		if r.Acct == 0 {
-			e.Acct = r.UID // recorded by an older agent
+		sp := store.Spec{
+			Owner: r.Owner, Name: r.Name, Pinned: r.Pinned, Allow: r.Allow, Kind: kind, Cgroup: r.Cgroup, OwnerCgroup: r.OwnerCg,
+			UID: r.UID, Acct: r.Acct, Limited: !r.Exempt, Published: r.Published, Expires: r.Expires, Dev: r.Dev, Ino: r.Ino,
 		}
-		if err := st.Restore(e, r.ID); err != nil {
+		if r.Acct == 0 {
+			sp.Acct = r.UID // recorded by an older agent
+		}
+		if err := st.Restore(store.NewEntry(&sp, fd), r.ID); err != nil {
 			log.Info("stored entry not restored", "owner", r.Owner, "name", r.Name, "reason", err)
 			continue
 		}

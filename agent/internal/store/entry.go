@@ -1,9 +1,11 @@
 package store
 
 import (
+	"math"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/cgroup"
@@ -21,10 +23,9 @@ func (k Key) Less(o Key) bool {
 	return k.Name < o.Name
 }
 
-// Entry is one stored fd. The exported fields are set before the entry is
-// published and never change afterwards.
-type Entry struct {
-	Key
+// Spec describes an entry to publish or restore. NewEntry copies it.
+type Spec struct {
+	Owner, Name string
 	Pinned      bool
 	Allow       []policy.Pattern
 	Kind        string
@@ -36,29 +37,185 @@ type Entry struct {
 	Dev, Ino    uint64 // the file's identity, for audit after the fd is gone
 	Published   time.Time
 	Expires     time.Time // zero: never
-
-	fd        linux.FD
-	refs      atomic.Int32
-	acquired  atomic.Uint64
-	id        string // EntryID, given at publish
-	epoch     uint64 // the owner cgroup's watch epoch at publish (unpinned entries)
-	heapIndex int    // index in the expiry heap, -1 when absent
 }
 
-// NewEntry returns an unpublished entry owning fd, with one reference: its
-// creator's, which Publish or Restore take over (or Release drops).
-func NewEntry(owner, name string, fd int) *Entry {
-	e := &Entry{Key: Key{owner, name}, heapIndex: -1}
+// Entry is one stored fd, described by the Spec it was made from, which
+// never changes.
+//
+// An entry is what the agent holds per stored fd, so it is kept small (128
+// bytes, one allocation with its name): the strings that many entries
+// share (owner, cgroup, kind) are interned handles, the owner cgroup is a
+// prefix of the cgroup, times are integers, and what few entries have
+// (allow patterns) hangs off a pointer that is nil for the rest.
+type Entry struct {
+	name      string
+	owner     unique.Handle[string]
+	cgroup    unique.Handle[string]
+	kind      unique.Handle[string]
+	more      *more  // nil unless the entry has allow patterns or an irregular id or owner cgroup
+	ino       uint64 // with dev, the file's identity
+	published int64  // Unix nanoseconds
+	expires   int64  // nanoseconds after monoBase, on the monotonic clock; 0: never
+	seq       uint64 // the N of the entry's id, once published or restored
+	epoch     uint64 // the owner cgroup's watch epoch at publish (watched entries)
+	acquired  atomic.Uint64
+	uid, acct uint32
+	fd        linux.FD
+	refs      atomic.Int32
+	heapIndex int32 // index in the expiry heap, -1 when absent
+	ownIndex  int32 // index in its owner cgroup's watched entries, -1 when absent
+	dev       uint32
+	ownerLen  uint16 // the owner cgroup is the cgroup's first ownerLen bytes (unless more.ownerCgroup)
+	flags     uint8
+}
+
+// more is what few entries have.
+type more struct {
+	allow       []policy.Pattern
+	id          string // an id restored as recorded, which EntryID would not give
+	ownerCgroup string // an owner cgroup that is not the cgroup or above it
+}
+
+const (
+	flagPinned = 1 << iota
+	flagLimited
+)
+
+// monoBase is what an entry's expiry counts from, so that expiry follows
+// the monotonic clock, as a time.Time with a monotonic reading does.
+var monoBase = time.Now()
+
+// NewEntry returns an unpublished entry described by sp, owning fd, with
+// one reference: its creator's, which Publish or Restore take over (or
+// Release drops).
+func NewEntry(sp *Spec, fd int) *Entry {
+	e := &Entry{
+		name:      sp.Name,
+		owner:     unique.Make(sp.Owner),
+		cgroup:    unique.Make(sp.Cgroup),
+		kind:      unique.Make(sp.Kind),
+		ino:       sp.Ino,
+		dev:       uint32(sp.Dev), // a Linux dev_t has 32 bits (MAJOR 12, MINOR 20)
+		uid:       sp.UID,
+		acct:      sp.Acct,
+		heapIndex: -1,
+		ownIndex:  -1,
+	}
+	if !sp.Published.IsZero() {
+		e.published = sp.Published.UnixNano()
+	}
+	if !sp.Expires.IsZero() {
+		e.expires = max(int64(sp.Expires.Sub(monoBase)), math.MinInt64+1)
+		if e.expires == 0 {
+			e.expires = -1 // at monoBase itself: a nanosecond early, as 0 means never
+		}
+	}
+	if sp.Pinned {
+		e.flags |= flagPinned
+	}
+	if sp.Limited {
+		e.flags |= flagLimited
+	}
+	if len(sp.Allow) > 0 {
+		e.extra().allow = sp.Allow
+	}
+	if cgroup.Within(sp.Cgroup, sp.OwnerCgroup) && strings.HasPrefix(sp.Cgroup, sp.OwnerCgroup) && len(sp.OwnerCgroup) <= math.MaxUint16 {
+		e.ownerLen = uint16(len(sp.OwnerCgroup))
+	} else {
+		e.extra().ownerCgroup = sp.OwnerCgroup
+	}
 	e.fd.Own(fd)
 	e.refs.Store(1)
 	return e
 }
 
+func (e *Entry) extra() *more {
+	if e.more == nil {
+		e.more = &more{}
+	}
+	return e.more
+}
+
+// Owner is the identity that owns the entry.
+func (e *Entry) Owner() string { return e.owner.Value() }
+
+// Name is the entry's name.
+func (e *Entry) Name() string { return e.name }
+
+// Key is the entry's owner and name.
+func (e *Entry) Key() Key { return Key{e.owner.Value(), e.name} }
+
+// Pinned reports whether the entry outlives its owner cgroup's processes.
+func (e *Entry) Pinned() bool { return e.flags&flagPinned != 0 }
+
+// Limited reports whether the entry counts against Acct's per-uid limits.
+func (e *Entry) Limited() bool { return e.flags&flagLimited != 0 }
+
+// Allow is the patterns that narrow who may acquire the entry.
+func (e *Entry) Allow() []policy.Pattern {
+	if e.more == nil {
+		return nil
+	}
+	return e.more.allow
+}
+
+// Kind is the kind of fd (linux.FdKind).
+func (e *Entry) Kind() string { return e.kind.Value() }
+
+// Cgroup is the publisher's cgroup.
+func (e *Entry) Cgroup() string { return e.cgroup.Value() }
+
+// OwnerCgroup is the owner cgroup, whose life an unpinned entry follows.
+func (e *Entry) OwnerCgroup() string {
+	if e.more != nil && e.more.ownerCgroup != "" {
+		return e.more.ownerCgroup
+	}
+	return e.cgroup.Value()[:e.ownerLen]
+}
+
+// UID is the publisher's uid.
+func (e *Entry) UID() uint32 { return e.uid }
+
+// Acct is the uid the entry's per-uid limits count against.
+func (e *Entry) Acct() uint32 { return e.acct }
+
+// File is the device and inode of the entry's file.
+func (e *Entry) File() (dev, ino uint64) { return uint64(e.dev), e.ino }
+
+// Published is when the entry was published.
+func (e *Entry) Published() time.Time {
+	if e.published == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, e.published)
+}
+
+// Expires is when the entry expires; the zero time if never.
+func (e *Entry) Expires() time.Time {
+	if e.expires == 0 {
+		return time.Time{}
+	}
+	return monoBase.Add(time.Duration(e.expires))
+}
+
+// expiresBy reports whether the entry has a deadline at or before now.
+func (e *Entry) expiresBy(now time.Time) bool {
+	return e.expires != 0 && e.expires <= int64(now.Sub(monoBase))
+}
+
 // FD is the entry's fd, for a caller holding a reference.
 func (e *Entry) FD() int { return e.fd.Int() }
 
-// ID is the entry's id (EntryID), once published or restored.
-func (e *Entry) ID() string { return e.id }
+// ID is the entry's id (EntryID), once published or restored; "" before.
+func (e *Entry) ID() string {
+	switch {
+	case e.more != nil && e.more.id != "":
+		return e.more.id
+	case e.seq == 0:
+		return ""
+	}
+	return EntryID(e.seq, e.owner.Value(), e.name)
+}
 
 // Acquired counts the acquires of the entry.
 func (e *Entry) Acquired() uint64 { return e.acquired.Load() }
@@ -68,11 +225,11 @@ func (e *Entry) CountAcquire() { e.acquired.Add(1) }
 
 // Target describes the entry to the authorization decision.
 func (e *Entry) Target() *policy.Target {
-	return &policy.Target{Owner: e.Owner, Name: e.Name, UID: e.UID, Allow: e.Allow, Kind: e.Kind}
+	return &policy.Target{Owner: e.Owner(), Name: e.name, UID: e.uid, Allow: e.Allow(), Kind: e.Kind()}
 }
 
 // watched reports whether the entry follows its owner cgroup's life.
-func (e *Entry) watched() bool { return !e.Pinned && cgroup.Watchable(e.OwnerCgroup) }
+func (e *Entry) watched() bool { return !e.Pinned() && cgroup.Watchable(e.OwnerCgroup()) }
 
 // unref drops one reference and reports whether it was the last.
 func (e *Entry) unref() bool { return e.refs.Add(-1) == 0 }
@@ -91,15 +248,15 @@ type Tombstone struct {
 type expiryHeap []*Entry
 
 func (h expiryHeap) Len() int           { return len(h) }
-func (h expiryHeap) Less(i, j int) bool { return h[i].Expires.Before(h[j].Expires) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].expires < h[j].expires }
 func (h expiryHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].heapIndex = i
-	h[j].heapIndex = j
+	h[i].heapIndex = int32(i)
+	h[j].heapIndex = int32(j)
 }
 func (h *expiryHeap) Push(x any) {
 	e := x.(*Entry)
-	e.heapIndex = len(*h)
+	e.heapIndex = int32(len(*h))
 	*h = append(*h, e)
 }
 func (h *expiryHeap) Pop() any {

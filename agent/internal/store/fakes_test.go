@@ -262,7 +262,7 @@ func (o *recObserver) Added(e *Entry)   { o.note("+", e) }
 func (o *recObserver) Removed(e *Entry) { o.note("-", e) }
 func (o *recObserver) note(op string, e *Entry) {
 	o.mu.Lock()
-	o.events = append(o.events, fmt.Sprintf("%s%s:%s", op, e.Owner, e.Name))
+	o.events = append(o.events, fmt.Sprintf("%s%s:%s", op, e.Owner(), e.Name()))
 	o.mu.Unlock()
 }
 

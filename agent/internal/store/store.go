@@ -6,7 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"iter"
-	"maps"
+	"math"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -77,6 +78,11 @@ type Node struct {
 	Entries, Pinned, Owners int
 }
 
+// watchedCgroup is the watched entries of one owner cgroup.
+type watchedCgroup struct {
+	entries []*Entry // e.ownIndex is e's place here
+}
+
 // waiter is closed when its key is published; n counts who waits on it.
 type waiter struct {
 	ch chan struct{}
@@ -93,17 +99,17 @@ type Store struct {
 
 	mu      sync.RWMutex
 	obs     Observer // nil: no mirror
-	entries map[Key]*Entry
+	entries index
 	exp     expiryHeap
 	timer   Timer
 	closed  bool
-	tombs   []Tombstone                    // the last removed entries, oldest first, at most maxTombs
-	usage   map[string]*usage              // cgroup path -> usage of the subtree
-	byUID   map[uint32]*usage              // accounting uid -> its limited entries
-	pins    map[string]int                 // owner identity -> its pinned entries, wherever published
-	owned   map[string]map[*Entry]struct{} // owner cgroup -> its watched entries
-	seq     uint64                         // the last entry number given out; never reused
-	waiters map[Key]*waiter                // one per awaited key, while someone waits
+	tombs   []Tombstone               // the last removed entries, oldest first, at most maxTombs
+	usage   map[string]*usage         // cgroup path -> usage of the subtree
+	byUID   map[uint32]*usage         // accounting uid -> its limited entries
+	pins    map[string]int            // owner identity -> its pinned entries, wherever published
+	owned   map[string]*watchedCgroup // owner cgroup -> its watched entries
+	seq     uint64                    // the last entry number given out; never reused
+	waiters map[Key]*waiter           // one per awaited key, while someone waits
 }
 
 // New returns an empty store. w may be nil (entries then never follow
@@ -116,11 +122,11 @@ func New(w Watcher, clock Clock) *Store {
 		watch:   w,
 		clock:   clock,
 		closer:  closer.New(maxClosers, nil),
-		entries: make(map[Key]*Entry),
+		entries: newIndex(),
 		usage:   make(map[string]*usage),
 		byUID:   make(map[uint32]*usage),
 		pins:    make(map[string]int),
-		owned:   make(map[string]map[*Entry]struct{}),
+		owned:   make(map[string]*watchedCgroup),
 		waiters: make(map[Key]*waiter),
 	}
 	s.timer = clock.AfterFunc(time.Hour, s.expire)
@@ -145,26 +151,23 @@ func (s *Store) Publish(e *Entry, replace bool, mayReplace func(old *Entry) erro
 	defer func() { s.ReleaseAll(dead) }()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old := s.entries[e.Key]
+	old := s.entries.get(e.owner.Value(), e.name)
 	err := s.admitLocked(e, old, replace, l)
 	if err == nil && old != nil {
 		err = mayReplace(old)
 	}
 	if err == nil && e.watched() && s.watch != nil {
 		var populated, recreated bool
-		e.epoch, populated, recreated, err = s.watch.Add(e.OwnerCgroup)
+		ocg := e.OwnerCgroup()
+		e.epoch, populated, recreated, err = s.watch.Add(ocg)
 		if err == nil && recreated {
 			// The owner cgroup was removed and created again: the
 			// unpinned entries of the old one go now.
-			for o := range s.owned[e.OwnerCgroup] {
-				if o.epoch < e.epoch && o != old {
-					dead = append(dead, s.removeLocked(o))
-				}
-			}
+			dead = s.dropOwnedLocked(ocg, e.epoch, old, dead)
 		}
 		if err == nil && !populated {
-			s.watch.Remove(e.OwnerCgroup)
-			err = errorf(ErrOwnerEmpty, "owner cgroup %s has no processes left: an unpinned entry would be dropped at once (publish with pin to outlive the service)", e.OwnerCgroup)
+			s.watch.Remove(ocg)
+			err = errorf(ErrOwnerEmpty, "owner cgroup %s has no processes left: an unpinned entry would be dropped at once (publish with pin to outlive the service)", ocg)
 		}
 	}
 	if err != nil {
@@ -175,7 +178,7 @@ func (s *Store) Publish(e *Entry, replace bool, mayReplace func(old *Entry) erro
 		dead = append(dead, s.removeLocked(old))
 	}
 	s.seq++
-	e.id = EntryID(s.seq, e.Owner, e.Name)
+	e.seq = s.seq
 	s.insertLocked(e)
 	if s.obs != nil {
 		s.obs.Added(e)
@@ -190,61 +193,62 @@ func (s *Store) admitLocked(e, old *Entry, replace bool, l *Limits) error {
 	case s.closed:
 		return errorf(ErrClosed, "agent is shutting down")
 	case old != nil && !replace:
-		return errorf(ErrExists, "%s:%s is already published (revoke it first, or publish with replace)", e.Owner, e.Name)
-	case old == nil && len(s.entries) >= l.Max:
-		return errorf(ErrQuota, "cgroup / (the whole agent) holds %d entries, its limit (max_entries, or what RLIMIT_NOFILE or systemd's FileDescriptorStoreMax leaves room for)", len(s.entries))
+		return errorf(ErrExists, "%s:%s is already published (revoke it first, or publish with replace)", e.Owner(), e.name)
+	case old == nil && s.entries.Len() >= l.Max:
+		return errorf(ErrQuota, "cgroup / (the whole agent) holds %d entries, its limit (max_entries, or what RLIMIT_NOFILE or systemd's FileDescriptorStoreMax leaves room for)", s.entries.Len())
 	case s.obs != nil && s.obs.Room() >= 0 && s.mirrorNeedLocked() > s.obs.Room():
 		return errorf(ErrQuota, "systemd's fd store would hold %d fds for entries, more than it keeps (FileDescriptorStoreMax less 2 for the metadata is %d; fds of removed entries leave it once the next metadata is confirmed)", s.mirrorNeedLocked(), s.obs.Room())
-	case old == nil && e.Limited && len(s.entries) >= l.Max-l.Reserve:
-		return errorf(ErrQuota, "the agent holds %d entries; the last %d of its %d are kept for host administrators", len(s.entries), l.Reserve, l.Max)
+	case old == nil && e.Limited() && s.entries.Len() >= l.Max-l.Reserve:
+		return errorf(ErrQuota, "the agent holds %d entries; the last %d of its %d are kept for host administrators", s.entries.Len(), l.Reserve, l.Max)
 	}
-	if e.Limited {
+	if e.Limited() {
 		var u usage
-		if p := s.byUID[e.Acct]; p != nil {
+		if p := s.byUID[e.acct]; p != nil {
 			u = *p
 		}
-		if old != nil && old.Limited && old.Acct == e.Acct {
+		if old != nil && old.Limited() && old.acct == e.acct {
 			u.entries--
-			if old.Pinned {
+			if old.Pinned() {
 				u.pinned--
 			}
 		}
-		closing := s.closer.Pending(e.Acct) // released fds whose close(2) has not returned
+		closing := s.closer.Pending(e.acct) // released fds whose close(2) has not returned
 		switch {
 		case u.entries+closing+1 > l.PerUID:
-			return errorf(ErrQuota, "uid %d holds %d entries and %d fds still being closed, its limit (max_entries_per_uid is %d)", e.Acct, u.entries, closing, l.PerUID)
-		case e.Pinned && u.pinned+1 > l.PinnedPerUID:
-			return errorf(ErrQuota, "uid %d holds %d pinned entries, its limit (max_pinned_per_uid is %d)", e.Acct, u.pinned, l.PinnedPerUID)
+			return errorf(ErrQuota, "uid %d holds %d entries and %d fds still being closed, its limit (max_entries_per_uid is %d)", e.acct, u.entries, closing, l.PerUID)
+		case e.Pinned() && u.pinned+1 > l.PinnedPerUID:
+			return errorf(ErrQuota, "uid %d holds %d pinned entries, its limit (max_pinned_per_uid is %d)", e.acct, u.pinned, l.PinnedPerUID)
 		}
 	}
 	// Like pids.max: the entry counts against its cgroup and every
 	// ancestor, and every limit on the way must leave room.
-	for p, ok := e.Cgroup, true; ok; p, ok = cgroup.Parent(p) {
+	ocg := e.OwnerCgroup()
+	for p, ok := e.Cgroup(), true; ok; p, ok = cgroup.Parent(p) {
 		var entries, pinned int
 		if u := s.usage[p]; u != nil {
 			entries, pinned = u.entries, u.pinned
 		}
-		if old != nil && cgroup.Within(old.Cgroup, p) {
+		if old != nil && cgroup.Within(old.Cgroup(), p) {
 			entries--
-			if old.Pinned {
+			if old.Pinned() {
 				pinned--
 			}
 		}
-		if p == e.OwnerCgroup {
+		if p == ocg {
 			// An identity's pins count wherever it published them: a
 			// container restarted under its name gets a new cgroup, not
 			// a fresh quota.
-			own := s.pins[e.Owner]
-			if old != nil && old.Pinned {
+			own := s.pins[e.Owner()]
+			if old != nil && old.Pinned() {
 				own--
 			}
 			pinned = max(pinned, own)
 		}
-		nl := l.Node(p, p == e.OwnerCgroup)
+		nl := l.Node(p, p == ocg)
 		if nl.MaxEntries != policy.Unlimited && entries+1 > nl.MaxEntries {
 			return errorf(ErrQuota, "cgroup %s holds %d entries, its limit (%s is %d)", p, entries, nl.EntriesSource, nl.MaxEntries)
 		}
-		if e.Pinned && nl.MaxPinned != policy.Unlimited && pinned+1 > nl.MaxPinned {
+		if e.Pinned() && nl.MaxPinned != policy.Unlimited && pinned+1 > nl.MaxPinned {
 			return errorf(ErrQuota, "cgroup %s holds %d pinned entries, its limit (%s is %d)", p, pinned, nl.PinnedSource, nl.MaxPinned)
 		}
 	}
@@ -256,65 +260,73 @@ func (s *Store) admitLocked(e, old *Entry, replace bool, l *Limits) error {
 // it, and the new one. A replace is no different: the old entry's fd
 // stays until the mirror lets it go, beside the new one.
 func (s *Store) mirrorNeedLocked() int {
-	return len(s.entries) + s.obs.Pending() + 1
+	return s.entries.Len() + s.obs.Pending() + 1
 }
 
 func (s *Store) insertLocked(e *Entry) {
-	s.entries[e.Key] = e
-	if w := s.waiters[e.Key]; w != nil {
-		close(w.ch)
-		delete(s.waiters, e.Key)
+	s.entries.put(e)
+	if len(s.waiters) > 0 {
+		k := e.Key()
+		if w := s.waiters[k]; w != nil {
+			close(w.ch)
+			delete(s.waiters, k)
+		}
 	}
-	if !e.Expires.IsZero() {
+	if e.expires != 0 {
 		heap.Push(&s.exp, e)
 		if s.exp[0] == e {
-			s.timer.Reset(e.Expires.Sub(s.clock.Now()))
+			s.timer.Reset(e.Expires().Sub(s.clock.Now()))
 		}
 	}
 	s.chargeLocked(e, 1)
 	if e.watched() && s.watch != nil {
-		set := s.owned[e.OwnerCgroup]
-		if set == nil {
-			set = make(map[*Entry]struct{})
-			s.owned[e.OwnerCgroup] = set
+		ocg := e.OwnerCgroup()
+		o := s.owned[ocg]
+		if o == nil {
+			o = &watchedCgroup{}
+			s.owned[ocg] = o
 		}
-		set[e] = struct{}{}
+		e.ownIndex = int32(len(o.entries))
+		o.entries = append(o.entries, e)
 	}
 }
 
 // chargeLocked adds d to the usage of e's cgroup and all its ancestors, of
 // its accounting uid and of its owner identity.
 func (s *Store) chargeLocked(e *Entry, d int) {
-	if e.Limited {
-		u := s.byUID[e.Acct]
+	pinned := e.Pinned()
+	if e.Limited() {
+		u := s.byUID[e.acct]
 		if u == nil {
 			u = &usage{}
-			s.byUID[e.Acct] = u
+			s.byUID[e.acct] = u
 		}
 		u.entries += d
-		if e.Pinned {
+		if pinned {
 			u.pinned += d
 		}
 		if u.entries == 0 {
-			delete(s.byUID, e.Acct)
+			delete(s.byUID, e.acct)
 		}
 	}
-	if e.Pinned {
-		if s.pins[e.Owner] += d; s.pins[e.Owner] == 0 {
-			delete(s.pins, e.Owner)
+	if pinned {
+		owner := e.Owner()
+		if s.pins[owner] += d; s.pins[owner] == 0 {
+			delete(s.pins, owner)
 		}
 	}
-	for p, ok := e.Cgroup, true; ok; p, ok = cgroup.Parent(p) {
+	ocg := e.OwnerCgroup()
+	for p, ok := e.Cgroup(), true; ok; p, ok = cgroup.Parent(p) {
 		u := s.usage[p]
 		if u == nil {
 			u = &usage{}
 			s.usage[p] = u
 		}
 		u.entries += d
-		if e.Pinned {
+		if pinned {
 			u.pinned += d
 		}
-		if p == e.OwnerCgroup {
+		if p == ocg {
 			u.owners += d
 		}
 		if u.entries == 0 {
@@ -327,7 +339,7 @@ func (s *Store) chargeLocked(e *Entry, d int) {
 // caller, who must Release it; nil if there is none.
 func (s *Store) Acquire(owner, name string) *Entry {
 	s.mu.RLock()
-	e := s.entries[Key{owner, name}]
+	e := s.entries.get(owner, name)
 	if e != nil {
 		e.refs.Add(1)
 	}
@@ -345,7 +357,7 @@ func (s *Store) AcquireOrWait(owner, name string) (*Entry, <-chan struct{}, func
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.entries[k]; e != nil {
+	if e := s.entries.get(owner, name); e != nil {
 		e.refs.Add(1)
 		return e, nil, nil
 	}
@@ -370,7 +382,7 @@ func (s *Store) AcquireOrWait(owner, name string) (*Entry, <-chan struct{}, func
 // limits.
 func (s *Store) Release(e *Entry) {
 	if e.unref() {
-		s.closer.Close(e.Acct, e.fd.Release())
+		s.closer.Close(e.acct, e.fd.Release())
 	}
 }
 
@@ -387,7 +399,7 @@ func (s *Store) ReleaseAll(dead []*Entry) {
 // are refused unchanged.
 func (s *Store) Revoke(owner, name string, may func(*Entry) error, shutdown bool) (id string, err error) {
 	s.mu.Lock()
-	e := s.entries[Key{owner, name}]
+	e := s.entries.get(owner, name)
 	if e == nil {
 		s.mu.Unlock()
 		return "", errorf(ErrNotFound, "%s:%s is not published", owner, name)
@@ -396,9 +408,9 @@ func (s *Store) Revoke(owner, name string, may func(*Entry) error, shutdown bool
 		s.mu.Unlock()
 		return "", err
 	}
-	if shutdown && e.Kind != "socket" {
+	if shutdown && e.Kind() != "socket" {
 		s.mu.Unlock()
-		return "", errorf(ErrNotSocket, "%s:%s is a %s, not a socket: shutdown cannot reach its other holders (revoke without it)", owner, name, e.Kind)
+		return "", errorf(ErrNotSocket, "%s:%s is a %s, not a socket: shutdown cannot reach its other holders (revoke without it)", owner, name, e.Kind())
 	}
 	if shutdown {
 		if err := linux.Shutdown(e.fd.Int(), unix.SHUT_RDWR); err != nil && !errors.Is(err, unix.ENOTCONN) {
@@ -408,16 +420,17 @@ func (s *Store) Revoke(owner, name string, may func(*Entry) error, shutdown bool
 	}
 	s.removeLocked(e)
 	s.mu.Unlock()
+	id = e.ID()
 	s.Release(e)
-	return e.id, nil
+	return id, nil
 }
 
 // removeLocked unlinks e and returns it; the caller releases the store's
 // reference after unlocking.
 func (s *Store) removeLocked(e *Entry) *Entry {
-	delete(s.entries, e.Key)
+	s.entries.del(e)
 	if e.heapIndex >= 0 {
-		heap.Remove(&s.exp, e.heapIndex)
+		heap.Remove(&s.exp, int(e.heapIndex))
 	}
 	s.chargeLocked(e, -1)
 	if s.obs != nil && !s.closed {
@@ -427,44 +440,52 @@ func (s *Store) removeLocked(e *Entry) *Entry {
 		copy(s.tombs, s.tombs[1:])
 		s.tombs = s.tombs[:maxTombs-1]
 	}
-	s.tombs = append(s.tombs, Tombstone{Key: e.Key, Kind: e.Kind, Dev: e.Dev, Ino: e.Ino, Removed: s.clock.Now()})
-	if set := s.owned[e.OwnerCgroup]; set != nil {
-		if _, ok := set[e]; ok {
-			delete(set, e)
-			if len(set) == 0 {
-				delete(s.owned, e.OwnerCgroup)
-			}
-			s.watch.Remove(e.OwnerCgroup)
+	dev, ino := e.File()
+	s.tombs = append(s.tombs, Tombstone{Key: e.Key(), Kind: e.Kind(), Dev: dev, Ino: ino, Removed: s.clock.Now()})
+	if e.ownIndex >= 0 {
+		ocg := e.OwnerCgroup()
+		o := s.owned[ocg]
+		last := o.entries[len(o.entries)-1]
+		o.entries[e.ownIndex], last.ownIndex = last, e.ownIndex
+		o.entries[len(o.entries)-1] = nil
+		o.entries = o.entries[:len(o.entries)-1]
+		e.ownIndex = -1
+		if len(o.entries) == 0 {
+			delete(s.owned, ocg)
 		}
+		s.watch.Remove(ocg)
 	}
 	return e
+}
+
+// dropOwnedLocked removes the watched entries of owner cgroup p published
+// before epoch, except keep, and appends them to dead.
+func (s *Store) dropOwnedLocked(p string, epoch uint64, keep *Entry, dead []*Entry) []*Entry {
+	o := s.owned[p]
+	if o == nil {
+		return dead
+	}
+	// Backwards: a removal moves the last entry, already seen, into its
+	// place.
+	for i := len(o.entries) - 1; i >= 0; i-- {
+		if e := o.entries[i]; e.epoch < epoch && e != keep {
+			dead = append(dead, s.removeLocked(e))
+		}
+	}
+	return dead
 }
 
 // DropOwned drops every unpinned entry of owner cgroup p (a container that
 // ended) and returns how many it dropped.
 func (s *Store) DropOwned(p string) int {
-	return s.drop(func() []*Entry {
-		var dead []*Entry
-		for e := range s.owned[p] {
-			dead = append(dead, s.removeLocked(e))
-		}
-		return dead
-	})
+	return s.drop(func() []*Entry { return s.dropOwnedLocked(p, math.MaxUint64, nil, nil) })
 }
 
 // OwnerEmptied drops the unpinned entries of owner cgroup p that were
 // published before the emptying the watcher numbered epoch, and returns
 // how many it dropped.
 func (s *Store) OwnerEmptied(p string, epoch uint64) int {
-	return s.drop(func() []*Entry {
-		var dead []*Entry
-		for e := range s.owned[p] {
-			if e.epoch < epoch {
-				dead = append(dead, s.removeLocked(e))
-			}
-		}
-		return dead
-	})
+	return s.drop(func() []*Entry { return s.dropOwnedLocked(p, epoch, nil, nil) })
 }
 
 // expire drops every entry whose deadline has passed and re-arms the timer.
@@ -472,11 +493,11 @@ func (s *Store) expire() {
 	s.drop(func() []*Entry {
 		var dead []*Entry
 		now := s.clock.Now()
-		for len(s.exp) > 0 && !s.exp[0].Expires.After(now) {
+		for len(s.exp) > 0 && s.exp[0].expiresBy(now) {
 			dead = append(dead, s.removeLocked(s.exp[0]))
 		}
 		if len(s.exp) > 0 && !s.closed {
-			s.timer.Reset(s.exp[0].Expires.Sub(now))
+			s.timer.Reset(s.exp[0].Expires().Sub(now))
 		}
 		return dead
 	})
@@ -507,7 +528,7 @@ func (s *Store) drop(remove func() []*Entry) int {
 // publish that could not be made durable.
 func (s *Store) Unpublish(e *Entry) {
 	s.mu.Lock()
-	if s.entries[e.Key] != e {
+	if s.entries.get(e.owner.Value(), e.name) != e {
 		s.mu.Unlock()
 		return
 	}
@@ -525,7 +546,11 @@ func (s *Store) Restore(e *Entry, id string) error {
 	defer func() { s.ReleaseAll(dead) }()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e.id = id
+	if n, err := ParseEntryID(id); err == nil && EntryID(n, e.Owner(), e.name) == id {
+		e.seq = n
+	} else {
+		e.extra().id = id
+	}
 	drop := func(err error) error {
 		dead = append(dead, e)
 		if s.obs != nil {
@@ -534,19 +559,20 @@ func (s *Store) Restore(e *Entry, id string) error {
 		return err
 	}
 	switch {
-	case s.entries[e.Key] != nil:
+	case s.entries.get(e.owner.Value(), e.name) != nil:
 		return drop(errors.New("duplicate"))
-	case !e.Expires.IsZero() && !e.Expires.After(s.clock.Now()):
+	case e.expiresBy(s.clock.Now()):
 		return drop(errors.New("expired"))
 	}
 	if e.watched() && s.watch != nil {
-		epoch, populated, _, err := s.watch.Add(e.OwnerCgroup)
+		ocg := e.OwnerCgroup()
+		epoch, populated, _, err := s.watch.Add(ocg)
 		if err != nil {
 			return drop(err)
 		}
 		if !populated {
-			s.watch.Remove(e.OwnerCgroup)
-			return drop(fmt.Errorf("owner cgroup %s has no processes left", e.OwnerCgroup))
+			s.watch.Remove(ocg)
+			return drop(fmt.Errorf("owner cgroup %s has no processes left", ocg))
 		}
 		e.epoch = epoch
 	}
@@ -571,7 +597,7 @@ func (s *Store) SetNext(n uint64) {
 func (s *Store) ReadLocked(f func(next uint64, entries iter.Seq[*Entry])) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	f(s.seq+1, maps.Values(s.entries))
+	f(s.seq+1, s.entries.all())
 }
 
 // Freeze stops the store for a hand-off: no more publishes, expiry or
@@ -583,8 +609,8 @@ func (s *Store) Freeze() (next uint64, entries []*Entry) {
 	defer s.mu.Unlock()
 	s.closed = true
 	s.timer.Stop()
-	entries = make([]*Entry, 0, len(s.entries))
-	for _, e := range s.entries {
+	entries = make([]*Entry, 0, s.entries.Len())
+	for e := range s.entries.all() {
 		e.refs.Add(1)
 		entries = append(entries, e)
 	}
@@ -597,8 +623,8 @@ func (s *Store) Freeze() (next uint64, entries []*Entry) {
 func (s *Store) Hold() (live []*Entry, tombs []Tombstone) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	live = make([]*Entry, 0, len(s.entries))
-	for _, e := range s.entries {
+	live = make([]*Entry, 0, s.entries.Len())
+	for e := range s.entries.all() {
 		e.refs.Add(1)
 		live = append(live, e)
 	}
@@ -609,14 +635,14 @@ func (s *Store) Hold() (live []*Entry, tombs []Tombstone) {
 // caller gets no references: it may read their fields, not use their fds.
 func (s *Store) Snapshot(visible func(*Entry) bool) []*Entry {
 	s.mu.RLock()
-	out := make([]*Entry, 0, len(s.entries))
-	for _, e := range s.entries {
+	out := make([]*Entry, 0, s.entries.Len())
+	for e := range s.entries.all() {
 		if visible(e) {
 			out = append(out, e)
 		}
 	}
 	s.mu.RUnlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Key.Less(out[j].Key) })
+	sort.Slice(out, func(i, j int) bool { return out[i].Key().Less(out[j].Key()) })
 	return out
 }
 
@@ -639,7 +665,7 @@ func (s *Store) Nodes(after string) []Node {
 func (s *Store) Len() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return len(s.entries)
+	return s.entries.Len()
 }
 
 // Counts returns the number of entries and of pinned entries: the root
@@ -650,7 +676,7 @@ func (s *Store) Counts() (entries, pinned int) {
 	if u := s.usage["/"]; u != nil {
 		pinned = u.pinned
 	}
-	return len(s.entries), pinned
+	return s.entries.Len(), pinned
 }
 
 // Responsive reports whether the store's lock can be taken: it blocks
@@ -668,7 +694,7 @@ func (s *Store) Close(ctx context.Context) (stuck map[uint32]int, err error) {
 	s.mu.Lock()
 	s.closed = true
 	s.timer.Stop()
-	for _, e := range s.entries {
+	for _, e := range slices.Collect(s.entries.all()) {
 		dead = append(dead, s.removeLocked(e))
 	}
 	s.mu.Unlock()

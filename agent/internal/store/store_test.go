@@ -74,29 +74,46 @@ func drain(t testing.TB, s *Store) {
 }
 
 // newEntry returns an unpublished entry owning a fresh memfd, in the root
-// cgroup, unlimited.
-func newEntry(t testing.TB, owner, name string) *Entry {
+// cgroup, unlimited, with what each of set changes.
+func newEntry(t testing.TB, owner, name string, set ...func(*Spec)) *Entry {
 	t.Helper()
 	fd, err := linux.MemfdCreate("store-test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return entryFor(owner, name, fd)
+	return entryFor(owner, name, fd, set...)
 }
 
-func entryFor(owner, name string, fd int) *Entry {
-	e := NewEntry(owner, name, fd)
-	e.Kind, e.Cgroup, e.OwnerCgroup, e.Published = "memfd", "/", "/", t0
-	e.Dev, e.Ino, _ = linux.FileID(fd)
-	return e
+func entryFor(owner, name string, fd int, set ...func(*Spec)) *Entry {
+	sp := Spec{Owner: owner, Name: name, Kind: "memfd", Cgroup: "/", OwnerCgroup: "/", Published: t0}
+	sp.Dev, sp.Ino, _ = linux.FileID(fd)
+	for _, f := range set {
+		f(&sp)
+	}
+	return NewEntry(&sp, fd)
 }
 
 // owned returns an unpinned entry of owner cgroup p.
 func owned(t testing.TB, name, p string) *Entry {
-	e := newEntry(t, "x.service", name)
-	e.Cgroup, e.OwnerCgroup = p, p
-	return e
+	return newEntry(t, "x.service", name, inCgroup(p, p))
 }
+
+// inCgroup sets an entry's cgroup and owner cgroup.
+func inCgroup(cg, owner string) func(*Spec) {
+	return func(sp *Spec) { sp.Cgroup, sp.OwnerCgroup = cg, owner }
+}
+
+// expires sets an entry's deadline.
+func expires(at time.Time) func(*Spec) { return func(sp *Spec) { sp.Expires = at } }
+
+// kind sets an entry's kind.
+func kind(k string) func(*Spec) { return func(sp *Spec) { sp.Kind = k } }
+
+// uid sets an entry's publisher's uid.
+func uid(u uint32) func(*Spec) { return func(sp *Spec) { sp.UID = u } }
+
+// pinned pins an entry.
+func pinned(sp *Spec) { sp.Pinned = true }
 
 // fdRef names an entry's open file by number and inode, so that a number
 // reused after close does not pass for it.
@@ -105,7 +122,10 @@ type fdRef struct {
 	dev, ino uint64
 }
 
-func refOf(e *Entry) fdRef { return fdRef{e.FD(), e.Dev, e.Ino} }
+func refOf(e *Entry) fdRef {
+	dev, ino := e.File()
+	return fdRef{e.FD(), dev, ino}
+}
 
 func (r fdRef) open() bool {
 	var st unix.Stat_t
@@ -123,7 +143,7 @@ func free() *Limits {
 func mustPublish(t testing.TB, s *Store, e *Entry) {
 	t.Helper()
 	if err := s.Publish(e, false, nil, free()); err != nil {
-		t.Fatalf("publish %s:%s: %v", e.Owner, e.Name, err)
+		t.Fatalf("publish %s:%s: %v", e.Owner(), e.Name(), err)
 	}
 }
 
@@ -139,14 +159,14 @@ func wantKind(t testing.TB, err, kind error, msgHas string) {
 func names(es []*Entry) []string {
 	var out []string
 	for _, e := range es {
-		out = append(out, e.Owner+":"+e.Name)
+		out = append(out, e.Owner()+":"+e.Name())
 	}
 	return out
 }
 
 func noReplace(t testing.TB) func(*Entry) error {
 	return func(old *Entry) error {
-		t.Errorf("mayReplace called for %s:%s without an entry to replace", old.Owner, old.Name)
+		t.Errorf("mayReplace called for %s:%s without an entry to replace", old.Owner(), old.Name())
 		return nil
 	}
 }
@@ -217,8 +237,7 @@ func TestPublishReplace(t *testing.T) {
 	}{{"allowed", nil}, {"refused", refuse}} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t)
-			old := newEntry(t, "x.service", "a")
-			old.UID = 1000
+			old := newEntry(t, "x.service", "a", uid(1000))
 			mustPublish(t, f.s, old)
 			oldFD := refOf(old)
 			e := newEntry(t, "x.service", "a")
@@ -258,8 +277,7 @@ func TestPublishReplace(t *testing.T) {
 
 func TestRevoke(t *testing.T) {
 	f := newFixture(t)
-	e := newEntry(t, "x.service", "a")
-	e.UID = 1000
+	e := newEntry(t, "x.service", "a", uid(1000))
 	mustPublish(t, f.s, e)
 	allow := func(*Entry) error { return nil }
 
@@ -291,7 +309,7 @@ func TestRevoke(t *testing.T) {
 	}
 	live, tombs := f.s.Hold()
 	f.s.ReleaseAll(live)
-	if len(tombs) != 1 || tombs[0].Key != e.Key || tombs[0].Ino != e.Ino || tombs[0].Kind != "memfd" || !tombs[0].Removed.Equal(t0) {
+	if _, ino := e.File(); len(tombs) != 1 || tombs[0].Key != e.Key() || tombs[0].Ino != ino || tombs[0].Kind != "memfd" || !tombs[0].Removed.Equal(t0) {
 		t.Fatalf("tombstones %+v", tombs)
 	}
 	ev, dropped := f.obs.take()
@@ -312,8 +330,7 @@ func TestRevokeShutdown(t *testing.T) {
 	if err := unix.SetNonblock(peer, true); err != nil {
 		t.Fatal(err)
 	}
-	e := entryFor("x.service", "sock", sp[0])
-	e.Kind = "socket"
+	e := entryFor("x.service", "sock", sp[0], kind("socket"))
 	mustPublish(t, f.s, e)
 	held := f.s.Acquire("x.service", "sock") // another holder's copy stays open
 	defer f.s.Release(held)
@@ -329,8 +346,7 @@ func TestRevokeShutdown(t *testing.T) {
 	}
 
 	// A shutdown that fails otherwise leaves the entry.
-	lie := newEntry(t, "x.service", "lie")
-	lie.Kind = "socket" // but a memfd: ENOTSOCK
+	lie := newEntry(t, "x.service", "lie", kind("socket")) // but a memfd: ENOTSOCK
 	mustPublish(t, f.s, lie)
 	if _, err := f.s.Revoke("x.service", "lie", func(*Entry) error { return nil }, true); !errors.Is(err, unix.ENOTSOCK) || f.s.Len() != 1 {
 		t.Fatalf("failed shutdown: %v, %d entries", err, f.s.Len())
@@ -341,8 +357,7 @@ func TestRevokeShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e = entryFor("x.service", "lonely", s)
-	e.Kind = "socket"
+	e = entryFor("x.service", "lonely", s, kind("socket"))
 	mustPublish(t, f.s, e)
 	if _, err := f.s.Revoke("x.service", "lonely", func(*Entry) error { return nil }, true); err != nil {
 		t.Fatalf("revoke of an unconnected socket: %v", err)
@@ -492,8 +507,9 @@ func TestQuotas(t *testing.T) {
 				if p.ownerCg == "" {
 					p.ownerCg = p.cgroup
 				}
-				e := newEntry(t, p.owner, p.name)
-				e.Cgroup, e.OwnerCgroup, e.Pinned, e.Limited, e.Acct = p.cgroup, p.ownerCg, p.pinned, p.limited, p.acct
+				e := newEntry(t, p.owner, p.name, func(sp *Spec) {
+					sp.Cgroup, sp.OwnerCgroup, sp.Pinned, sp.Limited, sp.Acct = p.cgroup, p.ownerCg, p.pinned, p.limited, p.acct
+				})
 				err := s.Publish(e, p.replace, func(*Entry) error { return nil }, &l)
 				if p.want == "" && err != nil {
 					t.Fatalf("step %d (%+v): %v", i, p, err)
@@ -569,8 +585,7 @@ func TestObserverOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.s.Publish(newEntry(t, "x.service", "a"), false, nil, free()) // refused: no event
-	exp := newEntry(t, "x.service", "c")
-	exp.Expires = t0.Add(time.Minute)
+	exp := newEntry(t, "x.service", "c", expires(t0.Add(time.Minute)))
 	mustPublish(t, f.s, exp)
 	if _, err := f.s.Revoke("x.service", "a", func(*Entry) error { return nil }, false); err != nil {
 		t.Fatal(err)
@@ -610,11 +625,12 @@ func TestExpiry(t *testing.T) {
 	ttls := map[string]time.Duration{"a": 3 * time.Minute, "b": time.Minute, "c": 2 * time.Minute, "d": 0, "e": 2 * time.Minute}
 	published := map[string]*Entry{}
 	for _, name := range []string{"a", "b", "c", "d", "e"} {
-		e := newEntry(t, "x.service", name)
-		e.Published = t0.Add(-time.Hour)
-		if ttls[name] > 0 {
-			e.Expires = t0.Add(ttls[name])
-		}
+		e := newEntry(t, "x.service", name, func(sp *Spec) {
+			sp.Published = t0.Add(-time.Hour)
+			if ttls[name] > 0 {
+				sp.Expires = t0.Add(ttls[name])
+			}
+		})
 		mustPublish(t, f.s, e)
 		published[name] = e
 	}
@@ -654,8 +670,8 @@ func TestExpiry(t *testing.T) {
 		}
 	}
 	for name, e := range published {
-		if !e.Published.Equal(t0.Add(-time.Hour)) || (ttls[name] == 0) != e.Expires.IsZero() || ttls[name] > 0 && !e.Expires.Equal(t0.Add(ttls[name])) {
-			t.Errorf("%s: Published %v, Expires %v changed", name, e.Published, e.Expires)
+		if !e.Published().Equal(t0.Add(-time.Hour)) || (ttls[name] == 0) != e.Expires().IsZero() || ttls[name] > 0 && !e.Expires().Equal(t0.Add(ttls[name])) {
+			t.Errorf("%s: Published %v, Expires %v changed", name, e.Published(), e.Expires())
 		}
 	}
 }
@@ -665,14 +681,12 @@ func TestExpiry(t *testing.T) {
 func TestExpiryReplace(t *testing.T) {
 	f := newFixture(t)
 	yes := func(*Entry) error { return nil }
-	a := newEntry(t, "x.service", "a")
-	a.Expires = t0.Add(time.Minute)
+	a := newEntry(t, "x.service", "a", expires(t0.Add(time.Minute)))
 	mustPublish(t, f.s, a)
-	b := newEntry(t, "x.service", "b")
-	b.Expires = t0.Add(2 * time.Minute)
+	b := newEntry(t, "x.service", "b", expires(t0.Add(2*time.Minute)))
 	mustPublish(t, f.s, b)
-	if armed, at := f.clk.armed(); !armed || !at.Equal(a.Expires) {
-		t.Fatalf("timer armed %v for %v, want for %v", armed, at, a.Expires)
+	if armed, at := f.clk.armed(); !armed || !at.Equal(a.Expires()) {
+		t.Fatalf("timer armed %v for %v, want for %v", armed, at, a.Expires())
 	}
 	a2 := newEntry(t, "x.service", "a") // never expires
 	if err := f.s.Publish(a2, true, yes, free()); err != nil {
@@ -690,8 +704,7 @@ func TestExpiryReplace(t *testing.T) {
 	if f.s.Len() != 1 || f.s.Acquire("x.service", "b") != nil {
 		t.Fatal("b did not expire at its deadline")
 	}
-	a3 := newEntry(t, "x.service", "a")
-	a3.Expires = f.clk.Now().Add(time.Second)
+	a3 := newEntry(t, "x.service", "a", expires(f.clk.Now().Add(time.Second)))
 	if err := f.s.Publish(a3, true, yes, free()); err != nil {
 		t.Fatal(err)
 	}
@@ -699,7 +712,7 @@ func TestExpiryReplace(t *testing.T) {
 	if f.s.Len() != 0 {
 		t.Fatal("an expiring replacement of a non-expiring entry did not expire")
 	}
-	if !a.Expires.Equal(t0.Add(time.Minute)) || !a2.Expires.IsZero() {
+	if !a.Expires().Equal(t0.Add(time.Minute)) || !a2.Expires().IsZero() {
 		t.Fatal("Expires changed")
 	}
 }
@@ -709,8 +722,7 @@ func TestExpiryReplace(t *testing.T) {
 func TestExpiryAfterRevoke(t *testing.T) {
 	f := newFixture(t)
 	for i, name := range []string{"a", "b"} {
-		e := newEntry(t, "x.service", name)
-		e.Expires = t0.Add(time.Duration(i+1) * time.Minute)
+		e := newEntry(t, "x.service", name, expires(t0.Add(time.Duration(i+1)*time.Minute)))
 		mustPublish(t, f.s, e)
 	}
 	f.s.Revoke("x.service", "a", func(*Entry) error { return nil }, false)
@@ -740,8 +752,7 @@ func TestOwnerCgroup(t *testing.T) {
 
 	f.w.Populate(svc, true)
 	mustPublish(t, f.s, owned(t, "a", svc))
-	pin := owned(t, "pinned", svc)
-	pin.Pinned = true
+	pin := newEntry(t, "x.service", "pinned", inCgroup(svc, svc), pinned)
 	mustPublish(t, f.s, pin)
 	root := newEntry(t, "x.service", "root") // owner "/": never watched
 	mustPublish(t, f.s, root)
@@ -797,7 +808,7 @@ func TestOwnerCgroup(t *testing.T) {
 	// DropOwned drops every unpinned entry of the cgroup, whatever its epoch.
 	mustPublish(t, f.s, owned(t, "g", svc))
 	other := owned(t, "other", "/system.slice/y.service")
-	f.w.Populate(other.OwnerCgroup, true)
+	f.w.Populate(other.OwnerCgroup(), true)
 	mustPublish(t, f.s, other)
 	if n := f.s.DropOwned(svc); n != 2 {
 		t.Fatalf("DropOwned dropped %d, want 2", n)
@@ -805,7 +816,7 @@ func TestOwnerCgroup(t *testing.T) {
 	if got := names(f.s.Snapshot(func(*Entry) bool { return true })); !slices.Equal(got, []string{"x.service:other", "x.service:pinned", "x.service:root"}) {
 		t.Fatalf("entries %v", got)
 	}
-	if f.w.Refs(svc) != 0 || f.w.Refs(other.OwnerCgroup) != 1 {
+	if f.w.Refs(svc) != 0 || f.w.Refs(other.OwnerCgroup()) != 1 {
 		t.Fatal("watch references unbalanced")
 	}
 }
@@ -929,8 +940,7 @@ func TestOwnerEmptiedRacesPublishes(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				e := entryFor("x.service", fmt.Sprintf("w%d-%d", i, j), fd)
-				e.Cgroup, e.OwnerCgroup = svc+"/sub", svc
+				e := entryFor("x.service", fmt.Sprintf("w%d-%d", i, j), fd, inCgroup(svc+"/sub", svc))
 				if err := f.s.Publish(e, false, nil, free()); err != nil {
 					t.Error(err)
 					return
@@ -952,7 +962,7 @@ func TestOwnerEmptiedRacesPublishes(t *testing.T) {
 	}
 	for _, e := range live {
 		if e.epoch < last {
-			t.Errorf("%s published at epoch %d survived the emptying of epoch %d", e.Name, e.epoch, last)
+			t.Errorf("%s published at epoch %d survived the emptying of epoch %d", e.Name(), e.epoch, last)
 		}
 	}
 	if f.w.Refs(svc) != len(live) {
@@ -969,15 +979,15 @@ func TestQuotasConcurrent(t *testing.T) {
 		l       Limits
 		limit   int
 		exact   bool // refusals' closes do not count against this limit
-		prepare func(e *Entry, i int)
+		prepare func(sp *Spec, i int)
 	}{
-		{"max", Limits{Max: 13, PerUID: 1000, PinnedPerUID: 1000, Node: noNode}, 13, true, func(*Entry, int) {}},
-		{"reserve", Limits{Max: 20, Reserve: 9, PerUID: 1000, PinnedPerUID: 1000, Node: noNode}, 11, true, func(e *Entry, _ int) { e.Limited = true }},
-		{"per uid", Limits{Max: 1000, PerUID: 7, PinnedPerUID: 1000, Node: noNode}, 7, false, func(e *Entry, _ int) { e.Limited, e.Acct = true, 1000 }},
-		{"pinned per uid", Limits{Max: 1000, PerUID: 1000, PinnedPerUID: 5, Node: noNode}, 5, true, func(e *Entry, _ int) { e.Limited, e.Pinned, e.Acct = true, true, 1000 }},
-		{"node", Limits{Max: 1000, PerUID: 1000, PinnedPerUID: 1000, Node: nodeLimits{entries: map[string]int{"/a": 9}}.limits}, 9, true, func(e *Entry, i int) {
-			e.Cgroup = fmt.Sprintf("/a/b%d", i%3)
-			e.OwnerCgroup = e.Cgroup
+		{"max", Limits{Max: 13, PerUID: 1000, PinnedPerUID: 1000, Node: noNode}, 13, true, func(*Spec, int) {}},
+		{"reserve", Limits{Max: 20, Reserve: 9, PerUID: 1000, PinnedPerUID: 1000, Node: noNode}, 11, true, func(sp *Spec, _ int) { sp.Limited = true }},
+		{"per uid", Limits{Max: 1000, PerUID: 7, PinnedPerUID: 1000, Node: noNode}, 7, false, func(sp *Spec, _ int) { sp.Limited, sp.Acct = true, 1000 }},
+		{"pinned per uid", Limits{Max: 1000, PerUID: 1000, PinnedPerUID: 5, Node: noNode}, 5, true, func(sp *Spec, _ int) { sp.Limited, sp.Pinned, sp.Acct = true, true, 1000 }},
+		{"node", Limits{Max: 1000, PerUID: 1000, PinnedPerUID: 1000, Node: nodeLimits{entries: map[string]int{"/a": 9}}.limits}, 9, true, func(sp *Spec, i int) {
+			sp.Cgroup = fmt.Sprintf("/a/b%d", i%3)
+			sp.OwnerCgroup = sp.Cgroup
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -994,8 +1004,7 @@ func TestQuotasConcurrent(t *testing.T) {
 							t.Error(err)
 							return
 						}
-						e := entryFor("x.service", fmt.Sprintf("%d-%d", i, j), fd)
-						tc.prepare(e, i)
+						e := entryFor("x.service", fmt.Sprintf("%d-%d", i, j), fd, func(sp *Spec) { tc.prepare(sp, i) })
 						err = s.Publish(e, false, nil, &tc.l)
 						switch {
 						case err == nil:
@@ -1018,11 +1027,10 @@ func TestQuotasConcurrent(t *testing.T) {
 func TestFreeze(t *testing.T) {
 	f := newFixture(t)
 	f.w.Populate(svc, true)
-	a := newEntry(t, "x.service", "a")
-	a.Expires = t0.Add(time.Minute)
+	a := newEntry(t, "x.service", "a", expires(t0.Add(time.Minute)))
 	mustPublish(t, f.s, a)
 	mustPublish(t, f.s, owned(t, "b", svc))
-	fds := []fdRef{refOf(a), refOf(f.s.entries[Key{"x.service", "b"}])}
+	fds := []fdRef{refOf(a), refOf(f.s.entries.get("x.service", "b"))}
 	next, held := f.s.Freeze()
 	if next != 3 || !slices.Equal(sortedNames(held), []string{"x.service:a", "x.service:b"}) {
 		t.Fatalf("Freeze = %d, %v", next, names(held))
@@ -1098,7 +1106,7 @@ func TestSnapshot(t *testing.T) {
 	if want := []string{"a:b", "a:y", "b:a", "b:z", "c:a"}; !slices.Equal(all, want) {
 		t.Fatalf("Snapshot = %v, want %v", all, want)
 	}
-	some := names(f.s.Snapshot(func(e *Entry) bool { return e.Owner != "b" }))
+	some := names(f.s.Snapshot(func(e *Entry) bool { return e.Owner() != "b" }))
 	if want := []string{"a:b", "a:y", "c:a"}; !slices.Equal(some, want) {
 		t.Fatalf("filtered Snapshot = %v, want %v", some, want)
 	}
@@ -1115,8 +1123,7 @@ func TestNodes(t *testing.T) {
 	for _, spec := range []struct{ name, cg, owner string }{
 		{"1", "/a/b", "/a/b"}, {"2", "/a/c/d", "/a/c"}, {"3", "/d", "/"}, {"4", "/a/b", "/a/b"},
 	} {
-		e := newEntry(t, "x.service", spec.name)
-		e.Cgroup, e.OwnerCgroup, e.Pinned = spec.cg, spec.owner, true
+		e := newEntry(t, "x.service", spec.name, inCgroup(spec.cg, spec.owner), pinned)
 		mustPublish(t, f.s, e)
 	}
 	all := []Node{
@@ -1246,14 +1253,12 @@ func TestRestore(t *testing.T) {
 		t.Fatalf("restored entry: id %s, %d watch references", ok.ID(), f.w.Refs(svc))
 	}
 	dup := newEntry(t, "x.service", "a")
-	expired := newEntry(t, "x.service", "old")
-	expired.Expires = t0
+	expired := newEntry(t, "x.service", "old", expires(t0))
 	gone := owned(t, "gone", "/system.slice/gone.service")
 	boom := errors.New("watch failed")
 	broken := owned(t, "broken", "/system.slice/broken.service")
-	f.w.FailAdd(broken.OwnerCgroup, boom)
-	later := newEntry(t, "x.service", "later")
-	later.Expires = t0.Add(time.Minute)
+	f.w.FailAdd(broken.OwnerCgroup(), boom)
+	later := newEntry(t, "x.service", "later", expires(t0.Add(time.Minute)))
 	for _, tc := range []struct {
 		e    *Entry
 		want string
@@ -1267,11 +1272,11 @@ func TestRestore(t *testing.T) {
 			continue
 		}
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Fatalf("Restore of %s = %v, want %q", tc.e.Name, err, tc.want)
+			t.Fatalf("Restore of %s = %v, want %q", tc.e.Name(), err, tc.want)
 		}
 		drain(t, f.s)
 		if fd.open() {
-			t.Fatalf("refused restore of %s left its fd open", tc.e.Name)
+			t.Fatalf("refused restore of %s left its fd open", tc.e.Name())
 		}
 	}
 	ev, _ := f.obs.take()
