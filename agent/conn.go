@@ -13,6 +13,7 @@ import (
 	"github.com/capd-dev/capd/agent/internal/audit"
 	"github.com/capd-dev/capd/agent/internal/store"
 	"github.com/capd-dev/capd/agent/policy"
+	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/internal/fdpass"
 	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/proto"
@@ -32,6 +33,10 @@ type conn struct {
 	pidfdErr error
 	log      *slog.Logger // rate-limited per accounting uid
 	peer     peer
+	// ownerID is the id of the peer's owner cgroup, once ownerCgroupID
+	// looked it up (ownerIDRead).
+	ownerID     uint64
+	ownerIDRead bool
 
 	mu sync.Mutex // guards fd against Shutdown
 	fd int
@@ -413,8 +418,12 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, reqFD *linux.FD) error 
 		sp.Expires = sp.Published.Add(time.Duration(ttl) * time.Millisecond)
 	}
 	e := store.NewEntry(&sp, reqFD.Release())
+	var ownerID uint64
+	if !sp.Pinned {
+		ownerID = c.ownerCgroupID()
+	}
 	mayReplace := func(old *store.Entry) error { return c.authorize(cfg, policy.Replace, old.Target()) }
-	if err := c.srv.store.Publish(e, flags&proto.FlagReplace != 0, mayReplace, c.srv.limits(cfg)); err != nil {
+	if err := c.srv.store.Publish(e, ownerID, flags&proto.FlagReplace != 0, mayReplace, c.srv.limits(cfg)); err != nil {
 		return err
 	}
 	// Acknowledged only once systemd holds it: otherwise it is taken back.
@@ -427,6 +436,26 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, reqFD *linux.FD) error 
 	c.srv.stats.publishes.Add(1)
 	c.log.Info("published", "owner", sp.Owner, "name", name, "kind", sp.Kind, "pin", sp.Pinned, "ttl", time.Duration(ttl)*time.Millisecond, "uid", sp.UID, "pid", c.peer.PID)
 	return nil
+}
+
+// ownerCgroupID returns the id of the peer's owner cgroup, with which the
+// store tells whether the cgroup it watches at that path is the peer's:
+// the id PIDFD_GET_INFO gave for the peer's cgroup if that is the owner
+// cgroup, else the inode of the owner cgroup's directory, looked up once
+// per connection; 0 if neither can be had.
+func (c *conn) ownerCgroupID() uint64 {
+	if !c.ownerIDRead {
+		c.ownerIDRead = true
+		if c.peer.OwnerCgroup == c.peer.Cgroup && c.peer.CgroupID != 0 {
+			c.ownerID = c.peer.CgroupID
+		} else if cgroup.Watchable(c.peer.OwnerCgroup) {
+			var st unix.Stat_t
+			if linux.Stat(c.srv.resolver.Abs(c.peer.OwnerCgroup), &st) == nil {
+				c.ownerID = st.Ino
+			}
+		}
+	}
+	return c.ownerID
 }
 
 func (c *conn) revoke(cfg *policy.Config, attrs []byte) error {

@@ -23,6 +23,8 @@ type peer struct {
 	// cgroup, or Cgroup itself (see cgroup.Owner).
 	Cgroup      string
 	OwnerCgroup string
+	// CgroupID is Cgroup's id as PIDFD_GET_INFO reported it (0: not known).
+	CgroupID uint64
 	// Acct is the uid that limits count against: UID, or for a process in
 	// a user namespace the owner of the outermost user namespace below the
 	// agent's (see acctUID).
@@ -97,7 +99,7 @@ func resolvePeer(cred *unix.Ucred, pidfd int, pidfdErr error, r *cgroup.Resolver
 	var err error
 	p.UID, p.Acct = cred.Uid, cred.Uid
 
-	p.Cgroup, _, err = cgroupOf(pidfd, int(cred.Pid), r)
+	p.Cgroup, p.CgroupID, err = cgroupOf(pidfd, int(cred.Pid), r)
 	if err != nil {
 		return peer{}, err
 	}

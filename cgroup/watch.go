@@ -87,6 +87,10 @@ func Procs(dir string) ([]int, error) {
 // so a caller that records the epoch can tell whether an emptying reported
 // later happened before or after its Add: OnEmpty(path, epoch) concerns
 // exactly the holders that recorded an epoch below epoch.
+//
+// The watcher also keeps what it last read of each watched cgroup's
+// populated key, so that a cgroup it watches already costs a new holder
+// no system call (Hold).
 type Watcher struct {
 	mount   string
 	onEmpty func(path string, epoch uint64)
@@ -103,11 +107,12 @@ type Watcher struct {
 }
 
 type watch struct {
-	path  string
-	wd    int32  // -1 while there is no inotify watch (never added, or cgroup removed)
-	ino   uint64 // inode of the cgroup directory the watch is on
-	refs  int
-	epoch uint64
+	path      string
+	wd        int32  // -1 while there is no inotify watch (never added, or cgroup removed)
+	ino       uint64 // inode (the cgroup id) of the cgroup directory the watch is on; 0 if unknown
+	refs      int
+	epoch     uint64
+	populated bool // what the watcher last read of populated (false after an emptying, a removal or a failed read)
 }
 
 // parent is the watch on the directory holding watched cgroups, for the
@@ -204,11 +209,13 @@ func (w *Watcher) Add(p string) (epoch uint64, populated, recreated bool, err er
 		wt.wd = int32(wd)
 		w.wds[wt.wd] = wt
 		var st unix.Stat_t
+		wt.ino = 0
 		if linux.Stat(dir, &st) == nil {
 			wt.ino = st.Ino
 		}
 	}
 	populated, err = Populated(dir)
+	wt.populated = err == nil && populated
 	if err != nil {
 		if wt.refs == 0 {
 			w.dropLocked(wt)
@@ -218,6 +225,29 @@ func (w *Watcher) Add(p string) (epoch uint64, populated, recreated bool, err er
 	wt.refs++
 	w.paths[p] = wt
 	return wt.epoch, populated, recreated, nil
+}
+
+// Hold takes a reference on the watch of cgroup path p without a system
+// call, if there is one on the cgroup whose id is id (its directory's
+// inode: the id PIDFD_GET_INFO reports) and the watcher last read that
+// cgroup populated; it returns the watch's epoch. Otherwise it takes
+// nothing and returns false: the caller Adds, which reads cgroup.events
+// and finds out whether the cgroup at p was created again. A Hold that
+// succeeded is balanced by one Remove, as an Add is.
+//
+// What Hold knows is what the kernel last reported: an emptying whose
+// notification is still on its way (the kernel delays one by up to 20 ms
+// after the previous one) is reported with a new epoch, which concerns
+// the holder Hold gave the old one.
+func (w *Watcher) Hold(p string, id uint64) (epoch uint64, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	wt := w.paths[p]
+	if wt == nil || wt.wd < 0 || id == 0 || wt.ino != id || !wt.populated {
+		return 0, false
+	}
+	wt.refs++
+	return wt.epoch, true
 }
 
 // Remove drops one reference on p's watch; the last one removes it.
@@ -323,8 +353,15 @@ func (w *Watcher) handle(b []byte, out []fired) []fired {
 	defer w.mu.Unlock()
 	emptied := func(wt *watch) {
 		w.epoch++
-		wt.epoch = w.epoch
+		wt.epoch, wt.populated = w.epoch, false
 		out = append(out, fired{wt.path, wt.epoch})
+	}
+	// read re-reads wt's populated key and reports whether it read that
+	// the cgroup is empty.
+	read := func(wt *watch) bool {
+		pop, err := Populated(w.dir(wt.path))
+		wt.populated = err == nil && pop
+		return err == nil && !pop
 	}
 	for len(b) >= unix.SizeofInotifyEvent {
 		ev := (*unix.InotifyEvent)(unsafe.Pointer(&b[0]))
@@ -337,7 +374,7 @@ func (w *Watcher) handle(b []byte, out []fired) []fired {
 		if ev.Mask&unix.IN_Q_OVERFLOW != 0 {
 			// Events were lost: look at every watched cgroup.
 			for _, wt := range w.paths {
-				if pop, err := Populated(w.dir(wt.path)); err == nil && !pop {
+				if read(wt) {
 					emptied(wt)
 				}
 			}
@@ -370,7 +407,7 @@ func (w *Watcher) handle(b []byte, out []fired) []fired {
 			wt.wd = -1
 			emptied(wt)
 		case ev.Mask&unix.IN_MODIFY != 0:
-			if pop, err := Populated(w.dir(wt.path)); err == nil && !pop {
+			if read(wt) {
 				emptied(wt)
 			}
 		}

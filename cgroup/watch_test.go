@@ -6,7 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/capd-dev/capd/cgroup"
+	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/testutil"
 )
 
@@ -163,5 +166,130 @@ func TestWatcherRecreatedBeforeEvents(t *testing.T) {
 			w.Remove(cg.Path)
 			return
 		}
+	}
+}
+
+// cgroupID is the id the agent has of a peer's cgroup: what PIDFD_GET_INFO
+// reports for a process in it, which must be the directory's inode, the
+// id Hold compares.
+func cgroupID(t *testing.T, cg *testutil.Cgroup) uint64 {
+	t.Helper()
+	cmd := cg.Command("sleep", "3600")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	pidfd, err := linux.PidfdOpen(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer linux.Close(pidfd)
+	info, err := linux.PidfdGetInfo(pidfd, unix.PIDFD_INFO_CGROUPID)
+	if err != nil || info.Mask&unix.PIDFD_INFO_CGROUPID == 0 {
+		t.Fatalf("PIDFD_GET_INFO: %v (mask %#x)", err, info.Mask)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(cg.Dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if info.Cgroupid != st.Ino {
+		t.Fatalf("PIDFD_GET_INFO reports cgroup id %d, the directory's inode is %d", info.Cgroupid, st.Ino)
+	}
+	return info.Cgroupid
+}
+
+// waitHold polls Hold (a lookup, no system call) until it answers ok, for
+// up to 5 s, while the watcher reads the kernel's notifications; it returns
+// the epoch.
+func waitHold(t *testing.T, w *cgroup.Watcher, p string, id uint64, ok bool) uint64 {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		epoch, got := w.Hold(p, id)
+		if got {
+			w.Remove(p)
+		}
+		if got == ok {
+			return epoch
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Hold(%s, %d) still %v after 5s", p, id, got)
+		}
+	}
+}
+
+// Hold joins a watch on the cgroup with the given id that the watcher saw
+// populated last, and nothing else: no watch, another cgroup's id (a
+// cgroup made again at the path), an emptying or a removal the watcher
+// saw.
+func TestWatcherHold(t *testing.T) {
+	testutil.RequireRoot(t)
+	cg := testutil.NewCgroup(t, "held.service")
+	mount, err := cgroup.V2Mountpoint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan report, 16)
+	w, err := cgroup.NewWatcher(mount, func(p string, epoch uint64) { ch <- report{p, epoch} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	id := cgroupID(t, cg)
+	if _, ok := w.Hold(cg.Path, id); ok {
+		t.Fatal("Hold without a watch")
+	}
+	cg.Keep(t)
+	epoch, pop, _, err := w.Add(cg.Path)
+	if err != nil || !pop {
+		t.Fatal(pop, err)
+	}
+	for _, bad := range []uint64{0, id + 1} {
+		if _, ok := w.Hold(cg.Path, bad); ok {
+			t.Fatalf("Hold with id %d of a cgroup with id %d", bad, id)
+		}
+	}
+	if e, ok := w.Hold(cg.Path, id); !ok || e != epoch {
+		t.Fatalf("Hold = %d, %v; want epoch %d", e, ok, epoch)
+	}
+	w.Remove(cg.Path) // the Hold's
+	if w.Len() != 1 {
+		t.Fatalf("watching %d cgroups", w.Len())
+	}
+
+	// Seen empty: no Hold; seen populated again: Hold, at the epoch past
+	// the emptying.
+	cg.Kill(t)
+	emptied := expectReport(t, ch, cg.Path, 0) // once, or again for a notification the kernel held back
+	if emptied <= epoch {
+		t.Fatalf("emptied at epoch %d, not past %d", emptied, epoch)
+	}
+	waitHold(t, w, cg.Path, id, false)
+	cg.Keep(t)
+	if e := waitHold(t, w, cg.Path, id, true); e != emptied {
+		t.Fatalf("held at epoch %d, want %d", e, emptied)
+	}
+
+	// Removed and made again: neither the old id nor the new one holds
+	// until an Add moves the watch to the new cgroup.
+	cg.Recreate(t)
+	expectReport(t, ch, cg.Path, 0)
+	cg.Keep(t)
+	newID := cgroupID(t, cg)
+	for _, i := range []uint64{id, newID} {
+		if _, ok := w.Hold(cg.Path, i); ok {
+			t.Fatalf("Hold with id %d after the cgroup was made again", i)
+		}
+	}
+	if _, pop, _, err := w.Add(cg.Path); err != nil || !pop {
+		t.Fatal(pop, err)
+	}
+	if _, ok := w.Hold(cg.Path, id); ok {
+		t.Fatal("Hold with the removed cgroup's id")
+	}
+	waitHold(t, w, cg.Path, newID, true)
+	w.Remove(cg.Path)
+	w.Remove(cg.Path)
+	if w.Len() != 0 {
+		t.Fatalf("watching %d cgroups after every Remove", w.Len())
 	}
 }

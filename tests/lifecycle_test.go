@@ -122,6 +122,32 @@ func TestShortLivedPublisher(t *testing.T) {
 	e.waitNames("", "oneshot.service:kept")
 }
 
+// Unpinned entries published while their owner cgroup is already watched
+// (from the unit's cgroup, whose id the agent has from the pidfd, and from
+// a cgroup below it) join the watch, and go with the others when the
+// cgroup empties; so do those of the cgroup made again at the same path.
+func TestUnpinnedEntriesShareTheOwnersWatch(t *testing.T) {
+	e := newEnv(t, seedPolicy, "rpm-ostreed.service", "rpm-ostreed.service/worker", "other.service")
+	owner := e.cgs["rpm-ostreed.service"]
+	e.publishFile("rpm-ostreed.service", "a", "a")
+	e.publishFile("rpm-ostreed.service", "b", "b")
+	e.publishFile("rpm-ostreed.service/worker", "c", "c")
+	e.waitNames("other.service", "rpm-ostreed.service:a rpm-ostreed.service:b rpm-ostreed.service:c")
+	owner.Kill(t)
+	e.waitNames("other.service", "")
+
+	owner.Recreate(t)
+	owner.Keep(t)
+	e.publishFile("rpm-ostreed.service", "d", "d")
+	e.publishFile("rpm-ostreed.service", "e", "e")
+	if got := e.read("other.service", "rpm-ostreed.service:e"); got != "e" {
+		t.Fatalf("consumer read %q", got)
+	}
+	owner.Kill(t)
+	e.waitNames("other.service", "")
+	expectFail(t, e.run("other.service", nil, "acquire", "rpm-ostreed.service:e", "--", "true"), 5, "not-found")
+}
+
 const quotaPolicy = `
 [agent]
 default_max_entries = 3

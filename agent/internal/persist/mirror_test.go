@@ -259,7 +259,7 @@ func TestMirrorCrashAnywhere(t *testing.T) {
 			sp.Allow = append(sp.Allow, policy.Pattern("p"+strings.Repeat("x", rng.IntN(200))+".service"))
 		}
 		e := store.NewEntry(&sp, fd)
-		if err := fx.st.Publish(e, replace, func(*store.Entry) error { return nil }, limits); err != nil {
+		if err := fx.st.Publish(e, 0, replace, func(*store.Entry) error { return nil }, limits); err != nil {
 			return "publish refused: " + err.Error(), false
 		}
 		mid = state(fx.st, fx.reg)

@@ -27,6 +27,7 @@ func TestMain(m *testing.M) { os.Exit(testutil.LeakCheck(m)) }
 type cgroups map[string]uint64 // path -> inode
 
 func (c cgroups) Add(p string) (uint64, bool, bool, error) { _, ok := c[p]; return 1, ok, false, nil }
+func (c cgroups) Hold(string, uint64) (uint64, bool)       { return 0, false }
 func (c cgroups) Remove(string)                            {}
 func (c cgroups) ID(p string) (uint64, error) {
 	if id, ok := c[p]; ok {
@@ -213,7 +214,7 @@ func TestHandoffRestoresEverything(t *testing.T) {
 			UID: uint32(1000 + i), Acct: uint32(1000 + i), Limited: true, Published: time.Now().Truncate(time.Millisecond),
 		}
 		sp.Dev, sp.Ino, _ = linux.FileID(fd)
-		if err := from.st.Publish(store.NewEntry(&sp, fd), false, nil, limits); err != nil {
+		if err := from.st.Publish(store.NewEntry(&sp, fd), 0, false, nil, limits); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -260,7 +261,7 @@ func TestHandoffRestoresEverything(t *testing.T) {
 	}
 	fd, _ := linux.MemfdCreate("e")
 	e := store.NewEntry(&store.Spec{Owner: "x.service", Name: "d", Pinned: true, Cgroup: "/svc", OwnerCgroup: "/svc", Kind: "memfd"}, fd)
-	if err := to.st.Publish(e, false, nil, limits); err != nil {
+	if err := to.st.Publish(e, 0, false, nil, limits); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := store.ParseEntryID(e.ID()); n != 4 {

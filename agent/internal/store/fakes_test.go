@@ -107,23 +107,26 @@ func (c *fakeClock) armed() (bool, time.Time) {
 }
 
 // fakeWatcher follows fake owner cgroups: each path has a populated flag
-// and an epoch (from one counter, as cgroup.Watcher's), and Add counts
-// references so that tests can check that every Add is balanced by one
-// Remove.
+// (what the watcher last saw), an epoch (from one counter, as
+// cgroup.Watcher's) and the id of the cgroup watched there; Add and Hold
+// count references so that tests can check that every one is balanced by
+// one Remove.
 type fakeWatcher struct {
-	mu            sync.Mutex
-	epoch         uint64
-	paths         map[string]*fakeCgroup
-	adds, removes int
-	bad           []string // Removes without a reference
+	mu                   sync.Mutex
+	epoch                uint64
+	ids                  uint64 // the last cgroup id given out
+	paths                map[string]*fakeCgroup
+	adds, holds, removes int
+	bad                  []string // Removes without a reference
 }
 
 type fakeCgroup struct {
 	populated bool
 	epoch     uint64
+	id        uint64 // the watched cgroup's id
 	refs      int
-	recreate  bool  // the next Add finds the cgroup made again
-	err       error // Add fails with it
+	recreate  uint64 // not 0: the next Add finds the cgroup made again, with this id
+	err       error  // Add fails with it
 }
 
 func newFakeWatcher() *fakeWatcher { return &fakeWatcher{paths: make(map[string]*fakeCgroup)} }
@@ -131,7 +134,8 @@ func newFakeWatcher() *fakeWatcher { return &fakeWatcher{paths: make(map[string]
 func (w *fakeWatcher) cgLocked(p string) *fakeCgroup {
 	c := w.paths[p]
 	if c == nil {
-		c = &fakeCgroup{epoch: w.epoch}
+		w.ids++
+		c = &fakeCgroup{epoch: w.epoch, id: w.ids}
 		w.paths[p] = c
 	}
 	return c
@@ -147,8 +151,8 @@ func (w *fakeWatcher) Add(p string) (epoch uint64, populated, recreated bool, er
 	if c.refs == 0 {
 		c.epoch = w.epoch // a watch made anew starts at the counter
 	}
-	if c.recreate {
-		c.recreate = false
+	if c.recreate != 0 {
+		c.id, c.recreate = c.recreate, 0
 		if c.refs > 0 {
 			w.epoch++
 			c.epoch, recreated = w.epoch, true
@@ -157,6 +161,27 @@ func (w *fakeWatcher) Add(p string) (epoch uint64, populated, recreated bool, er
 	c.refs++
 	w.adds++
 	return c.epoch, c.populated, recreated, nil
+}
+
+// Hold takes a reference if p is watched, on the cgroup with id id, and
+// was seen populated, as cgroup.Watcher's does.
+func (w *fakeWatcher) Hold(p string, id uint64) (uint64, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c := w.paths[p]
+	if c == nil || c.refs == 0 || id == 0 || c.id != id || !c.populated {
+		return 0, false
+	}
+	c.refs++
+	w.holds++
+	return c.epoch, true
+}
+
+// ID returns the id of the cgroup watched at p.
+func (w *fakeWatcher) ID(p string) uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.cgLocked(p).id
 }
 
 func (w *fakeWatcher) Remove(p string) {
@@ -200,12 +225,15 @@ func (w *fakeWatcher) Bump(p string) uint64 {
 	return c.epoch
 }
 
-// Recreate makes p a new, populated cgroup that the next Add discovers.
-func (w *fakeWatcher) Recreate(p string) {
+// Recreate makes p a new, populated cgroup that the next Add discovers,
+// and returns its id.
+func (w *fakeWatcher) Recreate(p string) uint64 {
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	c := w.cgLocked(p)
-	c.recreate, c.populated = true, true
-	w.mu.Unlock()
+	w.ids++
+	c.recreate, c.populated = w.ids, true
+	return w.ids
 }
 
 // FailAdd makes Add of p fail with err (nil: succeed again).
@@ -225,11 +253,12 @@ func (w *fakeWatcher) Refs(p string) int {
 	return 0
 }
 
-// Calls returns how many Adds succeeded and how many Removes matched one.
-func (w *fakeWatcher) Calls() (adds, removes int) {
+// Calls returns how many Adds and Holds succeeded and how many Removes
+// matched one.
+func (w *fakeWatcher) Calls() (adds, holds, removes int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.adds, w.removes
+	return w.adds, w.holds, w.removes
 }
 
 // checkBalanced fails t unless every reference Add took was dropped.
@@ -242,8 +271,8 @@ func (w *fakeWatcher) checkBalanced(t testing.TB) {
 			t.Errorf("watcher: %d references left on %s", c.refs, p)
 		}
 	}
-	if w.adds != w.removes || len(w.bad) > 0 {
-		t.Errorf("watcher: %d Adds, %d Removes, Removes without a reference: %v", w.adds, w.removes, w.bad)
+	if w.adds+w.holds != w.removes || len(w.bad) > 0 {
+		t.Errorf("watcher: %d Adds, %d Holds, %d Removes, Removes without a reference: %v", w.adds, w.holds, w.removes, w.bad)
 	}
 }
 

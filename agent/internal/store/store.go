@@ -29,7 +29,12 @@ type Watcher interface {
 	// again since the watch began (holders with an older epoch belong to
 	// the old cgroup).
 	Add(p string) (epoch uint64, populated, recreated bool, err error)
-	// Remove drops a reference Add took.
+	// Hold takes a reference on cgroup p's watch, with no system call,
+	// if the watcher watches the cgroup with id id there and last saw
+	// it populated, and returns the watch's epoch; ok is false (and
+	// nothing taken) otherwise.
+	Hold(p string, id uint64) (epoch uint64, ok bool)
+	// Remove drops a reference Add or Hold took.
 	Remove(p string)
 }
 
@@ -146,7 +151,15 @@ func (s *Store) SetObserver(o Observer) {
 // entry of the same name (only asked when replace is set). Replacing or
 // refusing releases fds only after the lock is dropped: close(2) can block
 // and must not stall the store.
-func (s *Store) Publish(e *Entry, replace bool, mayReplace func(old *Entry) error, l *Limits) error {
+//
+// An unpinned entry lives while its owner cgroup has processes. ownerID is
+// the id of the owner cgroup the publisher was found in (0: unknown): if
+// the watcher already watches that cgroup and last saw it populated, the
+// entry joins the watch as it is (Watcher.Hold); otherwise the watcher
+// reads the cgroup now (Watcher.Add), and an owner cgroup without processes
+// (or gone) refuses the entry with ErrOwnerEmpty. Either way the entry
+// records the watch's epoch: an emptying reported later drops it.
+func (s *Store) Publish(e *Entry, ownerID uint64, replace bool, mayReplace func(old *Entry) error, l *Limits) error {
 	var dead []*Entry
 	defer func() { s.ReleaseAll(dead) }()
 	s.mu.Lock()
@@ -157,18 +170,7 @@ func (s *Store) Publish(e *Entry, replace bool, mayReplace func(old *Entry) erro
 		err = mayReplace(old)
 	}
 	if err == nil && e.watched() && s.watch != nil {
-		var populated, recreated bool
-		ocg := e.OwnerCgroup()
-		e.epoch, populated, recreated, err = s.watch.Add(ocg)
-		if err == nil && recreated {
-			// The owner cgroup was removed and created again: the
-			// unpinned entries of the old one go now.
-			dead = s.dropOwnedLocked(ocg, e.epoch, old, dead)
-		}
-		if err == nil && !populated {
-			s.watch.Remove(ocg)
-			err = errorf(ErrOwnerEmpty, "owner cgroup %s has no processes left: an unpinned entry would be dropped at once (publish with pin to outlive the service)", ocg)
-		}
+		dead, err = s.watchLocked(e, ownerID, old, dead)
 	}
 	if err != nil {
 		dead = append(dead, e)
@@ -184,6 +186,33 @@ func (s *Store) Publish(e *Entry, replace bool, mayReplace func(old *Entry) erro
 		s.obs.Added(e)
 	}
 	return nil
+}
+
+// watchLocked takes e's reference on its owner cgroup's watch and records
+// the watch's epoch in e, or refuses e if the owner cgroup has no
+// processes; old is the entry e would replace. Entries of an owner cgroup
+// found created again go to dead.
+func (s *Store) watchLocked(e *Entry, ownerID uint64, old *Entry, dead []*Entry) ([]*Entry, error) {
+	ocg := e.OwnerCgroup()
+	var held bool
+	if e.epoch, held = s.watch.Hold(ocg, ownerID); held {
+		return dead, nil
+	}
+	epoch, populated, recreated, err := s.watch.Add(ocg)
+	if err != nil {
+		return dead, err
+	}
+	e.epoch = epoch
+	if recreated {
+		// The owner cgroup was removed and created again: the unpinned
+		// entries of the old one go now.
+		dead = s.dropOwnedLocked(ocg, epoch, old, dead)
+	}
+	if !populated {
+		s.watch.Remove(ocg)
+		return dead, errorf(ErrOwnerEmpty, "owner cgroup %s has no processes left: an unpinned entry would be dropped at once (publish with pin to outlive the service)", ocg)
+	}
+	return dead, nil
 }
 
 // admitLocked checks everything that could refuse e, old being the entry it

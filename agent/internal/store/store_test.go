@@ -142,7 +142,7 @@ func free() *Limits {
 
 func mustPublish(t testing.TB, s *Store, e *Entry) {
 	t.Helper()
-	if err := s.Publish(e, false, nil, free()); err != nil {
+	if err := s.Publish(e, 0, false, nil, free()); err != nil {
 		t.Fatalf("publish %s:%s: %v", e.Owner(), e.Name(), err)
 	}
 }
@@ -178,7 +178,7 @@ func TestPublishAcquireRelease(t *testing.T) {
 	}
 	e := newEntry(t, "container:web", "db sock/1")
 	fd := refOf(e)
-	if err := f.s.Publish(e, true, noReplace(t), free()); err != nil {
+	if err := f.s.Publish(e, 0, true, noReplace(t), free()); err != nil {
 		t.Fatal(err)
 	}
 	if e.ID() != "e-1.container_web.db_sock_1" {
@@ -206,7 +206,7 @@ func TestPublishAcquireRelease(t *testing.T) {
 	if f.s.Len() != 0 || f.s.Acquire("container:web", "db sock/1") != nil {
 		t.Fatal("entries left after Close")
 	}
-	wantKind(t, f.s.Publish(newEntry(t, "x.service", "late"), false, nil, free()), ErrClosed, "shutting down")
+	wantKind(t, f.s.Publish(newEntry(t, "x.service", "late"), 0, false, nil, free()), ErrClosed, "shutting down")
 }
 
 func TestPublishDuplicate(t *testing.T) {
@@ -215,7 +215,7 @@ func TestPublishDuplicate(t *testing.T) {
 	mustPublish(t, f.s, first)
 	dup := newEntry(t, "x.service", "a")
 	fd := refOf(dup)
-	wantKind(t, f.s.Publish(dup, false, noReplace(t), free()), ErrExists, "x.service:a is already published")
+	wantKind(t, f.s.Publish(dup, 0, false, noReplace(t), free()), ErrExists, "x.service:a is already published")
 	drain(t, f.s)
 	if fd.open() {
 		t.Fatal("the refused entry's fd is still open")
@@ -243,7 +243,7 @@ func TestPublishReplace(t *testing.T) {
 			e := newEntry(t, "x.service", "a")
 			newFD := refOf(e)
 			var asked *Entry
-			err := f.s.Publish(e, true, func(o *Entry) error { asked = o; return tc.may }, free())
+			err := f.s.Publish(e, 0, true, func(o *Entry) error { asked = o; return tc.may }, free())
 			if asked != old {
 				t.Fatalf("mayReplace was asked about %v, want the published entry", asked)
 			}
@@ -510,7 +510,7 @@ func TestQuotas(t *testing.T) {
 				e := newEntry(t, p.owner, p.name, func(sp *Spec) {
 					sp.Cgroup, sp.OwnerCgroup, sp.Pinned, sp.Limited, sp.Acct = p.cgroup, p.ownerCg, p.pinned, p.limited, p.acct
 				})
-				err := s.Publish(e, p.replace, func(*Entry) error { return nil }, &l)
+				err := s.Publish(e, 0, p.replace, func(*Entry) error { return nil }, &l)
 				if p.want == "" && err != nil {
 					t.Fatalf("step %d (%+v): %v", i, p, err)
 				}
@@ -549,7 +549,7 @@ func TestObserverRoom(t *testing.T) {
 			l.Max = 4
 			n := 0
 			for ; n < 10; n++ {
-				if err := f.s.Publish(newEntry(t, "x.service", fmt.Sprint(n)), false, nil, l); err != nil {
+				if err := f.s.Publish(newEntry(t, "x.service", fmt.Sprint(n)), 0, false, nil, l); err != nil {
 					want := "systemd's fd store would hold"
 					if tc.room < 0 {
 						want = "(the whole agent)"
@@ -563,10 +563,10 @@ func TestObserverRoom(t *testing.T) {
 			}
 			if tc.room >= 0 && n > 0 {
 				// A replace needs room for the new fd beside the old one.
-				err := f.s.Publish(newEntry(t, "x.service", "0"), true, func(*Entry) error { return nil }, l)
+				err := f.s.Publish(newEntry(t, "x.service", "0"), 0, true, func(*Entry) error { return nil }, l)
 				wantKind(t, err, ErrQuota, fmt.Sprintf("would hold %d fds for entries, more than it keeps", n+tc.pending+1))
 				f.obs.set(tc.room+1, tc.pending)
-				if err := f.s.Publish(newEntry(t, "x.service", "0"), true, func(*Entry) error { return nil }, l); err != nil {
+				if err := f.s.Publish(newEntry(t, "x.service", "0"), 0, true, func(*Entry) error { return nil }, l); err != nil {
 					t.Fatalf("replace with room: %v", err)
 				}
 			}
@@ -581,10 +581,10 @@ func TestObserverOrder(t *testing.T) {
 	f.w.Populate(svc, true)
 	mustPublish(t, f.s, newEntry(t, "x.service", "a"))
 	mustPublish(t, f.s, owned(t, "b", svc))
-	if err := f.s.Publish(newEntry(t, "x.service", "a"), true, func(*Entry) error { return nil }, free()); err != nil {
+	if err := f.s.Publish(newEntry(t, "x.service", "a"), 0, true, func(*Entry) error { return nil }, free()); err != nil {
 		t.Fatal(err)
 	}
-	f.s.Publish(newEntry(t, "x.service", "a"), false, nil, free()) // refused: no event
+	f.s.Publish(newEntry(t, "x.service", "a"), 0, false, nil, free()) // refused: no event
 	exp := newEntry(t, "x.service", "c", expires(t0.Add(time.Minute)))
 	mustPublish(t, f.s, exp)
 	if _, err := f.s.Revoke("x.service", "a", func(*Entry) error { return nil }, false); err != nil {
@@ -689,7 +689,7 @@ func TestExpiryReplace(t *testing.T) {
 		t.Fatalf("timer armed %v for %v, want for %v", armed, at, a.Expires())
 	}
 	a2 := newEntry(t, "x.service", "a") // never expires
-	if err := f.s.Publish(a2, true, yes, free()); err != nil {
+	if err := f.s.Publish(a2, 0, true, yes, free()); err != nil {
 		t.Fatal(err)
 	}
 	if a.heapIndex != -1 || a2.heapIndex != -1 {
@@ -705,7 +705,7 @@ func TestExpiryReplace(t *testing.T) {
 		t.Fatal("b did not expire at its deadline")
 	}
 	a3 := newEntry(t, "x.service", "a", expires(f.clk.Now().Add(time.Second)))
-	if err := f.s.Publish(a3, true, yes, free()); err != nil {
+	if err := f.s.Publish(a3, 0, true, yes, free()); err != nil {
 		t.Fatal(err)
 	}
 	f.clk.Advance(time.Second)
@@ -741,7 +741,7 @@ func TestOwnerCgroup(t *testing.T) {
 	// An owner cgroup with no process: an unpinned entry would go at once.
 	e := owned(t, "a", svc)
 	fd := refOf(e)
-	wantKind(t, f.s.Publish(e, false, nil, free()), ErrOwnerEmpty, "owner cgroup "+svc+" has no processes left")
+	wantKind(t, f.s.Publish(e, 0, false, nil, free()), ErrOwnerEmpty, "owner cgroup "+svc+" has no processes left")
 	if f.w.Refs(svc) != 0 {
 		t.Fatal("refused publish kept its watch")
 	}
@@ -795,7 +795,7 @@ func TestOwnerCgroup(t *testing.T) {
 	// A replace of an old cgroup's entry is a replace, not a drop.
 	mustPublish(t, f.s, owned(t, "f", svc))
 	f.w.Recreate(svc)
-	if err := f.s.Publish(owned(t, "f", svc), true, func(*Entry) error { return nil }, free()); err != nil {
+	if err := f.s.Publish(owned(t, "f", svc), 0, true, func(*Entry) error { return nil }, free()); err != nil {
 		t.Fatal(err)
 	}
 	if f.s.Acquire("x.service", "e") != nil {
@@ -821,16 +821,88 @@ func TestOwnerCgroup(t *testing.T) {
 	}
 }
 
+// A publisher in an owner cgroup the watcher already follows joins its
+// watch without a read of the cgroup (Hold). What the watcher saw of the
+// cgroup still decides: an emptying it saw, a cgroup made again at the
+// path (another id) or an id not known send the publish to Add, which
+// reads the cgroup as it is now and refuses an empty one, as before.
+func TestOwnerWatchHeld(t *testing.T) {
+	f := newFixture(t)
+	f.w.Populate(svc, true)
+	id := f.w.ID(svc)
+	pub := func(name string, ownerID uint64) error {
+		return f.s.Publish(owned(t, name, svc), ownerID, false, nil, free())
+	}
+	want := func(step string, adds, holds int, names ...string) {
+		t.Helper()
+		a, h, _ := f.w.Calls()
+		var got []string
+		for _, e := range f.s.Snapshot(func(*Entry) bool { return true }) {
+			got = append(got, e.Name())
+		}
+		if a != adds || h != holds || !slices.Equal(got, names) || f.w.Refs(svc) != len(names) {
+			t.Fatalf("%s: %d Adds, %d Holds, entries %v, %d references; want %d, %d, %v", step, a, h, got, f.w.Refs(svc), adds, holds, names)
+		}
+	}
+	mustPublish := func(name string, ownerID uint64) {
+		t.Helper()
+		if err := pub(name, ownerID); err != nil {
+			t.Fatalf("publish %s: %v", name, err)
+		}
+	}
+	mustPublish("a", id) // the cgroup's first entry: read
+	want("first", 1, 0, "a")
+	mustPublish("b", id)
+	want("watched", 1, 1, "a", "b")
+	mustPublish("c", 0)
+	mustPublish("d", id+100)
+	want("unknown and other ids", 3, 1, "a", "b", "c", "d")
+
+	// Seen empty, the store not told yet: read, still empty, refused.
+	ep := f.w.Empty(svc)
+	wantKind(t, pub("late", id), ErrOwnerEmpty, "no processes left")
+	want("seen empty", 4, 1, "a", "b", "c", "d")
+	if n := f.s.OwnerEmptied(svc, ep); n != 4 {
+		t.Fatalf("the emptying dropped %d, want every entry that joined the watch", n)
+	}
+	want("emptied", 4, 1)
+
+	// Populated again: read once, then held.
+	f.w.Populate(svc, true)
+	mustPublish("e", id)
+	mustPublish("f", id)
+	want("populated again", 5, 2, "e", "f")
+	// An emptying and the processes that came back both seen before the
+	// report: held at the new epoch, which the report does not drop.
+	ep = f.w.Bump(svc)
+	mustPublish("g", id)
+	if n := f.s.OwnerEmptied(svc, ep); n != 2 {
+		t.Fatalf("the emptying dropped %d, want e and f", n)
+	}
+	want("bumped", 5, 3, "g")
+
+	// Removed and made again, the watcher not told yet: a connection of
+	// the old cgroup still joins the old watch; the new cgroup's first
+	// publish is read, finds the new cgroup, and the old entries go.
+	newID := f.w.Recreate(svc)
+	mustPublish("h", id)
+	mustPublish("i", newID)
+	want("recreated", 6, 4, "i")
+	mustPublish("j", newID)
+	mustPublish("k", id) // the old cgroup's id is no longer the watched one: read
+	want("the new cgroup", 7, 5, "i", "j", "k")
+}
+
 func TestOwnerWatchError(t *testing.T) {
 	f := newFixture(t)
 	boom := errors.New("inotify: no space left")
 	f.w.FailAdd(svc, boom)
 	e := owned(t, "a", svc)
 	fd := refOf(e)
-	if err := f.s.Publish(e, false, nil, free()); !errors.Is(err, boom) {
+	if err := f.s.Publish(e, 0, false, nil, free()); !errors.Is(err, boom) {
 		t.Fatalf("Publish = %v, want the watcher's error", err)
 	}
-	if adds, removes := f.w.Calls(); adds != 0 || removes != 0 {
+	if adds, holds, removes := f.w.Calls(); adds != 0 || holds != 0 || removes != 0 {
 		t.Fatalf("%d Adds, %d Removes after a failed Add", adds, removes)
 	}
 	drain(t, f.s)
@@ -905,8 +977,9 @@ func TestWaiters(t *testing.T) {
 	}
 }
 
-// Emptyings reported while publishers publish into the same owner cgroup:
-// no entry published before the last reported emptying survives it.
+// Emptyings reported while publishers publish into the same owner cgroup,
+// reading it (Add) or joining its watch (Hold): no entry published before
+// the last reported emptying survives it.
 func TestOwnerEmptiedRacesPublishes(t *testing.T) {
 	f := newFixture(t)
 	f.w.Populate(svc, true)
@@ -941,7 +1014,11 @@ func TestOwnerEmptiedRacesPublishes(t *testing.T) {
 					return
 				}
 				e := entryFor("x.service", fmt.Sprintf("w%d-%d", i, j), fd, inCgroup(svc+"/sub", svc))
-				if err := f.s.Publish(e, false, nil, free()); err != nil {
+				var id uint64 // half the workers join the watch by Hold
+				if i%2 == 0 {
+					id = f.w.ID(svc)
+				}
+				if err := f.s.Publish(e, id, false, nil, free()); err != nil {
 					t.Error(err)
 					return
 				}
@@ -1005,7 +1082,7 @@ func TestQuotasConcurrent(t *testing.T) {
 							return
 						}
 						e := entryFor("x.service", fmt.Sprintf("%d-%d", i, j), fd, func(sp *Spec) { tc.prepare(sp, i) })
-						err = s.Publish(e, false, nil, &tc.l)
+						err = s.Publish(e, 0, false, nil, &tc.l)
 						switch {
 						case err == nil:
 							ok.Add(1)
@@ -1035,7 +1112,7 @@ func TestFreeze(t *testing.T) {
 	if next != 3 || !slices.Equal(sortedNames(held), []string{"x.service:a", "x.service:b"}) {
 		t.Fatalf("Freeze = %d, %v", next, names(held))
 	}
-	wantKind(t, f.s.Publish(newEntry(t, "x.service", "c"), false, nil, free()), ErrClosed, "shutting down")
+	wantKind(t, f.s.Publish(newEntry(t, "x.service", "c"), 0, false, nil, free()), ErrClosed, "shutting down")
 	f.clk.Advance(time.Hour)
 	if f.s.Len() != 2 {
 		t.Fatal("an entry expired after Freeze")
@@ -1294,7 +1371,7 @@ func TestUnpublish(t *testing.T) {
 	a := newEntry(t, "x.service", "a")
 	mustPublish(t, f.s, a)
 	a2 := newEntry(t, "x.service", "a")
-	if err := f.s.Publish(a2, true, func(*Entry) error { return nil }, free()); err != nil {
+	if err := f.s.Publish(a2, 0, true, func(*Entry) error { return nil }, free()); err != nil {
 		t.Fatal(err)
 	}
 	f.s.Unpublish(a) // no longer the entry under its name: nothing
