@@ -407,13 +407,12 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, reqFD *linux.FD) error 
 		}
 		return &proto.Error{Code: proto.CodeInvalidRequest, Message: err.Error()}
 	}
-	fd := reqFD.Int()
 	sp := store.Spec{
 		Owner: c.peer.Identity, Name: name, Allow: allow, Pinned: flags&proto.FlagPin != 0,
-		Kind: linux.FdKind(fd), Cgroup: c.peer.Cgroup, OwnerCgroup: c.peer.OwnerCgroup,
+		Cgroup: c.peer.Cgroup, OwnerCgroup: c.peer.OwnerCgroup,
 		UID: c.peer.UID, Acct: c.peer.Acct, Limited: !c.peer.HostAdmin(), Published: time.Now(),
 	}
-	sp.Dev, sp.Ino, _ = linux.FileID(fd)
+	sp.Kind, sp.Dev, sp.Ino, _ = linux.DescribeFD(reqFD.Int())
 	if haveTTL {
 		sp.Expires = sp.Published.Add(time.Duration(ttl) * time.Millisecond)
 	}

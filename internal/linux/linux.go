@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -233,18 +234,55 @@ func FileID(fd int) (dev, ino uint64, err error) {
 // fd, of a file or a directory: it names the file but cannot read, write
 // or map it), "socket", "pipe", "memfd", "tmpfile", "file", "dir",
 // "chardev", "blockdev", "eventfd", "pidfd", "anon:NAME" or "unknown".
+//
+// A regular file of the kernel's internal shmem mount is a "memfd", known
+// by its device without reading its name: memfd_create(2) makes them, and
+// so does the kernel for SysV and anonymous shared memory, which a
+// process can open only through /proc/PID/map_files (with CAP_SYS_ADMIN
+// or CAP_CHECKPOINT_RESTORE). Other memfds (MFD_HUGETLB's) are known by
+// their name, "/memfd:NAME".
 func FdKind(fd int) string {
-	// fstat works on O_PATH fds too, so ask for the open flags first.
+	kind, _, _, _ := DescribeFD(fd)
+	return kind
+}
+
+// DescribeFD is FdKind and FileID at once, with one fstat(2): the kind of
+// the file behind fd, and its device and inode; err only if fstat fails.
+func DescribeFD(fd int) (kind string, dev, ino uint64, err error) {
 	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
 	if err != nil {
-		return "unknown"
-	}
-	if fl&unix.O_PATH != 0 {
-		return "path"
+		return "unknown", 0, 0, os.NewSyscallError("fcntl", err)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return "unknown"
+		return "unknown", 0, 0, os.NewSyscallError("fstat", err)
+	}
+	return fdKind(fd, fl, &st), st.Dev, st.Ino, nil
+}
+
+// shmemDev is the device of the kernel's internal shmem mount, where
+// memfds live; ok is false if no memfd could be made to find it.
+var shmemDev = sync.OnceValues(func() (dev uint64, ok bool) {
+	fd, err := MemfdCreate("capd-probe")
+	if err != nil {
+		return 0, false
+	}
+	defer Close(fd)
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil {
+		return 0, false
+	}
+	return st.Dev, true
+})
+
+func fdKind(fd, fl int, st *unix.Stat_t) string {
+	if fl&unix.O_PATH != 0 {
+		// fstat works on O_PATH fds too, and would call them files or
+		// directories.
+		return "path"
+	}
+	if dev, ok := shmemDev(); ok && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Dev == dev {
+		return "memfd"
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFSOCK:

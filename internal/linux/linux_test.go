@@ -1,6 +1,7 @@
 package linux_test
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -38,6 +39,7 @@ func TestFdKind(t *testing.T) {
 		{"O_PATH file", open(file, unix.O_PATH), "path"},
 		{"O_PATH dir", open(dir, unix.O_PATH|unix.O_DIRECTORY), "path"},
 		{"memfd", func() (int, error) { return linux.MemfdCreate("capd-test") }, "memfd"},
+		{"memfd without sealing", func() (int, error) { return unix.MemfdCreate("capd-test", unix.MFD_CLOEXEC) }, "memfd"},
 		{"regular file", open(file, unix.O_RDWR), "file"},
 		{"tmpfile", open(dir, unix.O_TMPFILE|unix.O_RDWR), "tmpfile"},
 		{"pipe", func() (int, error) {
@@ -57,10 +59,18 @@ func TestFdKind(t *testing.T) {
 		if got := linux.FdKind(fd); got != tc.want {
 			t.Errorf("FdKind(%s) = %q, want %q", tc.name, got, tc.want)
 		}
+		kind, dev, ino, err := linux.DescribeFD(fd)
+		fdev, fino, ferr := linux.FileID(fd)
+		if kind != tc.want || dev != fdev || ino != fino || err != nil || ferr != nil {
+			t.Errorf("DescribeFD(%s) = %q, %d, %d, %v; want %q and FileID's %d, %d, %v", tc.name, kind, dev, ino, err, tc.want, fdev, fino, ferr)
+		}
 		unix.Close(fd)
 	}
 	if got := linux.FdKind(-1); got != "unknown" {
 		t.Errorf("FdKind(-1) = %q, want unknown", got)
+	}
+	if kind, _, _, err := linux.DescribeFD(-1); kind != "unknown" || !errors.Is(err, unix.EBADF) {
+		t.Errorf("DescribeFD(-1) = %q, %v; want unknown, EBADF", kind, err)
 	}
 }
 

@@ -156,14 +156,13 @@ func Restore(log *slog.Logger, stored []Stored, st *store.Store, reg *registry.R
 // older agent recorded under its file's kind is now "path" (which only
 // restricts it further).
 func sameFile(fd int, r *Record) (string, error) {
-	dev, ino, err := linux.FileID(fd)
+	kind, dev, ino, err := linux.DescribeFD(fd)
 	if err != nil {
 		return "", err
 	}
 	if dev != r.Dev || ino != r.Ino {
 		return "", fmt.Errorf("device %d inode %d, recorded %d and %d", dev, ino, r.Dev, r.Ino)
 	}
-	kind := linux.FdKind(fd)
 	if kind != r.Kind && kind != "path" {
 		return "", fmt.Errorf("a %s, recorded as a %s", kind, r.Kind)
 	}
