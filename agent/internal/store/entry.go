@@ -42,17 +42,15 @@ type Spec struct {
 // Entry is one stored fd, described by the Spec it was made from, which
 // never changes.
 //
-// An entry is what the agent holds per stored fd, so it is kept small (128
-// bytes, one allocation with its name): the strings that many entries
-// share (owner, cgroup, kind) are interned handles, the owner cgroup is a
-// prefix of the cgroup, times are integers, and what few entries have
-// (allow patterns) hangs off a pointer that is nil for the rest.
+// An entry is what the agent holds per stored fd, so it is kept small: 112
+// bytes, and its name. What the entries of one publisher share (owner,
+// cgroups, kind) is one interned handle, times are integers, and what few
+// entries have (allow patterns) hangs off a pointer that is nil for the
+// rest.
 type Entry struct {
 	name      string
-	owner     unique.Handle[string]
-	cgroup    unique.Handle[string]
-	kind      unique.Handle[string]
-	more      *more  // nil unless the entry has allow patterns or an irregular id or owner cgroup
+	origin    unique.Handle[origin]
+	more      *more  // nil unless the entry has allow patterns or an irregular id
 	ino       uint64 // with dev, the file's identity
 	published int64  // Unix nanoseconds
 	expires   int64  // nanoseconds after monoBase, on the monotonic clock; 0: never
@@ -65,15 +63,19 @@ type Entry struct {
 	heapIndex int32 // index in the expiry heap, -1 when absent
 	ownIndex  int32 // index in its owner cgroup's watched entries, -1 when absent
 	dev       uint32
-	ownerLen  uint16 // the owner cgroup is the cgroup's first ownerLen bytes (unless more.ownerCgroup)
 	flags     uint8
+}
+
+// origin is what the entries of one publisher have in common: a few
+// values for many entries, interned (unique.Make).
+type origin struct {
+	owner, cgroup, ownerCgroup, kind string
 }
 
 // more is what few entries have.
 type more struct {
-	allow       []policy.Pattern
-	id          string // an id restored as recorded, which EntryID would not give
-	ownerCgroup string // an owner cgroup that is not the cgroup or above it
+	allow []policy.Pattern
+	id    string // an id restored as recorded, which EntryID would not give
 }
 
 const (
@@ -91,9 +93,7 @@ var monoBase = time.Now()
 func NewEntry(sp *Spec, fd int) *Entry {
 	e := &Entry{
 		name:      sp.Name,
-		owner:     unique.Make(sp.Owner),
-		cgroup:    unique.Make(sp.Cgroup),
-		kind:      unique.Make(sp.Kind),
+		origin:    unique.Make(origin{sp.Owner, sp.Cgroup, sp.OwnerCgroup, sp.Kind}),
 		ino:       sp.Ino,
 		dev:       uint32(sp.Dev), // a Linux dev_t has 32 bits (MAJOR 12, MINOR 20)
 		uid:       sp.UID,
@@ -119,11 +119,6 @@ func NewEntry(sp *Spec, fd int) *Entry {
 	if len(sp.Allow) > 0 {
 		e.extra().allow = sp.Allow
 	}
-	if cgroup.Within(sp.Cgroup, sp.OwnerCgroup) && strings.HasPrefix(sp.Cgroup, sp.OwnerCgroup) && len(sp.OwnerCgroup) <= math.MaxUint16 {
-		e.ownerLen = uint16(len(sp.OwnerCgroup))
-	} else {
-		e.extra().ownerCgroup = sp.OwnerCgroup
-	}
 	e.fd.Own(fd)
 	e.refs.Store(1)
 	return e
@@ -137,13 +132,13 @@ func (e *Entry) extra() *more {
 }
 
 // Owner is the identity that owns the entry.
-func (e *Entry) Owner() string { return e.owner.Value() }
+func (e *Entry) Owner() string { return e.origin.Value().owner }
 
 // Name is the entry's name.
 func (e *Entry) Name() string { return e.name }
 
 // Key is the entry's owner and name.
-func (e *Entry) Key() Key { return Key{e.owner.Value(), e.name} }
+func (e *Entry) Key() Key { return Key{e.Owner(), e.name} }
 
 // Pinned reports whether the entry outlives its owner cgroup's processes.
 func (e *Entry) Pinned() bool { return e.flags&flagPinned != 0 }
@@ -160,18 +155,13 @@ func (e *Entry) Allow() []policy.Pattern {
 }
 
 // Kind is the kind of fd (linux.FdKind).
-func (e *Entry) Kind() string { return e.kind.Value() }
+func (e *Entry) Kind() string { return e.origin.Value().kind }
 
 // Cgroup is the publisher's cgroup.
-func (e *Entry) Cgroup() string { return e.cgroup.Value() }
+func (e *Entry) Cgroup() string { return e.origin.Value().cgroup }
 
 // OwnerCgroup is the owner cgroup, whose life an unpinned entry follows.
-func (e *Entry) OwnerCgroup() string {
-	if e.more != nil && e.more.ownerCgroup != "" {
-		return e.more.ownerCgroup
-	}
-	return e.cgroup.Value()[:e.ownerLen]
-}
+func (e *Entry) OwnerCgroup() string { return e.origin.Value().ownerCgroup }
 
 // UID is the publisher's uid.
 func (e *Entry) UID() uint32 { return e.uid }
@@ -214,7 +204,7 @@ func (e *Entry) ID() string {
 	case e.seq == 0:
 		return ""
 	}
-	return EntryID(e.seq, e.owner.Value(), e.name)
+	return EntryID(e.seq, e.Owner(), e.name)
 }
 
 // Acquired counts the acquires of the entry.
@@ -225,7 +215,8 @@ func (e *Entry) CountAcquire() { e.acquired.Add(1) }
 
 // Target describes the entry to the authorization decision.
 func (e *Entry) Target() *policy.Target {
-	return &policy.Target{Owner: e.Owner(), Name: e.name, UID: e.uid, Allow: e.Allow(), Kind: e.Kind()}
+	o := e.origin.Value()
+	return &policy.Target{Owner: o.owner, Name: e.name, UID: e.uid, Allow: e.Allow(), Kind: o.kind}
 }
 
 // watched reports whether the entry follows its owner cgroup's life.

@@ -31,7 +31,7 @@ func TestEntrySpec(t *testing.T) {
 		t.Errorf("pinned %v limited %v uid %d acct %d", e.Pinned(), e.Limited(), e.UID(), e.Acct())
 	case !slices.Equal(e.Allow(), []policy.Pattern{"a.service", "container:*"}):
 		t.Errorf("allow %v", e.Allow())
-	case e.Cgroup() != "/machine.slice/web/payload" || e.OwnerCgroup() != "/machine.slice/web" || e.more.ownerCgroup != "":
+	case e.Cgroup() != "/machine.slice/web/payload" || e.OwnerCgroup() != "/machine.slice/web":
 		t.Errorf("cgroup %s, owner cgroup %s", e.Cgroup(), e.OwnerCgroup())
 	case dev != 1<<32-1 || ino != 1<<63+5:
 		t.Errorf("file %d %d", dev, ino)
@@ -46,7 +46,7 @@ func TestEntrySpec(t *testing.T) {
 
 	// The zero times stay zero, an owner cgroup that is not above the
 	// cgroup is kept as it is, and an expiry at the base instant comes a
-	// nanosecond early.
+	// nanosecond early. Entries of one publisher share one origin.
 	z := newEntry(t, "x.service", "z", func(sp *Spec) {
 		sp.Published = time.Time{}
 		sp.Cgroup, sp.OwnerCgroup = "/a/b", "/a/bc"
@@ -60,8 +60,13 @@ func TestEntrySpec(t *testing.T) {
 	if !b.Expires().Equal(monoBase.Add(-time.Nanosecond)) || !b.expiresBy(monoBase) || b.expiresBy(monoBase.Add(-2*time.Nanosecond)) {
 		t.Errorf("an expiry at the base: %v", b.Expires())
 	}
-	if size := unsafe.Sizeof(Entry{}); size > 128 {
-		t.Errorf("an Entry takes %d bytes, more than 128", size)
+	if z2 := newEntry(t, "x.service", "z2", inCgroup("/a/b", "/a/bc")); z2.origin != z.origin {
+		t.Error("two entries of one publisher have origins of their own")
+	} else {
+		scratch(t).Release(z2)
+	}
+	if size := unsafe.Sizeof(Entry{}); size > 112 {
+		t.Errorf("an Entry takes %d bytes, more than 112", size)
 	}
 }
 

@@ -25,7 +25,7 @@ func (x *index) hash(owner, name string) uint64 {
 }
 
 func (x *index) home(e *Entry) int {
-	return int(x.hash(e.owner.Value(), e.name) & uint64(len(x.slots)-1))
+	return int(x.hash(e.Owner(), e.name) & uint64(len(x.slots)-1))
 }
 
 // Len is the number of entries.
@@ -38,7 +38,7 @@ func (x *index) get(owner, name string) *Entry {
 	}
 	mask := len(x.slots) - 1
 	for i := int(x.hash(owner, name)) & mask; x.slots[i] != nil; i = (i + 1) & mask {
-		if e := x.slots[i]; e.name == name && e.owner.Value() == owner {
+		if e := x.slots[i]; e.name == name && e.Owner() == owner {
 			return e
 		}
 	}

@@ -164,7 +164,7 @@ func (s *Store) Publish(e *Entry, ownerID uint64, replace bool, mayReplace func(
 	defer func() { s.ReleaseAll(dead) }()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old := s.entries.get(e.owner.Value(), e.name)
+	old := s.entries.get(e.Owner(), e.name)
 	err := s.admitLocked(e, old, replace, l)
 	if err == nil && old != nil {
 		err = mayReplace(old)
@@ -557,7 +557,7 @@ func (s *Store) drop(remove func() []*Entry) int {
 // publish that could not be made durable.
 func (s *Store) Unpublish(e *Entry) {
 	s.mu.Lock()
-	if s.entries.get(e.owner.Value(), e.name) != e {
+	if s.entries.get(e.Owner(), e.name) != e {
 		s.mu.Unlock()
 		return
 	}
@@ -588,7 +588,7 @@ func (s *Store) Restore(e *Entry, id string) error {
 		return err
 	}
 	switch {
-	case s.entries.get(e.owner.Value(), e.name) != nil:
+	case s.entries.get(e.Owner(), e.name) != nil:
 		return drop(errors.New("duplicate"))
 	case e.expiresBy(s.clock.Now()):
 		return drop(errors.New("expired"))
