@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
+	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -38,28 +38,18 @@ type conn struct {
 	ownerID     uint64
 	ownerIDRead bool
 
-	mu sync.Mutex // guards fd against Shutdown
-	fd int
+	// sock owns the socket. A connection waiting for its next request
+	// holds a thread for at most a tick after a reply, then a goroutine
+	// parked on the Go runtime's poller (see fdpass.Conn).
+	sock *fdpass.Conn
 }
 
-// shutdown wakes the connection's blocked recvmsg; serve then answers a
+// shutdown wakes the connection's waiting Recv; serve then answers a
 // request still queued with busy and closes. Only the receiving side is
 // shut: the busy reply can still be sent, and the client's later sends
-// fail (EPIPE) instead of queueing.
-func (c *conn) shutdown() {
-	c.mu.Lock()
-	if c.fd >= 0 {
-		linux.Shutdown(c.fd, unix.SHUT_RD)
-	}
-	c.mu.Unlock()
-}
-
-func (c *conn) close() {
-	c.mu.Lock()
-	linux.Close(c.fd)
-	c.fd = -1
-	c.mu.Unlock()
-}
+// fail (EPIPE) instead of queueing. Once the socket is closed it does
+// nothing.
+func (c *conn) shutdown() { c.sock.Shutdown(unix.SHUT_RD) }
 
 // authorize asks the one decision whether the caller may act on t, and
 // turns a refusal into a permission-denied error carrying the reason,
@@ -80,10 +70,10 @@ func (c *conn) authorize(cfg *policy.Config, act policy.Action, t *policy.Target
 
 func (c *conn) serve(cfg *policy.Config) {
 	defer c.srv.forget(c)
-	defer c.close()
+	defer c.sock.Close()
 	log := c.srv.log
-	setTimeout(c.fd, unix.SO_RCVTIMEO, time.Duration(cfg.Agent.IdleTimeout))
-	setTimeout(c.fd, unix.SO_SNDTIMEO, time.Duration(cfg.Agent.SendTimeout))
+	c.sock.SetRecvTimeout(time.Duration(cfg.Agent.IdleTimeout))
+	c.sock.SetSendTimeout(time.Duration(cfg.Agent.SendTimeout))
 
 	in := make([]byte, proto.MaxRequest)
 	out := make([]byte, 0, 512)
@@ -98,7 +88,7 @@ func (c *conn) serve(cfg *policy.Config) {
 		log.Warn("cannot identify client; closing", "err", err)
 		m := proto.NewMessage(out, 0, proto.CodePermissionDenied)
 		m.String(proto.AttrMessage, "the agent cannot identify this client: "+err.Error())
-		fdpass.Send(c.fd, m.Bytes())
+		c.sock.Send(m.Bytes())
 		return
 	}
 	id.Acct = c.acct
@@ -109,11 +99,11 @@ func (c *conn) serve(cfg *policy.Config) {
 	}
 
 	for {
-		n, fds, err := fdpass.Recv(c.fd, in, oob, fdbuf[:0], 1)
+		n, fds, err := c.sock.Recv(in, oob, fdbuf[:0], 1)
 		if err != nil {
 			var reason string
 			switch {
-			case errors.Is(err, unix.EAGAIN):
+			case errors.Is(err, os.ErrDeadlineExceeded):
 				if debug {
 					log.Debug("closing idle connection", "identity", id.Identity, "pid", id.PID)
 				}
@@ -130,7 +120,7 @@ func (c *conn) serve(cfg *policy.Config) {
 			log.Info("bad request; closing connection", "identity", id.Identity, "pid", id.PID, "reason", reason)
 			m := proto.NewMessage(out, 0, proto.CodeInvalidRequest)
 			m.String(proto.AttrMessage, reason)
-			fdpass.Send(c.fd, m.Bytes())
+			c.sock.Send(m.Bytes())
 			return
 		}
 		if n == 0 && len(fds) == 0 {
@@ -144,7 +134,7 @@ func (c *conn) serve(cfg *policy.Config) {
 			}
 			m := proto.NewMessage(out[:0], 0, proto.CodeBusy)
 			m.String(proto.AttrMessage, "agent is shutting down; the request was not acted on")
-			fdpass.Send(c.fd, m.Bytes())
+			c.sock.Send(m.Bytes())
 			return
 		}
 		if len(fds) == 1 {
@@ -154,13 +144,13 @@ func (c *conn) serve(cfg *policy.Config) {
 		reqFD.Close() // unless a handler took it
 		switch {
 		case r.entry != nil:
-			err = fdpass.Send(c.fd, r.msg, r.entry.FD())
+			err = c.sock.Send(r.msg, r.entry.FD())
 			c.srv.store.Release(r.entry)
 		case r.file != nil:
-			err = fdpass.Send(c.fd, r.msg, r.file.Int())
+			err = c.sock.Send(r.msg, r.file.Int())
 			r.file.Close()
 		default:
-			err = fdpass.Send(c.fd, r.msg)
+			err = c.sock.Send(r.msg)
 		}
 		out = r.msg[:0]
 		if err != nil || r.fatal {

@@ -17,25 +17,31 @@
 // pidfd; nothing the client sends takes part. A fact the agent cannot
 // establish counts as absent, which gives less authority.
 //
-// Concurrency: one goroutine per connection, doing plain blocking
-// recvmsg/sendmsg with SO_RCVTIMEO/SO_SNDTIMEO as idle and send limits; the
-// number of connections is bounded globally and per accounting uid, and a
-// connection has at most one request in flight. Expiry uses one timer for
-// the whole store; owner cgroups and container cgroups share one inotify
-// watcher (one goroutine, cgroup.Watcher), whose reports reach the store
-// and registry through Server.cgroupEmptied; released fds are closed by
-// internal/closer's bounded workers, never on a goroutine that serves
-// anyone else.
+// Concurrency: one goroutine per connection, its socket an fdpass.Conn:
+// recvmsg/sendmsg made directly, and the wait for the next request first
+// held in a blocking recvmsg for about a tick (at most maxHeld connections
+// at once), then parked on the Go runtime's poller, so that an idle
+// connection holds no OS thread; idle_timeout and send_timeout are deadlines
+// on the poller. The number of connections is bounded globally and per
+// accounting uid, and a connection has at most one request in flight. Expiry
+// uses one timer for the whole store; owner cgroups and container cgroups
+// share one inotify watcher (one goroutine, cgroup.Watcher), whose reports
+// reach the store and registry through Server.cgroupEmptied; released fds
+// are closed by internal/closer's bounded workers, never on a goroutine that
+// serves anyone else.
 //
 // Fd ownership: the store owns each entry's fd (see package store); an
-// acquire reply holds a reference only while sendmsg runs. A request's fd
-// is a linux.FD the connection owns: publish and register take it, and
-// whatever is left is closed after the reply. An audit reply's memfd is
-// the reply's, closed after sending. The peer's pidfd is closed once the
-// peer is identified. Each connection goroutine owns its socket and closes
-// it exactly once; Drain only shuts sockets' receiving side down to wake
-// their readers. The Server owns its poller's eventfd, the cgroup watcher
-// and resolver, and the mirror's notification socket (Close).
+// acquire reply holds a reference only while sendmsg runs. A request's fd is
+// a linux.FD the connection owns: publish and register take it, and whatever
+// is left is closed after the reply. An audit reply's memfd is the reply's,
+// closed after sending. The peer's pidfd is closed once the peer is
+// identified. Each connection goroutine owns its socket (the fdpass.Conn)
+// and closes it exactly once; Drain only shuts sockets' receiving side down,
+// through the Conn (whose lock keeps Close from freeing the number
+// meanwhile), to wake their readers. A parked connection's poller watches a
+// duplicate of its socket, the park's own, closed when the wait ends. The
+// Server owns its poller's eventfd, the cgroup watcher and resolver, and the
+// mirror's notification socket (Close).
 //
 // Lock order: the mirror's upload lock, then the store's lock, then the
 // leaf locks (the mirror's failure list, the registry's, the watcher's,

@@ -39,6 +39,7 @@ type Server struct {
 	fdStore  int             // entries systemd's fd store keeps (FileDescriptorStoreMax less the metadata); -1 without one
 	reloader func() (*policy.Config, error)
 	quit     chan struct{} // closed when the server stops: wakes waiting acquires
+	holds    *fdpass.Holds // connections holding a thread for their next request
 	stats    counters      // for the metrics endpoint
 
 	mu       sync.Mutex
@@ -55,6 +56,14 @@ type uidState struct {
 	conns int
 	lim   *logLimiter
 }
+
+// maxHeld is how many connections may wait for their next request in a
+// blocking recvmsg at once, each holding an OS thread for up to a tick
+// after its reply before it parks on the runtime's poller (see
+// fdpass.Conn): what clients sending requests back to back need to be
+// answered at the speed of a blocking server, and a bound on the threads
+// that costs. An idle connection holds no thread.
+const maxHeld = 16
 
 // maxIdleUIDs bounds the idle uidStates kept before forgetting the idle ones.
 const maxIdleUIDs = 1024
@@ -85,6 +94,7 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 		fdLimit:  limit,
 		fdStore:  -1,
 		quit:     make(chan struct{}),
+		holds:    fdpass.NewHolds(maxHeld),
 		conns:    make(map[*conn]struct{}),
 		perUID:   make(map[uint32]*uidState),
 	}
@@ -139,7 +149,9 @@ func rootReserve(cfg *policy.Config) int { return min(8, cfg.Agent.MaxConnection
 
 // fdReserve is how many fds the agent keeps beside its entries: one socket
 // per connection plus the fds a request may carry in flight (up to
-// maxRecvFDs before the surplus is closed), and its own.
+// maxRecvFDs before the surplus is closed) or, while the connection waits
+// on the runtime's poller, the duplicate of its socket the poller watches
+// (see fdpass.Conn), and its own.
 func fdReserve(cfg *policy.Config) int { return (1+maxRecvFDs)*cfg.Agent.MaxConnections + 64 }
 
 // capacity returns the soft RLIMIT_NOFILE and how many entries fit in it
@@ -293,7 +305,18 @@ func (s *Server) admit(nfd int) {
 		refuse(nfd, reason)
 		return
 	}
-	c := &conn{srv: s, fd: nfd, acct: acct, log: log, cred: cred, pidfdErr: pidfdErr}
+	// Admitted: on the runtime's poller from here (refuse answers on the
+	// plain socket), before the connection is in s.conns for Drain to wake.
+	sock, err := fdpass.NewConn(nfd, s.holds)
+	if err != nil {
+		s.mu.Unlock()
+		log.Warn("cannot serve connection; closed it", "uid", cred.Uid, "pid", cred.Pid, "err", err)
+		if pidfd >= 0 {
+			linux.Close(pidfd)
+		}
+		return
+	}
+	c := &conn{srv: s, sock: sock, acct: acct, log: log, cred: cred, pidfdErr: pidfdErr}
 	c.pidfd.Own(pidfd)
 	s.conns[c] = struct{}{}
 	us.conns++

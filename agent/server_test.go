@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -461,5 +462,92 @@ func TestIdentityFallback(t *testing.T) {
 	defer oldKernel.Store(false)
 	if old := s.identity(t); old != modern || old == "" {
 		t.Fatalf("fallback identity %q, modern %q", old, modern)
+	}
+}
+
+// threads is this process's thread count (/proc/self/status Threads).
+func threads(t *testing.T) int {
+	t.Helper()
+	st, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(st), "\n") {
+		if v, ok := strings.CutPrefix(l, "Threads:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatal("/proc/self/status has no Threads")
+	return 0
+}
+
+// TestIdleConnectionsHoldNoThread: a connection waiting for its next
+// request holds no OS thread (it once held one each, in a blocking
+// recvmsg): 200 idle connections add at most the maxHeld threads that
+// connections served within the last tick may hold, and a few of the
+// runtime's own.
+func TestIdleConnectionsHoldNoThread(t *testing.T) {
+	const n = 200
+	cfg := policy.Default()
+	cfg.Agent.MaxConnections = n + 16
+	cfg.Agent.MaxConnectionsPerUID = n + 16
+	s := startServer(t, cfg)
+	s.serving(t)
+	before := threads(t)
+	for range n {
+		r := s.dial(t)
+		r.send(msg(proto.OpWhoami, nil))
+		if h, _, _, eof := r.reply(); eof || h.Code != proto.CodeOK {
+			t.Fatalf("whoami: %v (eof %v)", h.Code, eof)
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // past every hold
+	if after := threads(t); after-before > maxHeld+8 {
+		t.Fatalf("%d idle connections took the process from %d to %d threads", n, before, after)
+	}
+}
+
+// TestDrainWakesWaitingConnections: Drain wakes every connection, whether
+// it waits for its next request parked on the poller or held in recvmsg,
+// or runs a request with another queued behind it; the queued one is
+// answered busy without being acted on, and every connection closes.
+func TestDrainWakesWaitingConnections(t *testing.T) {
+	s := startServer(t, policy.Default())
+	self := s.identity(t)
+	whoami := func() *raw {
+		r := s.dial(t)
+		r.send(msg(proto.OpWhoami, nil))
+		if h, _, _, eof := r.reply(); eof || h.Code != proto.CodeOK {
+			t.Fatalf("whoami: %v (eof %v)", h.Code, eof)
+		}
+		return r
+	}
+	parked := whoami()
+	// An acquire of one's own missing entry waits for it to be published;
+	// the whoami behind it waits in the socket.
+	busy := s.dial(t)
+	busy.send(msg(proto.OpAcquire, func(m *proto.Builder) {
+		m.String(proto.AttrOwner, self)
+		m.String(proto.AttrName, "never")
+		m.U64(proto.AttrWait, 60000)
+	}))
+	busy.send(msg(proto.OpWhoami, nil))
+	time.Sleep(50 * time.Millisecond) // parked is past its hold, busy's acquire waits
+	held := whoami()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	busy.expectError(proto.CodeBusy, "shutting down", false)
+	busy.expectError(proto.CodeBusy, "not acted on", true)
+	for name, r := range map[string]*raw{"parked": parked, "held": held} {
+		if h, m, _, eof := r.reply(); !eof {
+			t.Fatalf("%s connection got %v %q after Drain, want a close", name, h.Code, m)
+		}
 	}
 }

@@ -1,11 +1,13 @@
 // Package fdpass sends and receives one message with SCM_RIGHTS file
-// descriptors on a connected AF_UNIX socket, with plain blocking system calls
-// and no allocation on the hot path.
+// descriptors on a connected AF_UNIX socket, with plain system calls and no
+// allocation on the hot path: Send and Recv on a blocking socket, and a
+// Conn's, whose idle waits park on the Go runtime's poller.
 //
 // Fd ownership: Send borrows the fds it passes; the kernel takes its own
 // reference during sendmsg. Recv hands every received fd to the caller (they
 // arrive with MSG_CMSG_CLOEXEC) and, on any error, closes every fd it
-// received before returning, so a failed Recv never leaks.
+// received before returning, so a failed Recv never leaks. NewConn takes
+// ownership of its socket, which the Conn's Close closes once.
 package fdpass
 
 import (
@@ -34,7 +36,10 @@ func OOBSize(n int) int { return unix.CmsgSpace(4 * n) }
 
 // Send writes buf as one message on sock, with fds attached when there are
 // any. It never raises SIGPIPE and retries EINTR.
-func Send(sock int, buf []byte, fds ...int) error {
+func Send(sock int, buf []byte, fds ...int) error { return sendFlags(sock, buf, fds, 0) }
+
+// sendFlags is Send with extra sendmsg flags (MSG_DONTWAIT).
+func sendFlags(sock int, buf []byte, fds []int, flags int) error {
 	var oob [64]byte
 	var msg unix.Msghdr
 	if len(buf) > 0 {
@@ -61,7 +66,7 @@ func Send(sock int, buf []byte, fds ...int) error {
 		msg.SetControllen(space)
 	}
 	for {
-		n, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(sock), uintptr(unsafe.Pointer(&msg)), unix.MSG_NOSIGNAL)
+		n, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(sock), uintptr(unsafe.Pointer(&msg)), uintptr(unix.MSG_NOSIGNAL|flags))
 		switch e {
 		case 0:
 			if int(n) != len(buf) {
@@ -70,6 +75,8 @@ func Send(sock int, buf []byte, fds ...int) error {
 			return nil
 		case unix.EINTR:
 			continue
+		case unix.EAGAIN:
+			return errSendAgain
 		default:
 			return os.NewSyscallError("sendmsg", e)
 		}
@@ -107,6 +114,9 @@ func RecvFlags(sock int, buf, oob []byte, fds []int, max int, flags int) (n int,
 		r, _, e = unix.Syscall(unix.SYS_RECVMSG, uintptr(sock), uintptr(unsafe.Pointer(&msg)), uintptr(unix.MSG_CMSG_CLOEXEC|flags))
 		if e == unix.EINTR {
 			continue
+		}
+		if e == unix.EAGAIN {
+			return 0, fds, errRecvAgain
 		}
 		if e != 0 {
 			return 0, fds, os.NewSyscallError("recvmsg", e)
