@@ -19,12 +19,14 @@
 // final release runs on the reader's thread (as for every reader of /proc).
 //
 // Fd ownership: a Dir owns one directory fd on /proc/PID, opened by Open and
-// closed by Close. Every other fd is opened and closed inside the call that
-// needs it. All fds are O_CLOEXEC.
+// closed by Close; an FDTable one on /proc/PID/fd, opened by Dir.FDTable and
+// closed by its Close. Every other fd is opened and closed inside the call
+// that needs it. All fds are O_CLOEXEC.
 //
 // A Dir is bound to the process it was opened for (procfs ties the
-// directory to the struct pid): once that process has exited, reads through
-// the Dir fail with ESRCH or ENOENT even if its pid number has been reused.
+// directory to the struct pid), and so is its FDTable: once that process has
+// exited, reads through either fail with ESRCH or ENOENT even if its pid
+// number has been reused.
 //
 // Errors are built with os.NewSyscallError, so errors.Is(err, unix.ENOENT)
 // and friends keep working; EINTR is retried.

@@ -54,15 +54,33 @@ func (d Dir) Close() error {
 	return nil
 }
 
-// FDs appends the process's open fd numbers to fds. buf is scratch space
-// for getdents64 (at least 1 KiB; nil allocates one).
-func (d Dir) FDs(fds []int, buf []byte) ([]int, error) {
+// FDTable is an open /proc/PID/fd directory of the process a Dir is
+// bound to, and bound to it the same way. Reading links through it spares
+// the path walk one lookup per fd. The zero value is not usable.
+type FDTable struct{ fd int }
+
+// FDTable opens the process's fd directory. The caller closes it.
+func (d Dir) FDTable() (FDTable, error) {
 	fd, err := openat(d.fd, "fd", unix.O_RDONLY|unix.O_DIRECTORY)
 	if err != nil {
-		return fds, &os.PathError{Op: "openat", Path: "fd", Err: err}
+		return FDTable{-1}, &os.PathError{Op: "openat", Path: "fd", Err: err}
 	}
-	defer unix.Close(fd)
-	return appendNumbers(fd, fds, buf)
+	return FDTable{fd}, nil
+}
+
+// Close closes the directory fd.
+func (t FDTable) Close() error {
+	if err := unix.Close(t.fd); err != nil && !errors.Is(err, unix.EINTR) {
+		return os.NewSyscallError("close", err)
+	}
+	return nil
+}
+
+// List appends the process's open fd numbers to fds. It reads the
+// directory from where the last List stopped to its end, so call it once.
+// buf is scratch space for getdents64 (at least 1 KiB; nil allocates one).
+func (t FDTable) List(fds []int, buf []byte) ([]int, error) {
+	return appendNumbers(t.fd, fds, buf)
 }
 
 // PIDs appends the pids /proc lists (thread group leaders) to pids. buf is
@@ -138,10 +156,11 @@ func entryName(dir string, fd int) string {
 // and returns it; a target longer than buf comes back cut to its length.
 // The kernel builds it with d_path or the pseudo file system's d_dname:
 // nothing asks the file's file system.
-func (d Dir) Link(fd int, buf []byte) ([]byte, error) {
+func (t FDTable) Link(fd int, buf []byte) ([]byte, error) {
+	var name [20]byte
 	var n int
 	err := ignoringEINTR(func() (err error) {
-		n, err = unix.Readlinkat(d.fd, entryName("fd", fd), buf)
+		n, err = unix.Readlinkat(t.fd, string(strconv.AppendInt(name[:0], int64(fd), 10)), buf)
 		return err
 	})
 	if err != nil {

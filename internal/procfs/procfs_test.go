@@ -25,6 +25,16 @@ func self(t *testing.T) Dir {
 	return d
 }
 
+func fdTable(t *testing.T, d Dir) FDTable {
+	t.Helper()
+	ft, err := d.FDTable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ft.Close() })
+	return ft
+}
+
 func statx(t *testing.T, fd int) unix.Statx_t {
 	t.Helper()
 	var st unix.Statx_t
@@ -41,6 +51,7 @@ func statx(t *testing.T, fd int) unix.Statx_t {
 // and inode) is what statx says.
 func TestLinkFDInfo(t *testing.T) {
 	d := self(t)
+	ft := fdTable(t, d)
 	var p [2]int
 	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
 		t.Fatal(err)
@@ -83,7 +94,7 @@ func TestLinkFDInfo(t *testing.T) {
 		{p[0], Pseudo, "pipe"}, {sock, Pseudo, "socket"}, {ns, Pseudo, "net"},
 		{ev, Anon, ""}, {pidfd, Pidfd, ""}, {file, Path, ""},
 	} {
-		link, err := d.Link(tc.fd, buf)
+		link, err := ft.Link(tc.fd, buf)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -113,7 +124,7 @@ func TestLinkFDInfo(t *testing.T) {
 		}
 	}
 
-	fds, err := d.FDs(nil, nil)
+	fds, err := ft.List(nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,6 +231,7 @@ func TestStoppedFUSE(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := self(t)
+	ft := fdTable(t, d)
 	f.Stop(t)
 	stat := make(chan error, 1)
 	go func() {
@@ -250,13 +262,13 @@ func TestStoppedFUSE(t *testing.T) {
 		t.Fatalf("epoll_ctl of the FUSE file returned (%v) with the server stopped: FUSE_POLL was not sent", err)
 	default:
 	}
-	returns(t, "FDs, Link and FDInfo", 5*time.Second, func() {
+	returns(t, "List, Link and FDInfo", 5*time.Second, func() {
 		buf := make([]byte, 4096)
-		fds, err := d.FDs(nil, buf)
+		fds, err := ft.List(nil, buf)
 		if err != nil || !slices.Contains(fds, fd) {
-			t.Errorf("FDs = %v, %v", fds, err)
+			t.Errorf("List = %v, %v", fds, err)
 		}
-		link, err := d.Link(fd, buf)
+		link, err := ft.Link(fd, buf)
 		if k, _, _ := Classify(link); err != nil || k != Path {
 			t.Errorf("Link = %q, %v", link, err)
 		}
@@ -264,7 +276,7 @@ func TestStoppedFUSE(t *testing.T) {
 		if err != nil || fi.Ino == 0 {
 			t.Errorf("FDInfo = %+v, %v", fi, err)
 		}
-		link, err = d.Link(ep, buf)
+		link, err = ft.Link(ep, buf)
 		if k, _, _ := Classify(link); err != nil || k != Anon {
 			t.Errorf("epoll Link = %q, %v", link, err)
 		}

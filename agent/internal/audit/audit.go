@@ -216,8 +216,13 @@ func (a *auditor) index() error {
 		return err
 	}
 	defer self.Close()
+	fdt, err := self.FDTable()
+	if err != nil {
+		return err
+	}
+	defer fdt.Close()
 	for i, e := range a.live {
-		k, ok := a.key(self, e.FD, true)
+		k, ok := a.key(self, fdt, e.FD, true)
 		if !ok {
 			a.env.Log.Warn("audit cannot read its own copy of an entry; its holders are not reported", "owner", e.Owner, "name", e.Name, "fd", e.FD)
 			continue
@@ -250,11 +255,11 @@ func (a *auditor) sameOFD(k fdKey, fd int) *ofd {
 	return nil
 }
 
-// key reads how fd of the process behind d is compared. info says whether
-// to read the fdinfo of files named by a path (and pidfds); without it such
-// fds have no key.
-func (a *auditor) key(d procfs.Dir, fd int, info bool) (fdKey, bool) {
-	link, err := d.Link(fd, a.link)
+// key reads how fd of the process behind d (whose fd table is fdt) is
+// compared. info says whether to read the fdinfo of files named by a path
+// (and pidfds); without it such fds have no key.
+func (a *auditor) key(d procfs.Dir, fdt procfs.FDTable, fd int, info bool) (fdKey, bool) {
+	link, err := fdt.Link(fd, a.link)
 	if err != nil {
 		return fdKey{}, false
 	}
@@ -289,13 +294,18 @@ func (a *auditor) name(b []byte) string {
 // scan lists p's fds and returns those holding a live entry's open file
 // description, those on a removed entry's file, and the number of fds seen.
 func (a *auditor) scan(p *proc) (lm, tm []match, n int) {
-	fds, err := p.dir.FDs(a.fds[:0], a.dirent)
+	fdt, err := p.dir.FDTable()
+	if err != nil {
+		return nil, nil, 0
+	}
+	defer fdt.Close()
+	fds, err := fdt.List(a.fds[:0], a.dirent)
 	a.fds = fds
 	if err != nil {
 		return nil, nil, 0
 	}
 	for _, fd := range fds {
-		k, ok := a.key(p.dir, fd, a.pathInfo)
+		k, ok := a.key(p.dir, fdt, fd, a.pathInfo)
 		if !ok {
 			continue
 		}

@@ -47,10 +47,10 @@
 // Fd ownership: the Items' fds are the caller's, which keeps each open (holds
 // a reference on its entry) for the whole of Run; Run reads them through
 // /proc/self and kcmp and never closes them. Run opens, per process, a
-// pidfd and a directory fd on /proc/PID, and closes both before moving on
-// to the next process; it also opens and closes /proc/self once, and the
-// files linux.KernelMounts makes (once per process, on first need). Nothing
-// Run opens outlives it. Report returns a memfd the caller owns and must
+// pidfd and directory fds on /proc/PID and /proc/PID/fd, and closes them
+// before moving on to the next process; it also opens and closes
+// /proc/self and /proc/self/fd once, and the files linux.KernelMounts makes
+// (once per process, on first need). Nothing Run opens outlives it. Report returns a memfd the caller owns and must
 // close.
 //
 // Locks: there are none. Each Run makes its own auditor, used by the one
