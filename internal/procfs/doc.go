@@ -26,7 +26,7 @@
 // A Dir is bound to the process it was opened for (procfs ties the
 // directory to the struct pid), and so is its FDTable: once that process has
 // exited, reads through either fail with ESRCH or ENOENT even if its pid
-// number has been reused.
+// number has been reused, and Dir.Alive says false.
 //
 // Errors are built with os.NewSyscallError, so errors.Is(err, unix.ENOENT)
 // and friends keep working; EINTR is retried.

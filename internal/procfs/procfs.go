@@ -298,6 +298,23 @@ func (d Dir) Owner() (uint32, error) {
 	return st.Uid, nil
 }
 
+// Alive reports whether the process has not been reaped yet (a zombie
+// counts as alive), by pidfd_send_signal of signal 0 through the directory,
+// which the kernel takes as a pidfd of the process. A false result is
+// final: a Dir never refers to a recycled pid. Without the right to signal
+// the process it fails with EPERM.
+func (d Dir) Alive() (bool, error) {
+	err := unix.PidfdSendSignal(d.fd, 0, nil, 0)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, unix.ESRCH):
+		return false, nil
+	default:
+		return false, os.NewSyscallError("pidfd_send_signal", err)
+	}
+}
+
 // Kind says what a /proc/PID/fd/N link names.
 type Kind uint8
 

@@ -282,3 +282,38 @@ func TestStoppedFUSE(t *testing.T) {
 		}
 	})
 }
+
+// A Dir and its FDTable stay bound to their process: after it has exited
+// and been reaped, Alive says so and the fd table reads nothing, whatever
+// now has its pid.
+func TestBoundToProcess(t *testing.T) {
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	pid, stop := testutil.Holding(t, -1, f)
+	d, err := Open(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ft := fdTable(t, d)
+	if alive, err := d.Alive(); err != nil || !alive {
+		t.Fatalf("Alive = %v, %v for a running process", alive, err)
+	}
+	buf := make([]byte, 4096)
+	if link, err := ft.Link(3, buf); err != nil || string(link) != os.DevNull {
+		t.Fatalf("Link(3) = %q, %v", link, err)
+	}
+	stop()
+	if alive, err := d.Alive(); err != nil || alive {
+		t.Errorf("Alive = %v, %v after the process was reaped", alive, err)
+	}
+	if link, err := ft.Link(3, buf); err == nil {
+		t.Errorf("Link(3) = %q after the process was reaped", link)
+	}
+	if fds, err := ft.List(nil, buf); err == nil && len(fds) > 0 {
+		t.Errorf("List = %v after the process was reaped", fds)
+	}
+}

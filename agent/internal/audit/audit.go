@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"os"
 	"strconv"
@@ -76,33 +77,28 @@ func Run(env Env, live []Item, tombs []Tomb) (*proto.AuditReport, error) {
 		if pid == a.self {
 			continue
 		}
-		pidfd, err := linux.PidfdOpen(pid)
-		if err != nil {
+		p := &proc{pid: pid, pidfd: -1}
+		if p.dir, err = procfs.Open(pid); err != nil {
 			continue // exited
 		}
 		rep.Processes++
-		p := &proc{pid: pid, pidfd: pidfd}
-		if p.dir, err = procfs.Open(pid); err == nil {
-			lm, tm, nfd := a.scan(p)
-			rep.FDs += nfd
-			if len(lm)+len(tm) > 0 {
-				h := a.holder(p, rep.PtraceScope)
-				if alive, _ := linux.PidfdAlive(pidfd); alive {
-					for _, m := range lm {
-						hh := h
-						hh.FD = m.fd
-						liveHolders[m.i] = append(liveHolders[m.i], hh)
-					}
-					for _, m := range tm {
-						hh := h
-						hh.FD = m.fd
-						tombHolders[m.i] = append(tombHolders[m.i], hh)
-					}
+		lm, tm, nfd := a.scan(p)
+		rep.FDs += nfd
+		if len(lm)+len(tm) > 0 {
+			if h, ok := a.holder(p, rep.PtraceScope); ok {
+				for _, m := range lm {
+					hh := h
+					hh.FD = m.fd
+					liveHolders[m.i] = append(liveHolders[m.i], hh)
+				}
+				for _, m := range tm {
+					hh := h
+					hh.FD = m.fd
+					tombHolders[m.i] = append(tombHolders[m.i], hh)
 				}
 			}
-			p.dir.Close()
 		}
-		linux.Close(pidfd)
+		p.dir.Close()
 	}
 	for i, e := range live {
 		rep.Entries = append(rep.Entries, proto.AuditEntry{Owner: e.Owner, Name: e.Name, Kind: e.Kind, Holders: nonNil(liveHolders[i])})
@@ -157,9 +153,10 @@ type ofd struct {
 
 // proc is the process being scanned.
 type proc struct {
-	pid, pidfd int
-	dir        procfs.Dir
-	ns         string // its mount namespace (/proc/PID/ns/mnt), once read
+	pid   int
+	dir   procfs.Dir
+	pidfd int    // taken by holder only, -1 before
+	ns    string // its mount namespace (/proc/PID/ns/mnt), once read
 }
 
 // auditor is one audit's state; it is used by one goroutine.
@@ -409,9 +406,23 @@ func hidesPIDs(opts string) bool {
 	return false
 }
 
-// holder describes process p and its exposure.
-func (a *auditor) holder(p *proc, scope int) proto.AuditHolder {
-	h := proto.AuditHolder{PID: p.pid, UID: -1}
+// holder describes process p and its exposure, with the cgroup, identity
+// and uid a pidfd of it gives. The pidfd is taken now, for holders only, by
+// pid: ok is false, and p left out, unless p has not exited by the end (its
+// directory is bound to it), which also proves that the pid still named p
+// when the pidfd was taken.
+func (a *auditor) holder(p *proc, scope int) (h proto.AuditHolder, ok bool) {
+	pidfd, err := linux.PidfdOpen(p.pid)
+	if err != nil {
+		if !errors.Is(err, unix.ESRCH) {
+			a.env.Log.Warn("audit cannot take a pidfd of a holder; it is not reported", "pid", p.pid, "err", err)
+		}
+		return h, false
+	}
+	defer linux.Close(pidfd)
+	p.pidfd = pidfd
+	defer func() { p.pidfd = -1 }()
+	h = proto.AuditHolder{PID: p.pid, UID: -1}
 	a.identify(p, &h)
 	if h.UID > 0 {
 		if owner, err := p.dir.Owner(); err == nil {
@@ -446,7 +457,8 @@ func (a *auditor) holder(p *proc, scope int) proto.AuditHolder {
 			h.Exposure = append(h.Exposure, "its /proc has hidepid: other uids there cannot see it")
 		}
 	}
-	return h
+	alive, _ := p.dir.Alive()
+	return h, alive
 }
 
 // identify sets h's cgroup, identity and uid from one PIDFD_GET_INFO,

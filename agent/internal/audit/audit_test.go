@@ -13,6 +13,7 @@ import (
 
 	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/internal/procfs"
 	"github.com/capd-dev/capd/internal/proto"
 	"github.com/capd-dev/capd/internal/testutil"
 )
@@ -123,6 +124,39 @@ func TestRunLiveHolder(t *testing.T) {
 	rep = run(t, e, live, nil)
 	if len(rep.Entries) != 1 || rep.Entries[0].Holders == nil || len(rep.Entries[0].Holders) != 0 {
 		t.Errorf("after the holder's exit: entries %+v, want one without holders", rep.Entries)
+	}
+}
+
+// A holder is described through a pidfd taken by pid after its scan and
+// is kept only if the process its /proc directory is bound to is still
+// there: one that has exited is left out, and so is a pid that names
+// another process by then (a recycled pid; here a directory bound to an
+// exited process, with the pid of a running one).
+func TestHolderLeftOutOnceExited(t *testing.T) {
+	e, _ := env(t)
+	a := newAuditor(e, nil, nil)
+	open := func(pid int) procfs.Dir {
+		d, err := procfs.Open(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		return d
+	}
+	pid, _ := testutil.Holding(t, -1)
+	gonePID, stop := testutil.Holding(t, -1)
+	gone := open(gonePID)
+	stop()
+
+	h, ok := a.holder(&proc{pid: pid, dir: open(pid), pidfd: -1}, 0)
+	if cg, err := cgroup.ProcPath(pid); !ok || h.PID != pid || h.UID != os.Getuid() || err != nil || h.Cgroup != cg {
+		t.Errorf("running process: %+v, %v; want pid %d, uid %d, cgroup %q (%v)", h, ok, pid, os.Getuid(), cg, err)
+	}
+	if h, ok := a.holder(&proc{pid: gonePID, dir: gone, pidfd: -1}, 0); ok {
+		t.Errorf("exited process reported: %+v", h)
+	}
+	if h, ok := a.holder(&proc{pid: pid, dir: gone, pidfd: -1}, 0); ok {
+		t.Errorf("a pid naming another process than the scanned one reported: %+v", h)
 	}
 }
 

@@ -33,10 +33,12 @@
 // entry's open file description is closed, so no stale copy of them is
 // reported.
 //
-// It walks /proc once; for each process it first takes a pidfd and opens
-// /proc/PID (which stays bound to that process); a process whose pidfd
-// shows it exited by the end of its scan is left out, so a recycled pid is
-// never reported.
+// It walks /proc once; for each process it opens /proc/PID, which stays
+// bound to that process, and reads its fds through it. Only a process found
+// holding something gets a pidfd, taken by pid after the scan, for its
+// cgroup and uid; a process whose directory shows it exited by the end of
+// its holder's description is left out, so neither a recycled pid nor
+// another process's pidfd is ever reported.
 //
 // What can still make it wait: kcmp takes the holder's exec_update_lock,
 // which a process stuck in execve closing a CLOEXEC fd on a stuck FUSE
@@ -47,10 +49,11 @@
 // Fd ownership: the Items' fds are the caller's, which keeps each open (holds
 // a reference on its entry) for the whole of Run; Run reads them through
 // /proc/self and kcmp and never closes them. Run opens, per process, a
-// pidfd and directory fds on /proc/PID and /proc/PID/fd, and closes them
-// before moving on to the next process; it also opens and closes
-// /proc/self and /proc/self/fd once, and the files linux.KernelMounts makes
-// (once per process, on first need). Nothing Run opens outlives it. Report returns a memfd the caller owns and must
+// directory fd on /proc/PID and one on /proc/PID/fd, and for a holder a
+// pidfd, and closes them before moving on to the next process; it also
+// opens and closes /proc/self and /proc/self/fd once, and the files
+// linux.KernelMounts makes (once per process, on first need). Nothing Run
+// opens outlives it. Report returns a memfd the caller owns and must
 // close.
 //
 // Locks: there are none. Each Run makes its own auditor, used by the one
