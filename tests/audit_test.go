@@ -99,10 +99,20 @@ func TestAudit(t *testing.T) {
 }
 
 // BenchmarkAudit audits a host with 2,000 extra processes holding 10,000
-// extra fds (5 each), with 10 entries, one of them held by every process.
-// Baseline in the same run: a bare walk of /proc/*/fd stating every fd,
-// in this process.
-func BenchmarkAudit(b *testing.B) {
+// extra fds (5 each), with 10 entries on 5 files, every one held by every
+// process. Baseline in the same run: a bare walk of /proc/*/fd stating
+// every fd, in this process.
+func BenchmarkAudit(b *testing.B) { benchmarkAudit(b, 2000) }
+
+// BenchmarkAuditFewHolders is BenchmarkAudit on a host where 20 of the
+// 2,000 processes hold the entries' files and the others 5 files of their
+// own (the same kinds, none an entry's), as most processes of a host hold
+// none.
+func BenchmarkAuditFewHolders(b *testing.B) { benchmarkAudit(b, 20) }
+
+// benchmarkAudit audits 2,000 extra processes with 5 extra fds each, of
+// which the first holders hold the 5 files of the 10 entries.
+func benchmarkAudit(b *testing.B, holders int) {
 	testutil.RequireRoot(b)
 	e := newEnv(b, "[[grant]]\nconsumer = \"cgroup:/\"\nacquire = [\"cgroup:/:*\"]\n")
 	c, err := client.Dial(e.agent.Socket)
@@ -114,11 +124,14 @@ func BenchmarkAudit(b *testing.B) {
 	for i := range files {
 		files[i] = tempFile(b, strconv.Itoa(i))
 		defer files[i].Close()
-		if i < 5 {
-			if err := c.Publish("e"+strconv.Itoa(i), files[i], nil); err != nil {
-				b.Fatal(err)
-			}
+		if err := c.Publish("e"+strconv.Itoa(i), files[i], nil); err != nil {
+			b.Fatal(err)
 		}
+	}
+	var others []*os.File
+	for i := 0; holders < 2000 && i < len(files); i++ {
+		others = append(others, tempFile(b, "other"+strconv.Itoa(i)))
+		defer others[i].Close()
 	}
 	for i := 5; i < 10; i++ {
 		if err := c.Publish("e"+strconv.Itoa(i), files[0], &client.PublishOptions{}); err != nil {
@@ -135,6 +148,9 @@ func BenchmarkAudit(b *testing.B) {
 	for i := 0; i < 2000; i++ {
 		p := exec.Command("sleep", "600")
 		p.ExtraFiles = files
+		if i >= holders {
+			p.ExtraFiles = others
+		}
 		if err := p.Start(); err != nil {
 			b.Fatalf("start process %d: %v", i, err)
 		}
@@ -151,6 +167,9 @@ func BenchmarkAudit(b *testing.B) {
 		audit = append(audit, time.Since(start))
 		if rep.Processes < 2000 || rep.FDs < 10000 {
 			b.Fatalf("audited %d processes, %d fds", rep.Processes, rep.FDs)
+		}
+		if n := len(rep.Entries[0].Holders); n < holders {
+			b.Fatalf("%d holders of e0, want at least %d", n, holders)
 		}
 		start = time.Now()
 		bareWalk()
