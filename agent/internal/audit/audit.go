@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -108,6 +109,7 @@ func Run(env Env, live []Item, tombs []Tomb) (*proto.AuditReport, error) {
 			rep.Removed = append(rep.Removed, proto.AuditEntry{Owner: t.Owner, Name: t.Name, Kind: t.Kind, Removed: t.Removed, Holders: tombHolders[i]})
 		}
 	}
+	a.env.Log.Debug("audit", "processes", rep.Processes, "fds", rep.FDs, "kcmp", a.kcmps, "fdinfo", a.fdinfos)
 	if rep.Entries == nil {
 		rep.Entries = []proto.AuditEntry{}
 	}
@@ -167,6 +169,7 @@ type auditor struct {
 	tombs []Tomb
 
 	ofds       map[fdKey][]*ofd
+	byLink     map[string][]*ofd // the groups of files named by a path, by the agent's link
 	tombsByIno map[uint64][]int
 	pathInfo   bool // some entry or tombstone is a file known by fdinfo: read it for files named by a path
 
@@ -175,6 +178,8 @@ type auditor struct {
 	kernelMnts  bool            // devs has the kernel's internal mounts
 	names       map[string]string
 	cgroups     map[uint64]string // cgroup id -> path
+	kcmps       int               // kcmp calls on other processes, for the log
+	fdinfos     int               // fdinfo reads, for the log
 	dirent      []byte
 	link, info  []byte
 	fds         []int
@@ -186,6 +191,7 @@ func newAuditor(env Env, live []Item, tombs []Tomb) *auditor {
 	return &auditor{
 		env: env, self: os.Getpid(), live: live, tombs: tombs,
 		ofds:        make(map[fdKey][]*ofd),
+		byLink:      make(map[string][]*ofd),
 		tombsByIno:  make(map[uint64][]int),
 		ns:          make(map[string]bool),
 		devs:        make(map[int]uint64),
@@ -219,7 +225,11 @@ func (a *auditor) index() error {
 	}
 	defer fdt.Close()
 	for i, e := range a.live {
-		k, ok := a.key(self, fdt, e.FD, true)
+		link, err := fdt.Link(e.FD, a.link)
+		k, ok := fdKey{}, err == nil
+		if ok {
+			k, ok = a.key(self, e.FD, link, true)
+		}
 		if !ok {
 			a.env.Log.Warn("audit cannot read its own copy of an entry; its holders are not reported", "owner", e.Owner, "name", e.Name, "fd", e.FD)
 			continue
@@ -229,6 +239,9 @@ func (a *auditor) index() error {
 		if o == nil {
 			o = &ofd{fd: e.FD}
 			a.ofds[k] = append(a.ofds[k], o)
+			if kind, _, _ := procfs.Classify(link); kind == procfs.Path {
+				a.byLink[string(link)] = append(a.byLink[string(link)], o)
+			}
 		}
 		o.entries = append(o.entries, i)
 	}
@@ -252,20 +265,17 @@ func (a *auditor) sameOFD(k fdKey, fd int) *ofd {
 	return nil
 }
 
-// key reads how fd of the process behind d (whose fd table is fdt) is
-// compared. info says whether to read the fdinfo of files named by a path
-// (and pidfds); without it such fds have no key.
-func (a *auditor) key(d procfs.Dir, fdt procfs.FDTable, fd int, info bool) (fdKey, bool) {
-	link, err := fdt.Link(fd, a.link)
-	if err != nil {
-		return fdKey{}, false
-	}
+// key says how fd, whose link is link, of the process behind d is compared.
+// info says whether to read the fdinfo of files named by a path (and
+// pidfds); without it such fds have no key.
+func (a *auditor) key(d procfs.Dir, fd int, link []byte, info bool) (fdKey, bool) {
 	kind, typ, ino := procfs.Classify(link)
 	switch kind {
 	case procfs.Path, procfs.Pidfd:
 		if !info {
 			return fdKey{}, false
 		}
+		a.fdinfos++
 		fi, err := d.FDInfo(fd, a.info)
 		if err != nil {
 			return fdKey{}, false
@@ -301,17 +311,30 @@ func (a *auditor) scan(p *proc) (lm, tm []match, n int) {
 	if err != nil {
 		return nil, nil, 0
 	}
+	candidate := false
 	for _, fd := range fds {
-		k, ok := a.key(p.dir, fdt, fd, a.pathInfo)
+		link, err := fdt.Link(fd, a.link)
+		if err != nil {
+			continue
+		}
+		// Once p holds a file of an entry's key, and so is compared by kcmp
+		// anyway, a file named by a path whose link is an entry's file's is
+		// compared at once, without its fdinfo; one renamed since index()
+		// read the agent's link is found by its fdinfo below.
+		var named []*ofd
+		if candidate && len(a.tombsByIno) == 0 {
+			named = a.byLink[string(link)]
+		}
+		if a.compare(p, fd, named, nil, &lm) {
+			continue
+		}
+		k, ok := a.key(p.dir, fd, link, a.pathInfo)
 		if !ok {
 			continue
 		}
-		for _, o := range a.ofds[k] {
-			if same, err := linux.Kcmp(a.self, p.pid, o.fd, fd); err == nil && same {
-				for _, i := range o.entries {
-					lm = append(lm, match{i, fd})
-				}
-			}
+		if len(a.ofds[k]) > 0 {
+			candidate = true
+			a.compare(p, fd, a.ofds[k], named, &lm)
 		}
 		if k.ino == 0 || len(a.tombsByIno[k.ino]) == 0 {
 			continue
@@ -319,6 +342,7 @@ func (a *auditor) scan(p *proc) (lm, tm []match, n int) {
 		mnt := k.mnt
 		if k.typ != "" {
 			// A sockfs, pipefs or nsfs inode: its fdinfo has the mount.
+			a.fdinfos++
 			fi, err := p.dir.FDInfo(fd, a.info)
 			if err != nil || fi.Ino != k.ino {
 				continue
@@ -336,6 +360,25 @@ func (a *auditor) scan(p *proc) (lm, tm []match, n int) {
 		}
 	}
 	return lm, tm, len(fds)
+}
+
+// compare compares fd of p by kcmp with the groups not in done, and
+// appends the entries of the one whose open file description fd is (an fd
+// has one) to lm. It reports whether there was one.
+func (a *auditor) compare(p *proc, fd int, groups, done []*ofd, lm *[]match) bool {
+	for _, o := range groups {
+		if slices.Contains(done, o) {
+			continue
+		}
+		a.kcmps++
+		if same, err := linux.Kcmp(a.self, p.pid, o.fd, fd); err == nil && same {
+			for _, i := range o.entries {
+				*lm = append(*lm, match{i, fd})
+			}
+			return true
+		}
+	}
+	return false
 }
 
 // dev returns the device of mount mnt, which p has a file open through.

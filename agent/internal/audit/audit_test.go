@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -158,6 +159,82 @@ func TestHolderLeftOutOnceExited(t *testing.T) {
 	if h, ok := a.holder(&proc{pid: pid, dir: gone, pidfd: -1}, 0); ok {
 		t.Errorf("a pid naming another process than the scanned one reported: %+v", h)
 	}
+}
+
+// A holder's copy of a file named by a path is found by its link when the
+// link is the one the agent read for its own copy, and by its fdinfo when
+// the file was renamed in between; another file under the name the agent
+// Once a process is found holding a file of an entry's key (by its
+// fdinfo), its other files whose link reads as an entry's file's are
+// compared by kcmp at once, without their fdinfo; a file renamed since the
+// agent read its own copy's link is still found by its fdinfo. A process
+// holding only another file under a name that reads the same is never
+// compared by kcmp (kcmp waits for a process stuck in execve).
+func TestScanByLink(t *testing.T) {
+	e, _ := env(t)
+	dir := t.TempDir()
+	f, err := os.Create(dir + "/a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	pid, _ := testutil.Holding(t, -1, f, f)
+	live := []Item{{Name: "f", Kind: "file", FD: int(f.Fd())}}
+	want := []match{{0, 3}, {0, 4}}
+
+	a := newAuditor(e, live, nil)
+	if err := a.index(); err != nil {
+		t.Fatal(err)
+	}
+	fdinfos := a.fdinfos
+	if lm := scanned(t, a, pid); !slices.Equal(lm, want) {
+		t.Errorf("matches %+v, want %+v", lm, want)
+	}
+	byLink := a.fdinfos - fdinfos
+
+	a = newAuditor(e, live, nil)
+	if err := a.index(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(dir+"/a", dir+"/b"); err != nil {
+		t.Fatal(err)
+	}
+	fdinfos = a.fdinfos
+	if lm := scanned(t, a, pid); !slices.Equal(lm, want) {
+		t.Errorf("renamed after the index: matches %+v, want %+v", lm, want)
+	}
+	if renamed := a.fdinfos - fdinfos; byLink != renamed-1 {
+		t.Errorf("%d fdinfo reads with the links as the agent read them, %d after a rename: want one less", byLink, renamed)
+	}
+
+	a = newAuditor(e, live, nil)
+	if err := a.index(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(dir+"/b", dir+"/c"); err != nil {
+		t.Fatal(err)
+	}
+	g, err := os.Create(dir + "/b") // its link reads as the entry's did at the index
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	alike, _ := testutil.Holding(t, -1, g, g)
+	if lm := scanned(t, a, alike); len(lm) != 0 || a.kcmps != 0 {
+		t.Errorf("a process with another file under the entry's name: matches %+v after %d kcmp calls, want none and none", lm, a.kcmps)
+	}
+}
+
+// scanned returns the live matches of a's scan of pid.
+func scanned(t *testing.T, a *auditor, pid int) []match {
+	t.Helper()
+	d, err := procfs.Open(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	lm, _, _ := a.scan(&proc{pid: pid, dir: d, pidfd: -1})
+	return lm
 }
 
 // The fallbacks (OldKernel: cgroups from CgroupOf, uids from

@@ -19,7 +19,15 @@
 // terms, and a candidate is confirmed by kcmp(KCMP_FILE) against one of the
 // agent's fds for that open file description (entries sharing one are
 // grouped first, so each candidate costs one kcmp per open file
-// description, not per entry).
+// description, not per entry). Once a process has such a candidate, and so
+// is compared by kcmp anyway, its other files named by a path whose link
+// reads as an entry's file's did for the agent are compared at once,
+// without their fdinfo (unless removed entries need their inodes): a
+// copy's link differs from the agent's only if the file was renamed (or
+// unlinked, or a mount on its path moved) since the agent read its own,
+// and then its fdinfo still finds it. So kcmp compares the same processes
+// as by fdinfo alone, never one that only made a file under a name that
+// reads the same.
 //
 // Removed entries only have the device and inode that fstat gave at
 // publish (see Tomb). A candidate's mount id is mapped to its device
