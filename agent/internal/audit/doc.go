@@ -48,11 +48,17 @@
 // its holder's description is left out, so neither a recycled pid nor
 // another process's pidfd is ever reported.
 //
-// What can still make it wait: kcmp takes the holder's exec_update_lock,
-// which a process stuck in execve closing a CLOEXEC fd on a stuck FUSE
-// mount holds (only candidates are compared, so only such a process that
-// also holds an entry's file); an fd that changes between its readlink and
-// its fdinfo read (internal/procfs says more).
+// What can still make it wait: a process stuck in execve, which holds its
+// exec_update_lock while it closes its CLOEXEC fds (one on a stuck FUSE
+// mount can make that last until the server answers or the connection is
+// aborted). kcmp takes that lock, so before Linux's "proc: protect
+// ptrace_may_access() with exec_update_lock (FD links)" (May 2026, in the
+// stable kernels from 6.18.40, 6.12.97, 6.6.145 and 6.1.178) only such a
+// process that also holds an entry's file made it wait (only candidates
+// are compared). Since that fix readlink of /proc/PID/fd/N takes the lock
+// too, so any process stuck in execve makes the audit wait, at its first
+// fd. Also an fd that changes between its readlink and its fdinfo read
+// (internal/procfs says more).
 //
 // Fd ownership: the Items' fds are the caller's, which keeps each open (holds
 // a reference on its entry) for the whole of Run; Run reads them through
