@@ -155,11 +155,10 @@ func entryName(dir string, fd int) string {
 // Link reads the target of /proc/PID/fd/FD into buf (4 KiB holds any path)
 // and returns it; a target longer than buf comes back cut to its length.
 // The kernel builds it with d_path or the pseudo file system's d_dname:
-// nothing asks the file's file system. Since the May 2026 fix "proc:
-// protect ptrace_may_access() with exec_update_lock (FD links)" (stable
-// 6.18.40, 6.12.97, 6.6.145, 6.1.178) the kernel takes the process's
-// exec_update_lock for it, so it waits while the process is in execve
-// (killable only by a fatal signal).
+// nothing asks the file's file system. Some kernels (the 6.18 of the
+// project's test machine) take the process's exec_update_lock for it, so
+// it waits while the process is in execve (killable only by a fatal
+// signal).
 func (t FDTable) Link(fd int, buf []byte) ([]byte, error) {
 	var name [20]byte
 	var n int

@@ -51,13 +51,12 @@
 // What can still make it wait: a process stuck in execve, which holds its
 // exec_update_lock while it closes its CLOEXEC fds (one on a stuck FUSE
 // mount can make that last until the server answers or the connection is
-// aborted). kcmp takes that lock, so before Linux's "proc: protect
-// ptrace_may_access() with exec_update_lock (FD links)" (May 2026, in the
-// stable kernels from 6.18.40, 6.12.97, 6.6.145 and 6.1.178) only such a
-// process that also holds an entry's file made it wait (only candidates
-// are compared). Since that fix readlink of /proc/PID/fd/N takes the lock
-// too, so any process stuck in execve makes the audit wait, at its first
-// fd. Also an fd that changes between its readlink and its fdinfo read
+// aborted). kcmp takes that lock, so on kernels whose fd links do not,
+// only such a process that also holds an entry's file makes it wait (only
+// candidates are compared). On kernels whose readlink of /proc/PID/fd/N
+// takes the lock too (this project's test machine's 6.18 does: the
+// readlink sits in D state until the FUSE server is resumed), any process
+// stuck in execve makes the audit wait, at its first fd. Also an fd that changes between its readlink and its fdinfo read
 // (internal/procfs says more).
 //
 // Fd ownership: the Items' fds are the caller's, which keeps each open (holds
