@@ -117,9 +117,15 @@ fuzz:
 # Benchmarks with their baselines, alternating in one run (see BENCHMARKS.md).
 bench:
 	./bench/acquire.sh
+	./bench/idle.sh
+	./bench/oneshot.sh
+	./bench/publish.sh
+	./bench/entries.sh
+	./bench/persist.sh
 	./bench/drop-delay.sh
 	./bench/hook.sh
 	./bench/audit.sh
+	./bench/audit-few.sh
 	./bench/k8s.sh
 
 clean:
