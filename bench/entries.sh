@@ -9,8 +9,11 @@
 # runtime's 4 MB minimum heap first, whatever the entries, then to twice
 # the live heap (GOGC=100), which the 10,000-19,000 step shows.
 #
-# Needs root (real cgroups) and s6. Usage: bench/entries.sh [ROUNDS]
+# Needs root (real cgroups); installs s6 when it is missing.
+# Usage: bench/entries.sh [ROUNDS]
 set -euo pipefail
+command -v s6-fdholder-daemon >/dev/null ||
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends s6 >/dev/null
 cd "$(dirname "$0")"
 rounds=${1:-3}
 out=$(mktemp)
