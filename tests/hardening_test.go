@@ -135,7 +135,8 @@ func TestAgentRefusesFDAttacks(t *testing.T) {
 // only; the workload runs on and root in the container still sees it.
 func TestContainerProcHidesOtherUsers(t *testing.T) {
 	e := newCtrEnv(t, containerPolicy)
-	b := e.bundle([]string{"sleep", "30"}, map[string]string{"io.capd.acquire": "rpm-ostreed.service:zincati-fd"}, true)
+	// The workload outlives any wait below; the deferred kill ends it.
+	b := e.bundle([]string{"sleep", "600"}, map[string]string{"io.capd.acquire": "rpm-ostreed.service:zincati-fd"}, true)
 	cmd := exec.Command("runc", "--root", e.state, "run", "--bundle", b, "web-proc")
 	t.Cleanup(func() { exec.Command("runc", "--root", e.state, "delete", "-f", "web-proc").Run() })
 	if err := cmd.Start(); err != nil {
