@@ -82,10 +82,9 @@ func New(opt Options) *Plugin {
 	p := &Plugin{opt: opt, log: opt.Log, ctrs: make(map[string]*tracked)}
 	// capd-full runs every command but the start-up ones; containers get
 	// it beside capd when the host has it.
-	if full := filepath.Join(filepath.Dir(opt.Binary), hooks.FullName); opt.Binary != "" {
-		if st, err := os.Stat(full); err == nil && st.Mode().IsRegular() {
-			p.full = full
-		}
+	full := filepath.Join(filepath.Dir(opt.Binary), hooks.FullName)
+	if st, err := os.Stat(full); opt.Binary != "" && err == nil && st.Mode().IsRegular() {
+		p.full = full
 	}
 	return p
 }

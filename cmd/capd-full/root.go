@@ -13,12 +13,9 @@ import (
 
 // The exit codes and errors of internal/cli, shared with cmd/capd.
 const (
-	exitBusy        = cli.ExitBusy
-	exitFailure     = cli.ExitFailure
-	exitUsage       = cli.ExitUsage
-	exitUnreachable = cli.ExitUnreachable
-	exitCannotExec  = cli.ExitCannotExec
-	exitCodesHelp   = cli.ExitCodesHelp
+	exitBusy      = cli.ExitBusy
+	exitUsage     = cli.ExitUsage
+	exitCodesHelp = cli.ExitCodesHelp
 )
 
 type exitError = cli.ExitError
