@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -14,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/testutil"
 )
 
@@ -25,6 +28,8 @@ func TestMain(m *testing.M) {
 		os.Exit(role(publish))
 	case "read":
 		os.Exit(role(read))
+	case "notify":
+		os.Exit(notifyRole())
 	}
 	os.Exit(m.Run())
 }
@@ -111,6 +116,17 @@ func (e *events) wait(prefix string) string {
 	}
 }
 
+// waitLog waits up to 5s for the log to contain substr: it is another pipe
+// than the events, and may lag behind them.
+func waitLog(t *testing.T, log *testutil.LogBuffer, substr string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(log.String(), substr); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the log within 5s", substr)
+		}
+	}
+}
+
 func pidOf(t *testing.T, line string) int {
 	t.Helper()
 	f := strings.Fields(line)
@@ -121,35 +137,10 @@ func pidOf(t *testing.T, line string) int {
 	return pid
 }
 
-// TestFDStoreSurvivesSIGKILL runs the real agent under fdsup, publishes
-// pinned memfds, SIGKILLs the agent and checks that the restarted agent
-// has them back, contents and all, from fdsup's fd store.
-func TestFDStoreSurvivesSIGKILL(t *testing.T) {
-	testutil.RequireRoot(t)
-	bin := t.TempDir()
-	capd, err := testutil.Build("../..", bin, "./cmd/capd-full")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fdsup, err := testutil.Build("../..", bin, "./tests/fdsup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "fdsup") // short: sun_path is 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	config, sock := filepath.Join(dir, "capd.toml"), filepath.Join(dir, "s")
-	if err := os.WriteFile(config, nil, 0o644); err != nil { // the defaults: 256 pins per owner
-		t.Fatal(err)
-	}
-	supCg := testutil.NewCgroup(t, "fdsup.service")
-	agentCg := testutil.NewCgroup(t, "capd.service")
-	pubCg := testutil.NewCgroup(t, "pub.service")
-
-	sup := supCg.Command(fdsup, "-notify", filepath.Join(dir, "n"), "-max", "8194", "-cgroup", agentCg.Dir, "--",
-		capd, "agent", "--config", config, "--socket", sock, "--log-level", "debug")
+// startSup starts fdsup (sup) and stops it with SIGTERM when the test
+// ends, which must make it exit 0.
+func startSup(t *testing.T, sup *exec.Cmd) (*events, *testutil.LogBuffer) {
+	t.Helper()
 	log := &testutil.LogBuffer{}
 	sup.Stderr = log
 	out, err := sup.StdoutPipe()
@@ -185,6 +176,40 @@ func TestFDStoreSurvivesSIGKILL(t *testing.T) {
 			t.Logf("fdsup and agent log:\n%s", log)
 		}
 	})
+
+	return ev, log
+}
+
+// TestFDStoreSurvivesSIGKILL runs the real agent under fdsup, publishes
+// pinned memfds, SIGKILLs the agent and checks that the restarted agent
+// has them back, contents and all, from fdsup's fd store.
+func TestFDStoreSurvivesSIGKILL(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := t.TempDir()
+	capd, err := testutil.Build("../..", bin, "./cmd/capd-full")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fdsup, err := testutil.Build("../..", bin, "./tests/fdsup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "fdsup") // short: sun_path is 108 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	config, sock := filepath.Join(dir, "capd.toml"), filepath.Join(dir, "s")
+	if err := os.WriteFile(config, nil, 0o644); err != nil { // the defaults: 256 pins per owner
+		t.Fatal(err)
+	}
+	supCg := testutil.NewCgroup(t, "fdsup.service")
+	agentCg := testutil.NewCgroup(t, "capd.service")
+	pubCg := testutil.NewCgroup(t, "pub.service")
+
+	sup := supCg.Command(fdsup, "-notify", filepath.Join(dir, "n"), "-max", "8194", "-cgroup", agentCg.Dir, "--",
+		capd, "agent", "--config", config, "--socket", sock, "--log-level", "debug")
+	ev, log := startSup(t, sup)
 
 	first := pidOf(t, ev.wait("ready "))
 	pub := pubCg.Command(os.Args[0])
@@ -247,9 +272,7 @@ func TestFDStoreSurvivesSIGKILL(t *testing.T) {
 	if second == first {
 		t.Fatalf("ready again from pid %d, the killed one", first)
 	}
-	if !strings.Contains(log.String(), fmt.Sprintf("restored entries from systemd's fd store\" entries=%d", len(entries))) {
-		t.Errorf("the agent does not log restoring %d entries:\n%s", len(entries), log)
-	}
+	waitLog(t, log, fmt.Sprintf("restored entries from systemd's fd store\" entries=%d", len(entries)))
 	if got := list(); !slices.Equal(got, want) {
 		t.Fatalf("entries after the restart: %q, want %q", got, want)
 	}
@@ -268,3 +291,90 @@ func TestFDStoreSurvivesSIGKILL(t *testing.T) {
 	}
 }
 
+// notifyRole is a service under fdsup. Its first start stores memfds "a"
+// and "b" as x, a again as y, "c" as z, "d" as w (past -max 3), removes
+// z, says READY=1 and dies. Restarted, it prints what it was passed (a
+// "child" line among fdsup's events) and waits for SIGTERM.
+func notifyRole() int {
+	sock, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		err = unix.Connect(sock, &unix.SockaddrUnix{Name: os.Getenv("NOTIFY_SOCKET")})
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	send := func(msg string, fds ...int) {
+		if err := unix.Sendmsg(sock, []byte(msg), unix.UnixRights(fds...), nil, 0); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+	if os.Getenv("LISTEN_FDS") == "" {
+		memfd := func(s string) int {
+			fd, _ := unix.MemfdCreate(s, unix.MFD_CLOEXEC)
+			unix.Write(fd, []byte(s))
+			return fd
+		}
+		a, b, c, d := memfd("a"), memfd("b"), memfd("c"), memfd("d")
+		send("FDSTORE=1\nFDNAME=x\nFDPOLL=0\n", a, b)
+		send("FDSTORE=1\nFDNAME=y\n", a)
+		send("FDSTORE=1\nFDNAME=z\n", c)
+		send("FDSTORE=1\nFDNAME=w\n", d)
+		send("FDSTOREREMOVE=1\nFDNAME=z\n")
+		send("READY=1")
+		return 3
+	}
+	var got []string
+	n, _ := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	for fd := 3; fd < 3+n && linux.FDOpen(fd); fd++ {
+		b := make([]byte, 8)
+		n, _ := unix.Pread(fd, b, 0)
+		got = append(got, string(b[:n]))
+	}
+	fmt.Printf("child pid=%d listen_pid=%s fds=%s names=%s contents=%s\n", os.Getpid(), os.Getenv("LISTEN_PID"),
+		os.Getenv("LISTEN_FDS"), os.Getenv("LISTEN_FDNAMES"), strings.Join(got, ","))
+	send("READY=1")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, unix.SIGTERM)
+	<-sig
+	return 0
+}
+
+// TestProtocol checks fdsup's systemd semantics with the test binary as
+// the service: the store's limit, duplicates suppressed, FDSTOREREMOVE,
+// and what a restart passes (newest first, LISTEN_PID the child's pid).
+func TestProtocol(t *testing.T) {
+	testutil.RequireRoot(t)
+	fdsup, err := testutil.Build("../..", t.TempDir(), "./tests/fdsup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "fdsup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	supCg := testutil.NewCgroup(t, "fdsup.service")
+	childCg := testutil.NewCgroup(t, "child.service")
+	sup := supCg.Command(fdsup, "-notify", filepath.Join(dir, "n"), "-max", "3", "-cgroup", childCg.Dir, "--", os.Args[0])
+	sup.Env = append(os.Environ(), "FDSUP_TEST_ROLE=notify")
+	ev, log := startSup(t, sup)
+	first := pidOf(t, ev.wait("ready "))
+	if e := ev.wait("exit "); e != fmt.Sprintf("exit pid=%d code=3", first) {
+		t.Fatalf("first run: %q", e)
+	}
+	if e := ev.wait("start "); !strings.HasSuffix(e, " fds=2") {
+		t.Fatalf("restart: %q", e)
+	}
+	child := ev.wait("child ")
+	pid := pidOf(t, child)
+	if want := fmt.Sprintf("child pid=%d listen_pid=%d fds=2 names=x:x contents=b,a", pid, pid); child != want {
+		t.Fatalf("restarted child: %q, want %q", child, want)
+	}
+	if pid := pidOf(t, ev.wait("ready ")); pid != pidOf(t, child) {
+		t.Fatalf("ready from %d, not the child %s", pid, child)
+	}
+	waitLog(t, log, "suppressing a duplicate fd")
+	waitLog(t, log, "fd store full")
+}
