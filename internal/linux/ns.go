@@ -254,3 +254,26 @@ func cloneFlagNames(flags int) string {
 	}
 	return strings.Join(names, "|")
 }
+
+// OpenOwnMountNS opens the calling thread's mount namespace WITHOUT
+// FD_CLOEXEC, to be passed across an exec. The caller owns the fd.
+func OpenOwnMountNS() (int, error) {
+	const p = "/proc/thread-self/ns/mnt"
+	fd, err := unix.Open(p, unix.O_RDONLY, 0)
+	if err != nil {
+		return -1, &os.PathError{Op: "open", Path: p, Err: err}
+	}
+	return fd, nil
+}
+
+// CheckMountNS reports why fd is not a mount namespace (NS_GET_NSTYPE).
+func CheckMountNS(fd int) error {
+	t, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE)
+	if err != nil {
+		return os.NewSyscallError("ioctl NS_GET_NSTYPE", err)
+	}
+	if t != unix.CLONE_NEWNS {
+		return errors.New("not a mount namespace")
+	}
+	return nil
+}

@@ -43,6 +43,8 @@ const (
 	OpUnregister Op = 8
 	OpAudit      Op = 9
 	OpReload     Op = 10
+	OpCheck      Op = 11
+	OpDelegate   Op = 12
 )
 
 func (o Op) String() string {
@@ -67,6 +69,10 @@ func (o Op) String() string {
 		return "audit"
 	case OpReload:
 		return "reload"
+	case OpCheck:
+		return "check"
+	case OpDelegate:
+		return "delegate"
 	}
 	return fmt.Sprintf("op(%d)", uint8(o))
 }
@@ -116,7 +122,114 @@ const (
 	AttrQuotas        Attr = 37 // u64: quotas in the configuration (reload)
 	AttrWait          Attr = 38 // u64: acquire: wait up to this many milliseconds for the entry to be published
 	AttrPod           Attr = 39 // string: register: "NAMESPACE/POD" of a Kubernetes pod's container
+	// Grants (publish, acquire, check, revoke, delegate, list).
+	AttrRestrict    Attr = 40 // u32: Restrict bits: publish, delegate; in replies, what a grant's description carries
+	AttrGrant       Attr = 41 // string: a grant's id "gN": revoke one grant; in replies, the grant handed out or found
+	AttrGrantee     Attr = 42 // string: the identity a grant was made for (replies); delegate: the identity to delegate to
+	AttrParent      Attr = 43 // string: the id of the grant a delegated grant was derived from; absent for a grant of the entry itself
+	AttrGrantInfo   Attr = 44 // nested: one grant of a list entry: GRANT, GRANTEE, UID, PARENT, RESTRICT, ACQUIRED, PUBLISHED, EXPIRES
+	AttrEnforcement Attr = 45 // string: what a revoke of the entry does: "enforced", "advisory"
+	AttrDepth       Attr = 46 // u32: a grant's depth: 1 for a grant of the entry, 2 for one delegated from it, ...
 )
+
+// Restrict is what a per-consumer grant's description withholds, as bits
+// of AttrRestrict. A grant never holds more than its parent: a child's
+// bits include its parent's.
+type Restrict uint32
+
+const (
+	// RestrictOwn: each consumer gets its own open file description
+	// (memfds and regular files reopened, directories as detached
+	// mounts), so the publisher can tell consumers apart and revoke one.
+	RestrictOwn Restrict = 1 << iota
+	// RestrictReadOnly: the description is read-only (a memfd must be
+	// sealed against writes, F_SEAL_WRITE or F_SEAL_FUTURE_WRITE, so that
+	// a reopen through /proc cannot make it writable); a directory's
+	// detached mount is read-only.
+	RestrictReadOnly
+	// RestrictNoSuid, RestrictNoDev, RestrictNoExec: a directory's
+	// detached mount is nosuid, nodev, noexec.
+	RestrictNoSuid
+	RestrictNoDev
+	RestrictNoExec
+	// RestrictKeep (publish only): the publisher's own processes (its
+	// cgroup) keep using the file after a kernel-enforced revoke.
+	RestrictKeep
+)
+
+// RestrictAll is every Restrict bit.
+const RestrictAll = RestrictOwn | RestrictReadOnly | RestrictNoSuid | RestrictNoDev | RestrictNoExec | RestrictKeep
+
+var restrictNames = []struct {
+	bit  Restrict
+	name string
+}{{RestrictOwn, "per-consumer"}, {RestrictReadOnly, "read-only"}, {RestrictNoSuid, "nosuid"}, {RestrictNoDev, "nodev"}, {RestrictNoExec, "noexec"}, {RestrictKeep, "keep-publisher"}}
+
+// Attenuating reports whether r withholds anything beyond a description
+// of its own.
+func (r Restrict) Attenuating() bool {
+	return r&(RestrictReadOnly|RestrictNoSuid|RestrictNoDev|RestrictNoExec) != 0
+}
+
+// String lists r's names, comma-separated ("per-consumer,read-only"), ""
+// for none.
+func (r Restrict) String() string {
+	var out []string
+	for _, n := range restrictNames {
+		if r&n.bit != 0 {
+			out = append(out, n.name)
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// Names lists r's names.
+func (r Restrict) Names() []string {
+	out := []string{}
+	for _, n := range restrictNames {
+		if r&n.bit != 0 {
+			out = append(out, n.name)
+		}
+	}
+	return out
+}
+
+// ParseRestrict reads one restriction's name.
+func ParseRestrict(name string) (Restrict, error) {
+	for _, n := range restrictNames {
+		if n.name == name {
+			return n.bit, nil
+		}
+	}
+	var all []string
+	for _, n := range restrictNames {
+		all = append(all, n.name)
+	}
+	return 0, fmt.Errorf("unknown restriction %q (want %s)", name, strings.Join(all, ", "))
+}
+
+// Grant ids: "g" and a number unique for the store's whole life.
+const GrantPrefix = "g"
+
+// GrantSep separates an entry's name from the ids of the grants derived
+// from it in the names the agent stores grants under ("NAME#g7#g9": g9 was
+// delegated from g7, a grant of NAME). It is not a name character, so no
+// request can name a grant as an entry.
+const GrantSep = '#'
+
+// ValidGrantID reports why id is not a grant id "gN".
+func ValidGrantID(id string) error {
+	n, ok := strings.CutPrefix(id, GrantPrefix)
+	if !ok || n == "" || n[0] == '0' || len(n) > 20 {
+		return fmt.Errorf("%q is not a grant id (g and a number, e.g. g7)", id)
+	}
+	for i := 0; i < len(n); i++ {
+		if n[i] < '0' || n[i] > '9' {
+			return fmt.Errorf("%q is not a grant id (g and a number, e.g. g7)", id)
+		}
+	}
+	return nil
+}
 
 // MaxWait bounds one acquire's wait; a client that wants longer asks again.
 const MaxWait = 30_000 // milliseconds
@@ -156,6 +269,8 @@ const (
 	CodeBusy               Code = 7
 	CodeInternal           Code = 8
 	CodeInvalidConfig      Code = 9
+	// CodeNotOurs (check): the fd is none of the entry's descriptions.
+	CodeNotOurs Code = 10
 )
 
 var codeNames = [...]string{
@@ -169,6 +284,7 @@ var codeNames = [...]string{
 	CodeBusy:               "busy",
 	CodeInternal:           "internal",
 	CodeInvalidConfig:      "invalid-config",
+	CodeNotOurs:            "not-ours",
 }
 
 // String returns the code's stable name, e.g. "not-found".
@@ -215,6 +331,7 @@ var (
 	ErrBusy               = &Error{Code: CodeBusy}
 	ErrInternal           = &Error{Code: CodeInternal}
 	ErrInvalidConfig      = &Error{Code: CodeInvalidConfig}
+	ErrNotOurs            = &Error{Code: CodeNotOurs}
 )
 
 // ErrMalformed reports bytes that are not a well-formed message.

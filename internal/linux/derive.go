@@ -1,0 +1,133 @@
+package linux
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrWidens reports a derived description that would hold more access
+// than the one it is made from.
+var ErrWidens = errors.New("would widen access")
+
+// Reopen returns a new open file description of the regular file (or
+// memfd) fd refers to, opened through /proc/self/fd, whose magic link
+// reaches unlinked and anonymous files too. It has fd's access mode, or
+// read-only with readOnly, and keeps O_APPEND: never more access than fd
+// has. A write-only fd cannot give a read-only one (ErrWidens). The caller
+// owns the returned fd.
+func Reopen(fd int, readOnly bool) (int, error) {
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("fcntl F_GETFL", err)
+	}
+	if fl&unix.O_PATH != 0 {
+		return -1, fmt.Errorf("an O_PATH fd cannot be reopened with access it lacks: %w", ErrWidens)
+	}
+	mode := fl & unix.O_ACCMODE
+	if readOnly {
+		if mode == unix.O_WRONLY {
+			return -1, fmt.Errorf("a write-only fd cannot give a read-only one: %w", ErrWidens)
+		}
+		mode = unix.O_RDONLY
+	}
+	flags := mode | fl&unix.O_APPEND | unix.O_CLOEXEC | unix.O_NOCTTY | unix.O_NONBLOCK
+	p := "/proc/self/fd/" + strconv.Itoa(fd)
+	var n int
+	err = ignoringEINTR(func() (err error) {
+		n, err = unix.Open(p, flags, 0)
+		return err
+	})
+	if err != nil {
+		return -1, &os.PathError{Op: "reopen", Path: p, Err: err}
+	}
+	// O_NONBLOCK kept a FIFO swapped in for the file from blocking the
+	// open; a regular file's description does not need it.
+	if _, err := unix.FcntlInt(uintptr(n), unix.F_SETFL, flags&unix.O_APPEND); err != nil {
+		Close(n)
+		return -1, os.NewSyscallError("fcntl F_SETFL", err)
+	}
+	return n, nil
+}
+
+// Mount attributes for DetachedDir.
+const (
+	MountReadOnly = unix.MOUNT_ATTR_RDONLY
+	MountNoSuid   = unix.MOUNT_ATTR_NOSUID
+	MountNoDev    = unix.MOUNT_ATTR_NODEV
+	MountNoExec   = unix.MOUNT_ATTR_NOEXEC
+)
+
+// DetachedDir returns a directory fd at the root of a new detached mount
+// of the directory dir refers to (open_tree with OPEN_TREE_CLONE, then the
+// attributes attrs set with mount_setattr). ".." at the root of a detached
+// mount stays there: the fd reaches the tree and nothing above it, and the
+// mount lives as long as some fd on it does. Submounts are not cloned. The
+// caller owns the returned fd.
+//
+// The kernel clones only mounts of the caller's own mount namespace: a
+// directory from another one (a container's) fails with EINVAL.
+func DetachedDir(dir int, attrs uint64) (int, error) {
+	tree, err := unix.OpenTree(dir, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	if err != nil {
+		return -1, os.NewSyscallError("open_tree", err)
+	}
+	defer Close(tree)
+	if attrs != 0 {
+		attr := unix.MountAttr{Attr_set: attrs}
+		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+			return -1, os.NewSyscallError("mount_setattr", err)
+		}
+	}
+	var n int
+	err = ignoringEINTR(func() (err error) {
+		n, err = unix.Openat(tree, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		return err
+	})
+	if err != nil {
+		return -1, os.NewSyscallError("openat", err)
+	}
+	return n, nil
+}
+
+// AccessMode returns fd's O_ACCMODE bits and whether it is O_PATH.
+func AccessMode(fd int) (mode int, path bool, err error) {
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return 0, false, os.NewSyscallError("fcntl F_GETFL", err)
+	}
+	return fl & unix.O_ACCMODE, fl&unix.O_PATH != 0, nil
+}
+
+// DetachedDirIn is DetachedDir run in the mount namespace ns (an nsfs fd):
+// the kernel clones only mounts of the caller's own namespace, and the
+// agent runs in a private one of its own. It runs on a thread of its own,
+// which gets its own filesystem context (unshare CLONE_FS), joins ns, and
+// ends with the call (the thread is never unlocked, so the Go runtime
+// drops it rather than reuse a thread in another namespace).
+func DetachedDirIn(ns, dir int, attrs uint64) (int, error) {
+	type result struct {
+		fd  int
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			ch <- result{-1, os.NewSyscallError("unshare CLONE_FS", err)}
+			return
+		}
+		if err := unix.Setns(ns, unix.CLONE_NEWNS); err != nil {
+			ch <- result{-1, os.NewSyscallError("setns", err)}
+			return
+		}
+		fd, err := DetachedDir(dir, attrs)
+		ch <- result{fd, err}
+	}()
+	r := <-ch
+	return r.fd, r.err
+}
