@@ -32,11 +32,16 @@ const (
 	maxMeta    = 64 << 20
 )
 
+// AgentPrefix names fds the agent keeps for itself beside its entries and
+// metadata (its origin mount namespace in a hand-off, the programs and
+// maps of kernel-enforced revocation): Restore leaves them to the agent.
+const AgentPrefix = "capd-"
+
 // IsStored reports whether name is one the agent gives the fds it keeps
-// (entries, metadata, an older agent's container pidfds), as opposed to a
-// socket systemd passes.
+// (entries, metadata, an older agent's container pidfds, its own), as
+// opposed to a socket systemd passes.
 func IsStored(name string) bool {
-	for _, p := range []string{store.IDPrefix, CtrPrefix, MetaPrefix, JournalPrefix} {
+	for _, p := range []string{store.IDPrefix, CtrPrefix, MetaPrefix, JournalPrefix, AgentPrefix} {
 		if strings.HasPrefix(name, p) {
 			return true
 		}
@@ -83,6 +88,12 @@ type Record struct {
 	Ino       uint64           `json:"ino"`
 	Acct      uint32           `json:"acct_uid,omitempty"` // the uid its per-uid limits count against
 	Exempt    bool             `json:"exempt,omitempty"`   // published by a host administrator: no per-uid limits
+	// Restrict: an entry's per-consumer restrictions, a grant's own
+	// (proto.Restrict bits).
+	Restrict uint32 `json:"restrict,omitempty"`
+	// Grantee and GranteeUID: whom a grant (Name NAME#gN...) was made for.
+	Grantee    string `json:"grantee,omitempty"`
+	GranteeUID uint32 `json:"grantee_uid,omitempty"`
 }
 
 // snapshot describes the store's entries (called under its lock).
@@ -101,11 +112,15 @@ func snapshot(next uint64, entries iter.Seq[*store.Entry]) *Meta {
 // recordOf describes e (called under the store's lock).
 func recordOf(e *store.Entry) Record {
 	dev, ino := e.File()
-	return Record{
+	r := Record{
 		ID: e.ID(), Owner: e.Owner(), Name: e.Name(), Pinned: e.Pinned(), Allow: e.Allow(), Kind: e.Kind(),
 		Cgroup: e.Cgroup(), OwnerCg: e.OwnerCgroup(), UID: e.UID(), Published: e.Published(), Expires: e.Expires(),
-		Dev: dev, Ino: ino, Acct: e.Acct(), Exempt: !e.Limited(),
+		Dev: dev, Ino: ino, Acct: e.Acct(), Exempt: !e.Limited(), Restrict: uint32(e.Restrict()),
 	}
+	if e.IsGrant() {
+		r.Grantee, r.GranteeUID = e.Grantee()
+	}
+	return r
 }
 
 // containers describes the registrations, sorted by id.
@@ -179,8 +194,14 @@ func ValidRecord(r *Record) error {
 		return fmt.Errorf("entry id %q does not name owner %q and name %q", r.ID, r.Owner, r.Name)
 	case r.Owner == "" || len(r.Owner) > proto.MaxIdentity || strings.ContainsFunc(r.Owner, unicode.IsControl):
 		return fmt.Errorf("owner %q is not an identity", r.Owner)
-	case proto.ValidName(r.Name) != nil:
-		return proto.ValidName(r.Name)
+	case proto.ValidName(baseName(r.Name)) != nil:
+		return proto.ValidName(baseName(r.Name))
+	case proto.Restrict(r.Restrict)&^proto.RestrictAll != 0:
+		return fmt.Errorf("restrictions %#x", r.Restrict)
+	case (r.Grantee != "") != strings.ContainsRune(r.Name, proto.GrantSep):
+		return fmt.Errorf("entry %q with grantee %q: a grant's name is NAME#gN, and only a grant has a grantee", r.Name, r.Grantee)
+	case len(r.Grantee) > proto.MaxIdentity || strings.ContainsFunc(r.Grantee, unicode.IsControl):
+		return fmt.Errorf("grantee %q is not an identity", r.Grantee)
 	case !validCgroupPath(r.Cgroup) || !validCgroupPath(r.OwnerCg):
 		return fmt.Errorf("cgroup %q or owner cgroup %q is not a clean absolute path", r.Cgroup, r.OwnerCg)
 	case !cgroup.Within(r.Cgroup, r.OwnerCg):
@@ -196,6 +217,18 @@ func ValidRecord(r *Record) error {
 		}
 	}
 	return nil
+}
+
+// baseName is the entry name a stored name begins with, after checking
+// the grant ids that may follow it ("NAME#g7#g9"); "" if one is not.
+func baseName(name string) string {
+	parts := strings.Split(name, string(proto.GrantSep))
+	for _, id := range parts[1:] {
+		if proto.ValidGrantID(id) != nil {
+			return ""
+		}
+	}
+	return parts[0]
 }
 
 // ValidContainer checks a stored registration field by field.

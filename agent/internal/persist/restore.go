@@ -4,11 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 
 	"github.com/capd-dev/capd/agent/internal/registry"
 	"github.com/capd-dev/capd/agent/internal/store"
 	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/internal/proto"
 )
 
 // Stored is one fd handed to the agent at start (systemd's fd store, or a
@@ -87,6 +89,11 @@ func Restore(log *slog.Logger, stored []Stored, st *store.Store, reg *registry.R
 	}
 	restored := 0
 	nextID := meta.NextID
+	// An entry before the grants made of it, a grant before those
+	// delegated from it.
+	slices.SortStableFunc(meta.Entries, func(a, b Record) int {
+		return strings.Count(a.Name, string(proto.GrantSep)) - strings.Count(b.Name, string(proto.GrantSep))
+	})
 	for i := range meta.Entries {
 		r := &meta.Entries[i]
 		if err := ValidRecord(r); err != nil {
@@ -124,6 +131,7 @@ func Restore(log *slog.Logger, stored []Stored, st *store.Store, reg *registry.R
 		sp := store.Spec{
 			Owner: r.Owner, Name: r.Name, Pinned: r.Pinned, Allow: r.Allow, Kind: kind, Cgroup: r.Cgroup, OwnerCgroup: r.OwnerCg,
 			UID: r.UID, Acct: r.Acct, Limited: !r.Exempt, Published: r.Published, Expires: r.Expires, Dev: r.Dev, Ino: r.Ino,
+			Restrict: proto.Restrict(r.Restrict), Grantee: r.Grantee, GranteeUID: r.GranteeUID,
 		}
 		if r.Acct == 0 {
 			sp.Acct = r.UID // recorded by an older agent

@@ -10,6 +10,7 @@ import (
 	"github.com/capd-dev/capd/agent/policy"
 	"github.com/capd-dev/capd/cgroup"
 	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/internal/proto"
 )
 
 // Key names an entry: its owner identity and its name.
@@ -37,6 +38,15 @@ type Spec struct {
 	Dev, Ino    uint64 // the file's identity, for audit after the fd is gone
 	Published   time.Time
 	Expires     time.Time // zero: never
+	// Restrict: for an entry, what each consumer's grant withholds
+	// (RestrictOwn: consumers get grants); for a grant, what its
+	// description withholds.
+	Restrict proto.Restrict
+	// Grantee and GranteeUID: a grant's consumer. A Spec with a Grantee
+	// makes a grant; its Name is NAME#gN..., and Restore links it to its
+	// parent.
+	Grantee    string
+	GranteeUID uint32
 }
 
 // Entry is one stored fd, described by the Spec it was made from, which
@@ -74,8 +84,11 @@ type origin struct {
 
 // more is what few entries have.
 type more struct {
-	allow []policy.Pattern
-	id    string // an id restored as recorded, which EntryID would not give
+	allow    []policy.Pattern
+	id       string // an id restored as recorded, which EntryID would not give
+	restrict proto.Restrict
+	grant    *grantInfo // a grant's; nil for an entry
+	grants   []*Entry   // the grants derived from this entry or grant
 }
 
 const (
@@ -118,6 +131,12 @@ func NewEntry(sp *Spec, fd int) *Entry {
 	}
 	if len(sp.Allow) > 0 {
 		e.extra().allow = sp.Allow
+	}
+	if sp.Restrict != 0 {
+		e.extra().restrict = sp.Restrict
+	}
+	if sp.Grantee != "" {
+		e.extra().grant = &grantInfo{grantee: sp.Grantee, granteeUID: sp.GranteeUID}
 	}
 	e.fd.Own(fd)
 	e.refs.Store(1)
@@ -216,7 +235,12 @@ func (e *Entry) CountAcquire() { e.acquired.Add(1) }
 // Target describes the entry to the authorization decision.
 func (e *Entry) Target() *policy.Target {
 	o := e.origin.Value()
-	return &policy.Target{Owner: o.owner, Name: e.name, UID: e.uid, Allow: e.Allow(), Kind: o.kind}
+	r := e.Root()
+	t := &policy.Target{Owner: o.owner, Name: r.name, UID: e.uid, Allow: r.Allow(), Kind: r.Kind(), Restrict: r.Restrict() &^ proto.RestrictKeep}
+	for _, d := range e.Delegators() {
+		t.Delegators = append(t.Delegators, policy.Grantee(d))
+	}
+	return t
 }
 
 // watched reports whether the entry follows its owner cgroup's life.

@@ -56,11 +56,13 @@ type Observer interface {
 // Limits bound one publish: the whole store, the admin reserve, the
 // publisher's uid, and each cgroup on the way up from the entry's cgroup.
 type Limits struct {
-	Max          int                                           // entries in the whole store
-	Reserve      int                                           // of Max, kept for publishers that are not Limited
-	PerUID       int                                           // entries per accounting uid
-	PinnedPerUID int                                           // pinned entries per accounting uid
-	Node         func(cgroup string, owner bool) policy.Limits // limits of a cgroup node (owner: it is the entry's owner cgroup)
+	Max           int                                           // entries in the whole store
+	Reserve       int                                           // of Max, kept for publishers that are not Limited
+	PerUID        int                                           // entries per accounting uid
+	PinnedPerUID  int                                           // pinned entries per accounting uid
+	Node          func(cgroup string, owner bool) policy.Limits // limits of a cgroup node (owner: it is the entry's owner cgroup)
+	MaxGrants     int                                           // grants of one entry or grant (its consumers, or its delegations)
+	MaxGrantDepth int                                           // 1: consumers' grants only; 2: one delegation from them; ...
 }
 
 // maxTombs bounds the removed entries audit remembers.
@@ -102,19 +104,21 @@ type Store struct {
 	clock  Clock
 	closer *closer.Closer
 
-	mu      sync.RWMutex
-	obs     Observer // nil: no mirror
-	entries index
-	exp     expiryHeap
-	timer   Timer
-	closed  bool
-	tombs   []Tombstone               // the last removed entries, oldest first, at most maxTombs
-	usage   map[string]*usage         // cgroup path -> usage of the subtree
-	byUID   map[uint32]*usage         // accounting uid -> its limited entries
-	pins    map[string]int            // owner identity -> its pinned entries, wherever published
-	owned   map[string]*watchedCgroup // owner cgroup -> its watched entries
-	seq     uint64                    // the last entry number given out; never reused
-	waiters map[Key]*waiter           // one per awaited key, while someone waits
+	mu       sync.RWMutex
+	obs      Observer  // nil: no mirror
+	enf      Enforcer  // nil: revokes are advisory
+	cloneDir DirCloner // nil: linux.DetachedDir
+	entries  index
+	exp      expiryHeap
+	timer    Timer
+	closed   bool
+	tombs    []Tombstone               // the last removed entries, oldest first, at most maxTombs
+	usage    map[string]*usage         // cgroup path -> usage of the subtree
+	byUID    map[uint32]*usage         // accounting uid -> its limited entries
+	pins     map[string]int            // owner identity -> its pinned entries, wherever published
+	owned    map[string]*watchedCgroup // owner cgroup -> its watched entries
+	seq      uint64                    // the last entry number given out; never reused
+	waiters  map[Key]*waiter           // one per awaited key, while someone waits
 }
 
 // New returns an empty store. w may be nil (entries then never follow
@@ -137,6 +141,23 @@ func New(w Watcher, clock Clock) *Store {
 	s.timer = clock.AfterFunc(time.Hour, s.expire)
 	s.timer.Stop()
 	return s
+}
+
+// Enforcer makes a revoke hold in the kernel: once Enforce returns, every
+// holder's further use of e's description fails, whatever the holder
+// does with its copy. The store calls it under its lock, for an entry or
+// grant that is revoked, expires or loses its owner, and for every grant
+// derived from it, before its fd is released; never for a shutdown or a
+// hand-off.
+type Enforcer interface {
+	Enforce(e *Entry)
+}
+
+// SetEnforcer sets the Enforcer, before the store is used.
+func (s *Store) SetEnforcer(enf Enforcer) {
+	s.mu.Lock()
+	s.enf = enf
+	s.mu.Unlock()
 }
 
 // SetObserver sets the mirror, before the store is used.
@@ -177,7 +198,12 @@ func (s *Store) Publish(e *Entry, ownerID uint64, replace bool, mayReplace func(
 		return err
 	}
 	if old != nil {
-		dead = append(dead, s.removeLocked(old))
+		// A replaced entry's own description may be the new one's (a
+		// restarted publisher's); its grants' are their own.
+		if s.enf != nil {
+			walkGrants(old, func(g *Entry) bool { s.enf.Enforce(g); return true })
+		}
+		dead = s.removeLocked(old, dead)
 	}
 	s.seq++
 	e.seq = s.seq
@@ -294,6 +320,9 @@ func (s *Store) mirrorNeedLocked() int {
 
 func (s *Store) insertLocked(e *Entry) {
 	s.entries.put(e)
+	if e.IsGrant() {
+		linkGrantLocked(e)
+	}
 	if len(s.waiters) > 0 {
 		k := e.Key()
 		if w := s.waiters[k]; w != nil {
@@ -447,16 +476,29 @@ func (s *Store) Revoke(owner, name string, may func(*Entry) error, shutdown bool
 			return "", fmt.Errorf("shutdown %s:%s: %w", owner, name, err)
 		}
 	}
-	s.removeLocked(e)
+	dead := s.revokeLocked(e, nil)
 	s.mu.Unlock()
 	id = e.ID()
-	s.Release(e)
+	s.ReleaseAll(dead)
 	return id, nil
 }
 
-// removeLocked unlinks e and returns it; the caller releases the store's
-// reference after unlocking.
-func (s *Store) removeLocked(e *Entry) *Entry {
+// removeLocked unlinks e and every grant derived from it and appends them
+// to dead; the caller releases the store's references after unlocking. An
+// entry no longer in the store (a grant its parent's removal took) is
+// skipped.
+func (s *Store) removeLocked(e *Entry, dead []*Entry) []*Entry {
+	if s.entries.get(e.Owner(), e.name) != e {
+		return dead
+	}
+	if e.more != nil {
+		for n := len(e.more.grants); n > 0; n = len(e.more.grants) {
+			dead = s.removeLocked(e.more.grants[n-1], dead)
+		}
+	}
+	if e.IsGrant() {
+		unlinkGrantLocked(e)
+	}
 	s.entries.del(e)
 	if e.heapIndex >= 0 {
 		heap.Remove(&s.exp, int(e.heapIndex))
@@ -484,7 +526,18 @@ func (s *Store) removeLocked(e *Entry) *Entry {
 		}
 		s.watch.Remove(ocg)
 	}
-	return e
+	return append(dead, e)
+}
+
+// revokeLocked is removeLocked for an entry or grant that is revoked
+// (asked for, expired, its owner gone): the Enforcer first makes the
+// kernel refuse its description and its grants' to every holder.
+func (s *Store) revokeLocked(e *Entry, dead []*Entry) []*Entry {
+	if s.enf != nil && s.entries.get(e.Owner(), e.name) == e {
+		s.enf.Enforce(e)
+		walkGrants(e, func(g *Entry) bool { s.enf.Enforce(g); return true })
+	}
+	return s.removeLocked(e, dead)
 }
 
 // dropOwnedLocked removes the watched entries of owner cgroup p published
@@ -494,12 +547,14 @@ func (s *Store) dropOwnedLocked(p string, epoch uint64, keep *Entry, dead []*Ent
 	if o == nil {
 		return dead
 	}
-	// Backwards: a removal moves the last entry, already seen, into its
-	// place.
-	for i := len(o.entries) - 1; i >= 0; i-- {
-		if e := o.entries[i]; e.epoch < epoch && e != keep {
-			dead = append(dead, s.removeLocked(e))
+	var gone []*Entry
+	for _, e := range o.entries {
+		if e.epoch < epoch && e != keep {
+			gone = append(gone, e)
 		}
+	}
+	for _, e := range gone {
+		dead = s.revokeLocked(e, dead)
 	}
 	return dead
 }
@@ -523,7 +578,7 @@ func (s *Store) expire() {
 		var dead []*Entry
 		now := s.clock.Now()
 		for len(s.exp) > 0 && s.exp[0].expiresBy(now) {
-			dead = append(dead, s.removeLocked(s.exp[0]))
+			dead = s.revokeLocked(s.exp[0], dead)
 		}
 		if len(s.exp) > 0 && !s.closed {
 			s.timer.Reset(s.exp[0].Expires().Sub(now))
@@ -561,9 +616,9 @@ func (s *Store) Unpublish(e *Entry) {
 		s.mu.Unlock()
 		return
 	}
-	s.removeLocked(e)
+	dead := s.removeLocked(e, nil)
 	s.mu.Unlock()
-	s.Release(e)
+	s.ReleaseAll(dead)
 }
 
 // Restore inserts an entry kept across a restart under its recorded id,
@@ -592,6 +647,14 @@ func (s *Store) Restore(e *Entry, id string) error {
 		return drop(errors.New("duplicate"))
 	case e.expiresBy(s.clock.Now()):
 		return drop(errors.New("expired"))
+	}
+	if e.IsGrant() {
+		pn, _ := ParentName(e.name)
+		p := s.entries.get(e.Owner(), pn)
+		if p == nil {
+			return drop(fmt.Errorf("the entry or grant %s it derives from was not restored", pn))
+		}
+		e.more.grant.parent = p
 	}
 	if e.watched() && s.watch != nil {
 		ocg := e.OwnerCgroup()
@@ -724,7 +787,7 @@ func (s *Store) Close(ctx context.Context) (stuck map[uint32]int, err error) {
 	s.closed = true
 	s.timer.Stop()
 	for _, e := range slices.Collect(s.entries.all()) {
-		dead = append(dead, s.removeLocked(e))
+		dead = s.removeLocked(e, dead)
 	}
 	s.mu.Unlock()
 	s.ReleaseAll(dead)
