@@ -55,9 +55,15 @@ func (c *conn) shutdown() { c.sock.Shutdown(unix.SHUT_RD) }
 // turns a refusal into a permission-denied error carrying the reason,
 // which it also logs.
 func (c *conn) authorize(cfg *policy.Config, act policy.Action, t *policy.Target) error {
+	_, err := c.decide(cfg, act, t)
+	return err
+}
+
+// decide is authorize returning the decision too.
+func (c *conn) decide(cfg *policy.Config, act policy.Action, t *policy.Target) (policy.Decision, error) {
 	d := cfg.Authorize(&c.peer.Caller, act, t)
 	if d.Allowed {
-		return nil
+		return d, nil
 	}
 	c.srv.stats.denied(act, d.Class)
 	args := []any{"action", act.String(), "identity", c.peer.Identity, "uid", c.peer.UID, "pid", c.peer.PID, "reason", d.Reason}
@@ -65,7 +71,7 @@ func (c *conn) authorize(cfg *policy.Config, act policy.Action, t *policy.Target
 		args = append(args, "entry", t.Owner+":"+t.Name)
 	}
 	c.log.Info("denied", args...)
-	return &proto.Error{Code: proto.CodePermissionDenied, Message: d.Reason}
+	return d, &proto.Error{Code: proto.CodePermissionDenied, Message: d.Reason}
 }
 
 func (c *conn) serve(cfg *policy.Config) {
@@ -180,7 +186,7 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD *linux.FD, out []byt
 	if err == nil && h.Code != proto.CodeOK {
 		err = proto.Errorf(proto.CodeInvalidRequest, "a request's code field must be 0, not %d", h.Code)
 	}
-	if err == nil && h.Op != proto.OpPublish && h.Op != proto.OpRegister && reqFD.Valid() {
+	if err == nil && h.Op != proto.OpPublish && h.Op != proto.OpRegister && h.Op != proto.OpCheck && h.Op != proto.OpDelegate && reqFD.Valid() {
 		err = proto.Errorf(proto.CodeInvalidRequest, "%s takes no fd", h.Op)
 	}
 	if err == nil {
@@ -188,9 +194,21 @@ func (c *conn) handle(cfg *policy.Config, req []byte, reqFD *linux.FD, out []byt
 		case proto.OpAcquire:
 			var e *store.Entry
 			if e, err = c.acquire(cfg, attrs); err == nil {
-				r := message(proto.NewMessage(out, proto.OpAcquire, proto.CodeOK))
+				m := proto.NewMessage(out, proto.OpAcquire, proto.CodeOK)
+				c.describeGrant(&m, e)
+				r := message(m)
 				r.entry = e
 				return r
+			}
+		case proto.OpCheck:
+			var m proto.Builder
+			if m, err = c.check(cfg, attrs, reqFD, out); err == nil {
+				return message(m)
+			}
+		case proto.OpDelegate:
+			var m proto.Builder
+			if m, err = c.delegate(cfg, attrs, reqFD, out); err == nil {
+				return message(m)
 			}
 		case proto.OpPublish:
 			err = c.publish(cfg, attrs, reqFD)
@@ -299,8 +317,16 @@ func (c *conn) acquire(cfg *policy.Config, attrs []byte) (*store.Entry, error) {
 	for {
 		e, ready, done := c.srv.store.AcquireOrWait(owner, name)
 		if e != nil {
-			if err := c.authorize(cfg, policy.Acquire, e.Target()); err != nil {
+			d, err := c.decide(cfg, policy.Acquire, e.Target())
+			if err != nil {
 				c.srv.store.Release(e)
+				if g := c.delegatedFor(cfg, owner, name); g != nil {
+					e, d = g, policy.Decision{Allowed: true}
+				} else {
+					return nil, err
+				}
+			}
+			if e, err = c.grantFor(cfg, e, d.Restrict); err != nil {
 				return nil, err
 			}
 			e.CountAcquire()
@@ -353,9 +379,9 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, reqFD *linux.FD) error 
 	}
 	var name string
 	var allow []policy.Pattern
-	var flags uint32
+	var flags, restrict uint32
 	var ttl uint64
-	var haveName, haveFlags, haveTTL bool
+	var haveName, haveFlags, haveTTL, haveRestrict bool
 	it := proto.Attrs(attrs)
 	var err error
 	for t, v, ok := it.Next(); ok && err == nil; t, v, ok = it.Next() {
@@ -372,6 +398,9 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, reqFD *linux.FD) error 
 			if err = policy.ValidPattern(string(v)); err == nil {
 				allow = append(allow, policy.Pattern(v))
 			}
+		case t == proto.AttrRestrict && !haveRestrict:
+			restrict, err = proto.U32(v)
+			haveRestrict = true
 		default:
 			err = badAttr(proto.OpPublish, t)
 		}
@@ -387,6 +416,8 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, reqFD *linux.FD) error 
 		err = fmt.Errorf("unknown publish flags %#x", flags)
 	case haveTTL && (ttl == 0 || ttl > uint64((100*365*24*time.Hour).Milliseconds())):
 		err = fmt.Errorf("ttl of %d ms is out of range", ttl)
+	case proto.Restrict(restrict)&^proto.RestrictAll != 0:
+		err = fmt.Errorf("unknown restrictions %#x", restrict)
 	default:
 		err = proto.ValidName(name)
 	}
@@ -403,6 +434,15 @@ func (c *conn) publish(cfg *policy.Config, attrs []byte, reqFD *linux.FD) error 
 		UID: c.peer.UID, Acct: c.peer.Acct, Limited: !c.peer.HostAdmin(), Published: time.Now(),
 	}
 	sp.Kind, sp.Dev, sp.Ino, _ = linux.DescribeFD(reqFD.Int())
+	if r := proto.Restrict(restrict); r != 0 {
+		if r != proto.RestrictKeep {
+			r |= proto.RestrictOwn
+			if err := store.Derivable(sp.Kind, r); err != nil {
+				return err
+			}
+		}
+		sp.Restrict = r
+	}
 	if haveTTL {
 		sp.Expires = sp.Published.Add(time.Duration(ttl) * time.Millisecond)
 	}
@@ -448,15 +488,17 @@ func (c *conn) ownerCgroupID() uint64 {
 }
 
 func (c *conn) revoke(cfg *policy.Config, attrs []byte) error {
-	owner, name := c.peer.Identity, ""
+	owner, name, grant := c.peer.Identity, "", ""
 	var flags uint32
-	var haveName, haveOwner, haveFlags bool
+	var haveName, haveOwner, haveFlags, haveGrant bool
 	var err error
 	it := proto.Attrs(attrs)
 	for t, v, ok := it.Next(); ok && err == nil; t, v, ok = it.Next() {
 		switch {
 		case t == proto.AttrName && !haveName:
 			name, haveName = string(v), true
+		case t == proto.AttrGrant && !haveGrant:
+			grant, haveGrant = string(v), true
 		case t == proto.AttrOwner && !haveOwner:
 			owner, haveOwner = string(v), true
 		case t == proto.AttrFlags && !haveFlags:
@@ -477,6 +519,14 @@ func (c *conn) revoke(cfg *policy.Config, attrs []byte) error {
 	}
 	if !haveName {
 		return proto.Errorf(proto.CodeInvalidRequest, "revoke needs a name")
+	}
+	if haveGrant {
+		if flags != 0 {
+			return proto.Errorf(proto.CodeInvalidRequest, "a grant's description is its own: revoke it without shutdown")
+		}
+		// The holders of the grants it was delegated from may revoke it
+		// too: decided with the grant in hand.
+		return c.revokeGrant(cfg, owner, name, grant)
 	}
 	if owner != c.peer.Identity {
 		// Another owner's entry: decided before looking, so that a refusal
@@ -592,11 +642,12 @@ func (c *conn) list(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder
 		return proto.Builder{}, err
 	}
 	entries := c.srv.store.Snapshot(func(e *store.Entry) bool {
-		if haveAfter && !after.Less(e.Key()) {
-			return false
+		if e.IsGrant() || haveAfter && !after.Less(e.Key()) {
+			return false // grants are listed with their entry
 		}
 		return cfg.Authorize(&c.peer.Caller, policy.See, e.Target()).Allowed
 	})
+	enforcement := c.srv.enforcement()
 	m := proto.NewMessage(out, proto.OpList, proto.CodeOK)
 	for _, e := range entries {
 		mark := m.Len()
@@ -618,11 +669,59 @@ func (c *conn) list(cfg *policy.Config, attrs []byte, out []byte) (proto.Builder
 		for _, a := range e.Allow() {
 			m.String(proto.AttrAllow, string(a))
 		}
+		if r := e.Restrict(); r != 0 {
+			m.U32(proto.AttrRestrict, uint32(r))
+		}
+		m.String(proto.AttrEnforcement, enforcement)
+		c.listGrants(cfg, &m, e)
 		if !endPaged(&m, start, mark) {
 			break
 		}
 	}
 	return m, nil
+}
+
+// maxListedGrants bounds the grants one list entry carries; AttrGrants
+// says how many there are.
+const maxListedGrants = 100
+
+// listGrants adds e's grants to its list entry: all of them for those who
+// may check its fds (its owner, a host administrator), else only those
+// made for the caller.
+func (c *conn) listGrants(cfg *policy.Config, m *proto.Builder, e *store.Entry) {
+	grants := c.srv.store.Grants(e)
+	if len(grants) == 0 {
+		return
+	}
+	all := cfg.Authorize(&c.peer.Caller, policy.Check, e.Target()).Allowed
+	n := 0
+	for _, g := range grants {
+		grantee, uid := g.Grantee()
+		if !all && (grantee != c.peer.Identity || uid != c.peer.UID && uid != store.AnyUID) {
+			continue
+		}
+		if n++; n > maxListedGrants {
+			continue
+		}
+		gs := m.Begin(proto.AttrGrantInfo)
+		m.String(proto.AttrGrant, g.GrantID())
+		m.String(proto.AttrGrantee, grantee)
+		m.U32(proto.AttrUID, uid)
+		if p := parentID(g); p != "" {
+			m.String(proto.AttrParent, p)
+		}
+		m.U32(proto.AttrRestrict, uint32(g.Restrict()))
+		m.U32(proto.AttrDepth, uint32(g.Depth()))
+		m.U64(proto.AttrAcquired, g.Acquired())
+		m.U64(proto.AttrPublished, uint64(g.Published().UnixMilli()))
+		if exp := g.Expires(); !exp.IsZero() {
+			m.U64(proto.AttrExpires, uint64(exp.UnixMilli()))
+		}
+		m.End(gs)
+	}
+	if n > 0 {
+		m.U64(proto.AttrGrants, uint64(n))
+	}
 }
 
 // reload re-reads the configuration for a host administrator and answers

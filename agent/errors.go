@@ -19,6 +19,8 @@ var wireCodes = []struct {
 	{store.ErrQuota, proto.CodeQuotaExceeded},
 	{store.ErrNotSocket, proto.CodeInvalidRequest},
 	{store.ErrOwnerEmpty, proto.CodePermissionDenied},
+	{store.ErrNotOurs, proto.CodeNotOurs},
+	{store.ErrNotDerivable, proto.CodeInvalidRequest},
 	{registry.ErrNotFound, proto.CodeNotFound},
 	{registry.ErrConflict, proto.CodeExists},
 	{registry.ErrGone, proto.CodeInvalidRequest},

@@ -96,8 +96,12 @@ func Run(ctx context.Context, opts Options) error {
 	if len(cfg.Files) == 0 {
 		log.Warn("no configuration file; every acquire except an owner's own is denied", "config", configPath)
 	}
+	origin := takeOrigin()
 	srv, err := New(cfg, log)
 	if err != nil {
+		if origin >= 0 {
+			linux.Close(origin)
+		}
 		return err
 	}
 	defer func() {
@@ -114,6 +118,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer l.Close()
+	stored = srv.adoptOrigin(origin, stored)
 	if len(stored) > 0 {
 		n := srv.Restore(stored)
 		if os.Getenv(handoffMarker) == strconv.Itoa(os.Getpid()) {
@@ -236,8 +241,15 @@ func privateMountNS(args []string) error {
 		}
 	}
 	env = append(env, nsMarker+"="+pid)
+	origin, marker := openOrigin()
+	if origin >= 0 {
+		env = append(env, marker)
+	}
 	entered, err := linux.ExecInNewMountNS(args, env, agentSignals)
 	if !entered {
+		if origin >= 0 {
+			linux.Close(origin)
+		}
 		return err
 	}
 	// Past the unshare: this thread is in a half-set-up namespace.
@@ -332,6 +344,9 @@ func execHandoff(log *slog.Logger, srv *Server, l *Listener, served <-chan error
 		return err
 	}
 	names, fds = append([]string{"capd.sock"}, names...), append([]int{l.FD()}, fds...)
+	if srv.origin >= 0 {
+		names, fds = append(names, originName), append(fds, srv.origin)
+	}
 	pid := strconv.Itoa(os.Getpid())
 	var env []string
 	for _, kv := range os.Environ() {

@@ -41,6 +41,8 @@ type Server struct {
 	quit     chan struct{} // closed when the server stops: wakes waiting acquires
 	holds    *fdpass.Holds // connections holding a thread for their next request
 	stats    counters      // for the metrics endpoint
+	enf      *enforcer     // nil: revokes are advisory (no BPF LSM)
+	origin   int           // the mount namespace the agent was started in (see origin.go); -1: its own
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -97,6 +99,7 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 		holds:    fdpass.NewHolds(maxHeld),
 		conns:    make(map[*conn]struct{}),
 		perUID:   make(map[uint32]*uidState),
+		origin:   -1,
 	}
 	if s.poll, err = poller.New(); err != nil {
 		r.Close()
@@ -109,6 +112,7 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.store = store.New(s.watcher, nil)
+	s.store.SetDirCloner(s.cloneDir)
 	s.reg = registry.NewRegistry(s.watcher, cgroupFS{r})
 	fs, err := fdstore.Open()
 	if err != nil {
@@ -440,6 +444,10 @@ func (s *Server) Close() error {
 	}
 	s.watcher.Close()
 	s.poll.Close()
+	if s.origin >= 0 {
+		linux.Close(s.origin)
+		s.origin = -1
+	}
 	return s.resolver.Close()
 }
 
@@ -452,7 +460,20 @@ func (s *Server) limits(cfg *policy.Config) *store.Limits {
 		PerUID:       cfg.Agent.MaxEntriesPerUID,
 		PinnedPerUID: cfg.Agent.MaxPinnedPerUID,
 		Node:         cfg.NodeLimits,
+
+		MaxGrants:     cfg.Agent.MaxGrants,
+		MaxGrantDepth: cfg.Agent.MaxGrantDepth,
 	}
+}
+
+// enforcement says what a revoke does on this agent: "enforced" when the
+// kernel refuses a revoked description to every holder (BPF LSM),
+// "advisory" when the agent only stops handing it out and verifying it.
+func (s *Server) enforcement() string {
+	if s.enf != nil {
+		return "enforced"
+	}
+	return "advisory"
 }
 
 // synced brings systemd's copy of the metadata up to date, if there is

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/capd-dev/capd/internal/proto"
 )
 
 // Caller is what the kernel says about a connected process: everything an
@@ -92,15 +94,21 @@ const (
 	ManageContainers
 	// Reload re-reads the configuration; no target.
 	Reload
+	// Check asks which of the target entry's descriptions (the entry's
+	// own, or a grant's) an fd is.
+	Check
+	// Delegate derives a grant of the target entry, from the caller's
+	// own, for the identity Target.To.
+	Delegate
 )
 
 // NumActions is the number of actions: every Action is below it.
-const NumActions = int(Reload) + 1
+const NumActions = int(Delegate) + 1
 
-var actionNames = [...]string{Publish: "publish", Acquire: "acquire", See: "list", Replace: "replace", Revoke: "revoke", Status: "status", Audit: "audit", ManageContainers: "register containers", Reload: "reload"}
+var actionNames = [...]string{Publish: "publish", Acquire: "acquire", See: "list", Replace: "replace", Revoke: "revoke", Status: "status", Audit: "audit", ManageContainers: "register containers", Reload: "reload", Check: "check", Delegate: "delegate"}
 
 // actionKeys are the actions' stable names, for metrics labels.
-var actionKeys = [...]string{Publish: "publish", Acquire: "acquire", See: "see", Replace: "replace", Revoke: "revoke", Status: "status", Audit: "audit", ManageContainers: "manage-containers", Reload: "reload"}
+var actionKeys = [...]string{Publish: "publish", Acquire: "acquire", See: "see", Replace: "replace", Revoke: "revoke", Status: "status", Audit: "audit", ManageContainers: "manage-containers", Reload: "reload", Check: "check", Delegate: "delegate"}
 
 func (a Action) String() string {
 	if int(a) < len(actionNames) {
@@ -125,8 +133,10 @@ func (a Action) Denials() []Class {
 		return []Class{NotGranted, OwnerUID, Audience, UnconfinedKind}
 	case See:
 		return []Class{NotVisible}
-	case Replace, Revoke:
+	case Replace, Revoke, Check:
 		return []Class{NotOwner, OwnerUID}
+	case Delegate:
+		return []Class{NotGranted, Audience}
 	case Status, ManageContainers, Reload:
 		return []Class{HostAdmin}
 	case Audit:
@@ -192,6 +202,24 @@ type Target struct {
 	// Kind is the fd's kind (see linux.FdKind): "dir" and "path" are not
 	// confined to a container's root.
 	Kind string
+	// Restrict is what each consumer's grant of the entry withholds
+	// (RestrictOwn: consumers get grants of their own).
+	Restrict proto.Restrict
+	// Delegators (revoking one grant) are the grantees of the grants it
+	// was delegated from: each may revoke it.
+	Delegators []Grantee
+	// To (delegating) is the identity a grant is delegated to.
+	To string
+}
+
+// AnyUID is a Grantee's uid when the grant is for every uid of its
+// identity (a delegated grant).
+const AnyUID = ^uint32(0)
+
+// Grantee is an identity with its uid, whom a grant was made for.
+type Grantee struct {
+	Identity string
+	UID      uint32
 }
 
 // Decision is an answer with its reason, for the client and the log, and,
@@ -200,6 +228,10 @@ type Decision struct {
 	Allowed bool
 	Reason  string
 	Class   Class // Allowed (zero) when Allowed is true
+	// Restrict (acquire) is what the consumer's grant must withhold:
+	// the entry's and every matching policy grant's restrictions. Zero:
+	// the consumer gets the entry's own description.
+	Restrict proto.Restrict
 }
 
 func allow(format string, args ...any) Decision {
@@ -235,7 +267,14 @@ func (c *Config) Authorize(who *Caller, act Action, t *Target) Decision {
 			return deny(CapSysPtrace, "audit reads every process's fds: a host administrator with CAP_SYS_PTRACE only (the caller lacks CAP_SYS_PTRACE)")
 		}
 		return allow("host administrator")
-	case Revoke, Replace:
+	case Revoke, Replace, Check:
+		if act == Revoke && t.Owner != who.Identity {
+			for _, d := range t.Delegators {
+				if d.Identity == who.Identity && (d.UID == who.UID || d.UID == AnyUID) {
+					return allow("delegated it")
+				}
+			}
+		}
 		if t.Owner != who.Identity {
 			if who.HostAdmin() {
 				return allow("host administrator")
@@ -253,12 +292,14 @@ func (c *Config) Authorize(who *Caller, act Action, t *Target) Decision {
 		if who.HostAdmin() || t.Owner == who.Identity {
 			return allow("visible")
 		}
-		if _, ok := c.grants(who, t); ok && admits(t.Allow, who.Names()) {
+		if _, _, ok := c.grants(who, t); ok && admits(t.Allow, who.Names()) {
 			return allow("granted")
 		}
 		return deny(NotVisible, "not visible")
 	case Acquire:
 		return c.acquire(who, t)
+	case Delegate:
+		return c.delegate(who, t)
 	}
 	return deny(UnknownAction, "unknown action %d", act)
 }
@@ -275,11 +316,12 @@ func (c *Config) acquire(who *Caller, t *Target) Decision {
 	var kinds []string
 	if t.Owner == who.Identity && (who.UID == t.UID || who.HostAdmin()) {
 		// An owner's own entries, for restart recovery: neither policy nor
-		// the audience applies.
+		// the audience applies, and it gets the entry's own description.
 		d = allow("own entry")
 	} else {
 		var ok bool
-		if kinds, ok = c.grants(who, t); !ok {
+		var r proto.Restrict
+		if kinds, r, ok = c.grants(who, t); !ok {
 			why, class := "no grant in policy", NotGranted
 			if t.Owner == who.Identity {
 				why = fmt.Sprintf("no grant in policy (it was published by uid %d, not the caller's uid %d)", t.UID, who.UID)
@@ -291,31 +333,59 @@ func (c *Config) acquire(who *Caller, t *Target) Decision {
 			return deny(Audience, "%s may not acquire %s:%s: the owner's allow list excludes it", who.Identity, t.Owner, t.Name)
 		}
 		d = allow("granted")
+		if d.Restrict = r | t.Restrict; d.Restrict != 0 {
+			d.Restrict |= proto.RestrictOwn
+		}
 	}
-	if who.InContainer() && slices.Contains(unconfinedKinds, t.Kind) && !slices.Contains(kinds, t.Kind) {
+	// A directory as a detached mount of its own is confined: ".." does
+	// not leave it.
+	confined := t.Kind == "dir" && d.Restrict&proto.RestrictOwn != 0
+	if who.InContainer() && slices.Contains(unconfinedKinds, t.Kind) && !confined && !slices.Contains(kinds, t.Kind) {
 		return deny(UnconfinedKind, "%s may not acquire %s:%s: a %s fd reaches outside a container's root, and no grant for it sets allow_kinds = [%q]", who.Identity, t.Owner, t.Name, t.Kind, t.Kind)
 	}
 	return d
 }
 
-// grants reports whether a grant lets any of who's names acquire t, and
-// the allow_kinds of every such grant.
-func (c *Config) grants(who *Caller, t *Target) (kinds []string, ok bool) {
+// delegate decides whether who may derive a grant of t, from its own, for
+// t.To: a policy grant lets who acquire t and names t.To in delegate_to,
+// and the owner's audience admits t.To. That who holds a grant to
+// delegate from is the store's to check.
+func (c *Config) delegate(who *Caller, t *Target) Decision {
+	names := who.Names()
+	for i := range c.Grants {
+		g := &c.Grants[i]
+		if !slices.ContainsFunc(names, g.Consumer.Match) || !slices.ContainsFunc(g.DelegateTo, func(p Pattern) bool { return p.Match(t.To) }) {
+			continue
+		}
+		if slices.ContainsFunc(g.Acquire, func(r EntryRef) bool { return r.Match(t.Owner, t.Name) }) {
+			if !admits(t.Allow, []string{t.To}) {
+				return deny(Audience, "%s may not delegate %s:%s to %s: the owner's allow list excludes %s", who.Identity, t.Owner, t.Name, t.To, t.To)
+			}
+			return allow("delegate_to of a grant")
+		}
+	}
+	return deny(NotGranted, "%s may not delegate %s:%s to %s: no grant in policy for it names %s in delegate_to", who.Identity, t.Owner, t.Name, t.To, t.To)
+}
+
+// grants reports whether a grant lets any of who's names acquire t, the
+// allow_kinds of every such grant, and what they restrict together.
+func (c *Config) grants(who *Caller, t *Target) (kinds []string, r proto.Restrict, ok bool) {
 	names := who.Names()
 	for i := range c.Grants {
 		g := &c.Grants[i]
 		if !slices.ContainsFunc(names, g.Consumer.Match) {
 			continue
 		}
-		for _, r := range g.Acquire {
-			if r.Match(t.Owner, t.Name) {
+		for _, ref := range g.Acquire {
+			if ref.Match(t.Owner, t.Name) {
 				ok = true
 				kinds = append(kinds, g.AllowKinds...)
+				r |= g.Restriction()
 				break
 			}
 		}
 	}
-	return kinds, ok
+	return kinds, r, ok
 }
 
 // admits reports whether an audience lets a consumer known by names in.

@@ -47,6 +47,10 @@ const (
 	// Limits of one uid that is not a host administrator.
 	DefaultMaxEntriesPerUID = 1024
 	DefaultMaxPinnedPerUID  = 256
+	// Grants of one entry (its consumers) or of one grant (its
+	// delegations), and how deep delegations go.
+	DefaultMaxGrants     = 64
+	DefaultMaxGrantDepth = 3
 )
 
 // Unlimited is a Limits value that does not limit.
@@ -92,6 +96,12 @@ type AgentConfig struct {
 	// publishes; host administrators are exempt.
 	MaxEntriesPerUID int `toml:"max_entries_per_uid"`
 	MaxPinnedPerUID  int `toml:"max_pinned_per_uid"`
+	// MaxGrants bounds the per-consumer grants of one entry, and the
+	// delegations made from one grant; MaxGrantDepth how deep grants go
+	// (1: the consumers' own; 2: one delegation from them; ...). Grants
+	// count as entries of the entry's owner in every quota.
+	MaxGrants     int `toml:"max_grants"`
+	MaxGrantDepth int `toml:"max_grant_depth"`
 }
 
 // NRIConfig configures capd-nri, the NRI plugin that registers the
@@ -217,10 +227,34 @@ func (c *Config) NodeLimits(p string, owner bool) Limits {
 // Grant lets identities matching Consumer acquire the entries matching
 // Acquire. AllowKinds lets it deliver kinds of fd that are not confined to
 // a container's root ("dir", "path") to consumers in containers.
+//
+// PerConsumer gives each consumer a grant of its own (its own open file
+// description: a reopened file, a directory as a detached mount), which
+// the publisher can tell apart and revoke alone; Restrict withholds more
+// ("read-only"; for directories also "nosuid", "nodev", "noexec") and
+// implies it. DelegateTo lets the consumer delegate the entries to
+// identities matching these patterns, as grants derived from its own.
 type Grant struct {
-	Consumer   Pattern    `toml:"consumer"`
-	Acquire    []EntryRef `toml:"acquire"`
-	AllowKinds []string   `toml:"allow_kinds"`
+	Consumer    Pattern    `toml:"consumer"`
+	Acquire     []EntryRef `toml:"acquire"`
+	AllowKinds  []string   `toml:"allow_kinds"`
+	PerConsumer bool       `toml:"per_consumer"`
+	Restrict    []string   `toml:"restrict"`
+	DelegateTo  []Pattern  `toml:"delegate_to"`
+}
+
+// Restriction is the proto.Restrict bits of the grant's Restrict (checked
+// when loaded), with RestrictOwn if it asks for anything.
+func (g *Grant) Restriction() proto.Restrict {
+	var r proto.Restrict
+	for _, n := range g.Restrict {
+		b, _ := proto.ParseRestrict(n)
+		r |= b
+	}
+	if r != 0 || g.PerConsumer {
+		r |= proto.RestrictOwn
+	}
+	return r
 }
 
 // Pattern is an identity glob: "zincati.service", "container:web-*",
@@ -380,6 +414,12 @@ func (c *Config) setDefaults() {
 	if a.MaxPinnedPerUID == 0 {
 		a.MaxPinnedPerUID = DefaultMaxPinnedPerUID
 	}
+	if a.MaxGrants == 0 {
+		a.MaxGrants = DefaultMaxGrants
+	}
+	if a.MaxGrantDepth == 0 {
+		a.MaxGrantDepth = DefaultMaxGrantDepth
+	}
 	n := &c.NRI
 	for _, d := range []struct {
 		v   *string
@@ -537,6 +577,15 @@ func (c *Config) loadFile(file string) error {
 		if len(g.Acquire) == 0 {
 			return fmt.Errorf("%s: grant #%d (consumer %q): missing or empty key \"acquire\"", at.at(el), i+1, g.Consumer)
 		}
+		for _, n := range g.Restrict {
+			b, err := proto.ParseRestrict(n)
+			if err == nil && b&(proto.RestrictOwn|proto.RestrictKeep) != 0 {
+				err = fmt.Errorf("restriction %q is the publisher's to choose (want read-only, nosuid, nodev, noexec)", n)
+			}
+			if err != nil {
+				return fmt.Errorf("%s: grant #%d (consumer %q): restrict: %w", at.at(el+".restrict"), i+1, g.Consumer, err)
+			}
+		}
 		for _, k := range g.AllowKinds {
 			if !slices.Contains(unconfinedKinds, k) {
 				return fmt.Errorf("%s: grant #%d (consumer %q): allow_kinds: unknown kind %q (want %s)", at.at(el+".allow_kinds"), i+1, g.Consumer, k, Kinds())
@@ -566,7 +615,8 @@ func (c *Config) loadFile(file string) error {
 		n   int
 	}{{"max_connections", a.MaxConnections}, {"max_connections_per_uid", a.MaxConnectionsPerUID}, {"max_entries", a.MaxEntries},
 		{"default_max_entries", a.DefaultMaxEntries}, {"default_max_pinned", a.DefaultMaxPinned},
-		{"max_entries_per_uid", a.MaxEntriesPerUID}, {"max_pinned_per_uid", a.MaxPinnedPerUID}} {
+		{"max_entries_per_uid", a.MaxEntriesPerUID}, {"max_pinned_per_uid", a.MaxPinnedPerUID},
+		{"max_grants", a.MaxGrants}, {"max_grant_depth", a.MaxGrantDepth}} {
 		if v.n < 0 || (v.n == 0 && md.IsDefined("agent", v.key)) {
 			return fmt.Errorf("%s: agent.%s must be positive, not %d", at.at("agent."+v.key), v.key, v.n)
 		}
@@ -599,6 +649,12 @@ func (c *Config) loadFile(file string) error {
 	}
 	if md.IsDefined("agent", "max_pinned_per_uid") {
 		c.Agent.MaxPinnedPerUID = a.MaxPinnedPerUID
+	}
+	if md.IsDefined("agent", "max_grants") {
+		c.Agent.MaxGrants = a.MaxGrants
+	}
+	if md.IsDefined("agent", "max_grant_depth") {
+		c.Agent.MaxGrantDepth = a.MaxGrantDepth
 	}
 	n := one.NRI
 	for _, v := range []struct {
