@@ -334,6 +334,19 @@ type PublishOptions struct {
 	// Replace atomically replaces a live entry of the same name instead of
 	// failing with ErrExists.
 	Replace bool
+	// PerConsumer gives each consumer (identity and uid) a grant of its
+	// own: its own open file description (a memfd or regular file
+	// reopened, a directory as a detached mount that ".." cannot leave),
+	// which Check tells apart and RevokeGrant revokes alone. Sockets,
+	// pipes and other shared kinds are refused.
+	PerConsumer bool
+	// Restrict is what each consumer's grant withholds, of "read-only"
+	// and, for directories, "nosuid", "nodev", "noexec"; it implies
+	// PerConsumer. A read-only memfd must be sealed against writes.
+	Restrict []string
+	// KeepPublisher exempts the publisher's own cgroup from a revoke that
+	// the kernel enforces: its processes keep using the file.
+	KeepPublisher bool
 }
 
 // Publish stores a dup of f's open file description under name, owned by
@@ -369,6 +382,19 @@ func (c *Client) Publish(name string, f *os.File, opts *PublishOptions) error {
 	}
 	for _, a := range opts.Allow {
 		m.String(proto.AttrAllow, a)
+	}
+	r, err := restriction(opts.Restrict)
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", name, err)
+	}
+	if opts.PerConsumer || r != 0 {
+		r |= proto.RestrictOwn
+	}
+	if opts.KeepPublisher {
+		r |= proto.RestrictKeep
+	}
+	if r != 0 {
+		m.U32(proto.AttrRestrict, uint32(r))
 	}
 	c.out = m.Bytes()
 	if len(c.out) > proto.MaxRequest {
@@ -570,6 +596,17 @@ type Entry struct {
 	Expires  time.Time `json:"expires,omitzero"`
 	Acquired uint64    `json:"acquired"`
 	Allow    []string  `json:"allow,omitempty"`
+	// Restrict lists what each consumer's grant withholds
+	// ("per-consumer", "read-only", ...); empty: consumers share the
+	// entry's description.
+	Restrict []string `json:"restrict"`
+	// Enforcement is what a revoke does: "enforced" (the kernel refuses
+	// every holder), "advisory" (the agent stops handing it out and
+	// verifying it).
+	Enforcement string `json:"enforcement"`
+	// Grants are the entry's grants the caller may see, parents before
+	// the grants delegated from them.
+	Grants []Grant `json:"grants"`
 }
 
 // List returns the entries the caller may see: its own and those it may
@@ -643,10 +680,26 @@ func decodeEntry(b []byte) (Entry, error) {
 			e.Acquired, err = proto.U64(v)
 		case proto.AttrAllow:
 			e.Allow = append(e.Allow, string(v))
+		case proto.AttrRestrict:
+			flags, err = proto.U32(v)
+			e.Restrict = proto.Restrict(flags).Names()
+		case proto.AttrEnforcement:
+			e.Enforcement = string(v)
+		case proto.AttrGrantInfo:
+			var g Grant
+			if g, err = decodeGrant(v, e.Owner, e.Name); err == nil {
+				e.Grants = append(e.Grants, g)
+			}
 		}
 	}
 	if err == nil {
 		err = it.Err()
+	}
+	if e.Restrict == nil {
+		e.Restrict = []string{}
+	}
+	if e.Grants == nil {
+		e.Grants = []Grant{}
 	}
 	return e, err
 }

@@ -64,7 +64,7 @@ func (c *Client) Register(r *Registration, pidfd int) (string, []RefResult, erro
 // describes could acquire each of r.Refs; it registers nothing. With
 // r.Required a refusal is an error (wrapping ErrPermissionDenied) that
 // names every entry refused.
-func (c *Client) Check(r *Registration) (string, []RefResult, error) {
+func (c *Client) CheckRegistration(r *Registration) (string, []RefResult, error) {
 	return c.register(r, proto.FlagCheck, -1)
 }
 

@@ -17,6 +17,7 @@ var (
 	ErrUnsupportedVersion = proto.ErrUnsupportedVersion
 	ErrPermissionDenied   = proto.ErrPermissionDenied
 	ErrNotFound           = proto.ErrNotFound
+	ErrNotOurs            = proto.ErrNotOurs
 	ErrExists             = proto.ErrExists
 	ErrQuotaExceeded      = proto.ErrQuotaExceeded
 	ErrBusy               = proto.ErrBusy

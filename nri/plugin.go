@@ -150,7 +150,7 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 	if r.Required {
 		c, err := p.client()
 		if err == nil {
-			_, _, err = c.Check(r)
+			_, _, err = c.CheckRegistration(r)
 		}
 		if err != nil {
 			p.log.Warn("container refused: it requires capd entries it cannot have", "pod", r.Pod, "container", r.Name, "err", err)

@@ -87,30 +87,66 @@ type listJSON struct {
 }
 
 type entryJSON struct {
-	Owner     string           `json:"owner"`
-	Name      string           `json:"name"`
-	Kind      string           `json:"kind"`
-	Pinned    bool             `json:"pinned"`
-	Cgroup    string           `json:"cgroup"`
-	Published jsonTime         `json:"published"`
-	Expires   *jsonTime        `json:"expires"`
-	Acquired  uint64           `json:"acquired"`
-	Allow     jsonList[string] `json:"allow"`
+	Owner       string              `json:"owner"`
+	Name        string              `json:"name"`
+	Kind        string              `json:"kind"`
+	Pinned      bool                `json:"pinned"`
+	Cgroup      string              `json:"cgroup"`
+	Published   jsonTime            `json:"published"`
+	Expires     *jsonTime           `json:"expires"`
+	Acquired    uint64              `json:"acquired"`
+	Allow       jsonList[string]    `json:"allow"`
+	Restrict    jsonList[string]    `json:"restrict"`
+	Enforcement string              `json:"enforcement"`
+	Grants      jsonList[grantJSON] `json:"grants"`
+}
+
+type grantJSON struct {
+	ID       string           `json:"id"`
+	Grantee  string           `json:"grantee"`
+	UID      *uint32          `json:"uid"`
+	Parent   *string          `json:"parent"`
+	Depth    int              `json:"depth"`
+	Restrict jsonList[string] `json:"restrict"`
+	Acquired uint64           `json:"acquired"`
+	Made     jsonTime         `json:"made"`
+	Expires  *jsonTime        `json:"expires"`
+}
+
+func newGrantsJSON(gs []client.Grant) jsonList[grantJSON] {
+	out := jsonList[grantJSON]{}
+	for _, g := range gs {
+		j := grantJSON{ID: g.ID, Grantee: g.Grantee, Depth: g.Depth, Restrict: jsonList[string](g.Restrict),
+			Acquired: g.Acquired, Made: jsonTime(g.Made), Expires: timeOrNull(g.Expires)}
+		if g.UID != ^uint32(0) {
+			uid := g.UID
+			j.UID = &uid
+		}
+		if g.Parent != "" {
+			p := g.Parent
+			j.Parent = &p
+		}
+		out = append(out, j)
+	}
+	return out
 }
 
 func newListJSON(entries []client.Entry) listJSON {
 	out := listJSON{Entries: jsonList[entryJSON]{}}
 	for _, e := range entries {
 		out.Entries = append(out.Entries, entryJSON{
-			Owner:     e.Owner,
-			Name:      e.Name,
-			Kind:      e.Kind,
-			Pinned:    e.Pinned,
-			Cgroup:    e.Cgroup,
-			Published: jsonTime(e.Published),
-			Expires:   timeOrNull(e.Expires),
-			Acquired:  e.Acquired,
-			Allow:     jsonList[string](e.Allow),
+			Owner:       e.Owner,
+			Name:        e.Name,
+			Kind:        e.Kind,
+			Pinned:      e.Pinned,
+			Cgroup:      e.Cgroup,
+			Published:   jsonTime(e.Published),
+			Expires:     timeOrNull(e.Expires),
+			Acquired:    e.Acquired,
+			Allow:       jsonList[string](e.Allow),
+			Restrict:    jsonList[string](e.Restrict),
+			Enforcement: e.Enforcement,
+			Grants:      newGrantsJSON(e.Grants),
 		})
 	}
 	return out

@@ -148,6 +148,10 @@ func jsonCases() map[string][]jsonDoc {
 				{},
 				{Owner: "rpm-ostreed.service", Name: "zincati-fd", Kind: "memfd", Cgroup: "/system.slice/rpm-ostreed.service", Published: t0},
 				{Owner: "cgroup:/a\x1b", Name: "b", Pinned: true, Kind: "socket", Cgroup: "/a\x1b", Published: t0, Expires: t0.Add(time.Hour), Acquired: 3, Allow: []string{"zincati.service", "container:*"}},
+				{Owner: "a.service", Name: "dir", Kind: "dir", Cgroup: "/a.service", Published: t0, Restrict: []string{"per-consumer", "read-only"}, Enforcement: "enforced", Grants: []client.Grant{
+					{ID: "g2", Grantee: "b.service", UID: 0, Depth: 1, Restrict: []string{"per-consumer", "read-only"}, Acquired: 1, Made: t0},
+					{ID: "g3", Grantee: "container:c", UID: ^uint32(0), Parent: "g2", Depth: 2, Restrict: []string{"per-consumer", "read-only", "noexec"}, Made: t0, Expires: t0.Add(time.Minute)},
+				}},
 			}),
 		},
 		"status": {
@@ -296,7 +300,10 @@ func TestJSONNulls(t *testing.T) {
 	}{
 		{listJSON{}, `{"version":1,"entries":[]}`},
 		{newListJSON([]client.Entry{{Owner: "o", Name: "n", Kind: "file", Cgroup: "/o", Published: time.UnixMilli(1738315800250)}}),
-			`{"version":1,"entries":[{"owner":"o","name":"n","kind":"file","pinned":false,"cgroup":"/o","published":"2025-01-31T09:30:00.250Z","expires":null,"acquired":0,"allow":[]}]}`},
+			`{"version":1,"entries":[{"owner":"o","name":"n","kind":"file","pinned":false,"cgroup":"/o","published":"2025-01-31T09:30:00.250Z","expires":null,"acquired":0,"allow":[],"restrict":[],"enforcement":"","grants":[]}]}`},
+		{newListJSON([]client.Entry{{Owner: "o", Name: "n", Kind: "memfd", Cgroup: "/o", Published: time.UnixMilli(1738315800250), Restrict: []string{"per-consumer"}, Enforcement: "advisory",
+			Grants: []client.Grant{{ID: "g2", Grantee: "a.service", UID: ^uint32(0), Depth: 2, Made: time.UnixMilli(1738315800250)}}}}),
+			`{"version":1,"entries":[{"owner":"o","name":"n","kind":"memfd","pinned":false,"cgroup":"/o","published":"2025-01-31T09:30:00.250Z","expires":null,"acquired":0,"allow":[],"restrict":["per-consumer"],"enforcement":"advisory","grants":[{"id":"g2","grantee":"a.service","uid":null,"parent":null,"depth":2,"restrict":[],"acquired":0,"made":"2025-01-31T09:30:00.250Z","expires":null}]}]}`},
 		{newStatusJSON(&client.Status{Nodes: []client.Node{{Cgroup: "/"}}}),
 			`{"version":1,"entries":0,"max_entries":0,"open_fds":0,"fd_limit":0,"watched_cgroups":0,"containers":0,"cgroups":[{"cgroup":"/","entries":0,"pinned":0,"owned":0,"max_entries":null,"max_entries_from":null,"max_pinned":null,"max_pinned_from":null}]}`},
 		{whoamiJSON{}, `{"version":1,"identity":"","cgroup":"","uid":0,"pid":0}`},

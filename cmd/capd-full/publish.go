@@ -9,7 +9,7 @@ import (
 func newPublishCmd() *cobra.Command {
 	var p cli.Publish
 	cmd := &cobra.Command{
-		Use:   "publish NAME[=FD]... [--fd N] [--listen-fds] [--pin] [--ttl DURATION] [--allow PATTERN]... [--replace] [-- COMMAND [ARG...]]",
+		Use:   "publish NAME[=FD]... [--fd N] [--listen-fds] [--pin] [--ttl DURATION] [--allow PATTERN]... [--replace] [--per-consumer] [--restrict LIST] [-- COMMAND [ARG...]]",
 		Short: "Store fds of the caller's under names, then optionally run COMMAND",
 		Long: `Store a dup of an fd the caller passes to capd under NAME. The entry is owned
 by the caller's identity (see 'capd whoami'); other identities can acquire it

@@ -8,10 +8,10 @@ import (
 )
 
 func newRevokeCmd() *cobra.Command {
-	var owner string
+	var owner, grant string
 	var shutdown bool
 	cmd := &cobra.Command{
-		Use:   "revoke [--owner IDENTITY] [--shutdown] NAME",
+		Use:   "revoke [--owner IDENTITY] [--shutdown | --grant ID] NAME",
 		Short: "Remove one of the caller's entries (root: anyone's)",
 		Long: `Remove the entry NAME owned by the caller's identity. The agent closes its
 copy and forgets the name: later acquires fail with not-found. Copies handed
@@ -26,9 +26,19 @@ that is gone for good.
 Linux allows it: for a socket entry the agent first calls shutdown(2) with
 SHUT_RDWR, which acts on the socket itself, so every holder's copy reads
 end-of-file and fails to write. Other kinds are refused with --shutdown
-(see docs/SECURITY.md for what revocation means per fd kind).`,
+(see docs/SECURITY.md for what revocation means per fd kind).
+
+--grant ID revokes one consumer's grant of an entry published per consumer
+(capd list shows them), and every grant delegated from it; the entry and the
+other consumers' grants stay. The holder of a grant may revoke what was
+delegated from it (with --owner naming the entry's owner).
+
+Where the kernel offers BPF LSM (capd status says), a revoke is enforced:
+every holder's further read, write, mmap, send, receive and passing on of a
+revoked description fails with EPERM. Elsewhere it is advisory.`,
 		Example: `  capd revoke foo-op-fd
   capd revoke --shutdown zincati-fd
+  capd revoke --grant g7 config-dir
   sudo capd revoke --owner rpm-ostreed.service foo-op-fd`,
 		Args: exactArgs(1, "exactly one NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -38,12 +48,20 @@ end-of-file and fails to write. Other kinds are refused with --shutdown
 			if cmd.Flags().Changed("owner") && (owner == "" || len(owner) > proto.MaxIdentity) {
 				return usageErr("--owner needs an identity such as rpm-ostreed.service or cgroup:/path")
 			}
+			if grant != "" && shutdown {
+				return usageErr("--grant and --shutdown exclude each other: a grant's description is its own")
+			}
+			if err := proto.ValidGrantID(grant); grant != "" && err != nil {
+				return usageErr("--grant: %v", err)
+			}
 			c, err := cli.Dial()
 			if err != nil {
 				return err
 			}
 			defer c.Close()
 			switch {
+			case grant != "":
+				return c.RevokeGrant(owner, args[0], grant)
 			case shutdown:
 				return c.RevokeShutdown(owner, args[0])
 			case owner != "":
@@ -54,5 +72,6 @@ end-of-file and fails to write. Other kinds are refused with --shutdown
 	}
 	cmd.Flags().StringVar(&owner, "owner", "", "revoke an entry of this owner identity (root only)")
 	cmd.Flags().BoolVar(&shutdown, "shutdown", false, "shut a socket entry down first, so that every copy stops working")
+	cmd.Flags().StringVar(&grant, "grant", "", "revoke only this grant (and those delegated from it), e.g. g7")
 	return cmd
 }

@@ -107,6 +107,8 @@ var subcommands = []struct {
 	{"publish", newPublishCmd, true},
 	{"acquire", newAcquireCmd, true},
 	{"revoke", newRevokeCmd, true},
+	{"check", newCheckCmd, true},
+	{"delegate", newDelegateCmd, true},
 	{"list", newListCmd, true},
 	{"status", newStatusCmd, true},
 	{"whoami", newWhoamiCmd, true},
