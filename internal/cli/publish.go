@@ -36,6 +36,9 @@ func (p *Publish) Flags(fs *pflag.FlagSet) {
 	fs.DurationVar(&p.TTL, "ttl", 0, "revoke the entries after this long (e.g. 30s)")
 	fs.StringArrayVar(&p.Opts.Allow, "allow", nil, "identity pattern that may acquire the entries (repeatable)")
 	fs.BoolVar(&p.Replace, "replace", false, "replace live entries of the same names atomically")
+	fs.BoolVar(&p.Opts.PerConsumer, "per-consumer", false, "give each consumer its own open file description (memfds, files, directories as detached mounts), which can be checked and revoked alone")
+	fs.StringSliceVar(&p.Opts.Restrict, "restrict", nil, "what each consumer's grant withholds: read-only, and for directories nosuid, nodev, noexec (comma-separated; implies --per-consumer)")
+	fs.BoolVar(&p.Opts.KeepPublisher, "keep-publisher", false, "the publisher's own cgroup keeps using the file after a revoke the kernel enforces")
 	p.changed = fs.Changed
 }
 
