@@ -76,13 +76,20 @@ func refused(err error) bool {
 
 // Load loads and attaches every program. Where the kernel refuses,
 // errors.Is(err, ErrUnavailable) holds and the message says why.
-func Load() (_ *Enforcer, err error) {
+func Load() (*Enforcer, error) { return load(0) }
+
+// load is Load with maps of maxEntries entries (0: as compiled) for tests.
+func load(maxEntries uint32) (_ *Enforcer, err error) {
 	if l, ok := lsmActive(); !ok {
 		return nil, fmt.Errorf("%w: bpf is not among the active LSMs (%s); boot with lsm=...,bpf", ErrUnavailable, l)
 	}
 	spec, err := loadEnforce()
 	if err != nil {
 		return nil, fmt.Errorf("load bpf objects: %w", err)
+	}
+	if maxEntries > 0 {
+		spec.Maps["revoked"].MaxEntries = maxEntries
+		spec.Maps["inodes"].MaxEntries = maxEntries
 	}
 	kernel, err := btf.LoadKernelSpec()
 	if err != nil {

@@ -93,7 +93,7 @@ int find_fd(struct bpf_iter__task_file *ctx)
 	key = (__u64)file;
 	err = bpf_map_update_elem(&revoked, &key, &a->rev, BPF_ANY);
 	if (err) {
-		a->result = err;
+		a->result = (__s32)err; /* 6.1 zero-extends the helper's int */
 		return 0;
 	}
 	if (a->mark_inode) {
@@ -102,7 +102,7 @@ int find_fd(struct bpf_iter__task_file *ctx)
 		err = bpf_map_update_elem(&inodes, &ikey, &a->rev, BPF_ANY);
 		if (err) {
 			bpf_map_delete_elem(&revoked, &key);
-			a->result = err;
+			a->result = (__s32)err; /* 6.1 zero-extends the helper's int */
 			return 0;
 		}
 	}
