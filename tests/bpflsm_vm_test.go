@@ -1,0 +1,49 @@
+package tests
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/capd-dev/capd/internal/testutil"
+)
+
+// TestBPFLSM runs agent/internal/enforce's vmguest tests and benchmarks in
+// QEMU guests with Debian's stock 6.1 and 6.12 kernels (booted with bpf
+// among the LSMs), since this project's hosts may refuse BPF LSM. Needs
+// scripts/install-vm-deps.sh; fails, never skips, without it.
+func TestBPFLSM(t *testing.T) {
+	root, _ := filepath.Abs("..")
+	bin := filepath.Join(t.TempDir(), "enforce.test")
+	cmd := exec.Command("go", "test", "-c", "-tags", "vmguest", "-o", bin, "./agent/internal/enforce")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the guest tests: %v\n%s", err, out)
+	}
+	for _, version := range []string{"6.12", "6.1"} {
+		t.Run(version, func(t *testing.T) {
+			t.Parallel() // one vCPU each
+			kernel := testutil.VMKernel(t, version)
+			res := testutil.RunVM(t, testutil.VMOptions{
+				Kernel:  kernel,
+				Files:   map[string]string{"/bin/enforce.test": bin},
+				Timeout: 10 * time.Minute,
+				Steps: []testutil.VMStep{
+					{Name: "test", Argv: []string{"/bin/enforce.test", "-test.v", "-test.timeout=5m"}},
+					{Name: "bench", Argv: []string{"/bin/enforce.test", "-test.run=^$", "-test.bench=.", "-test.benchtime=1x", "-test.timeout=5m"}},
+				},
+			})
+			for _, r := range res {
+				if r.ExitCode != 0 || !strings.Contains(r.Output, "\nPASS\n") && !strings.HasPrefix(r.Output, "PASS\n") {
+					t.Errorf("guest %s %s: exit %d:\n%s", version, r.Name, r.ExitCode, r.Output)
+					continue
+				}
+				t.Logf("guest %s %s:\n%s", version, r.Name, r.Output)
+			}
+		})
+	}
+}
