@@ -580,6 +580,12 @@ func (c *conn) status(cfg *policy.Config, attrs []byte, out []byte) (proto.Build
 	m.U64(proto.AttrFDLimit, uint64(limit))
 	m.U64(proto.AttrWatched, uint64(s.watcher.Len()))
 	m.U64(proto.AttrContainers, uint64(s.reg.Len()))
+	m.String(proto.AttrEnforcement, s.enforcement())
+	m.String(proto.AttrEnforcedBy, s.enfWhy)
+	if s.enf != nil {
+		m.U64(proto.AttrInForce, uint64(s.enf.e.Len()))
+	}
+	m.U64(proto.AttrLost, uint64(s.lost))
 	for _, n := range s.store.Nodes(after) {
 		mark := m.Len()
 		start := m.Begin(proto.AttrNode)

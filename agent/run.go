@@ -119,6 +119,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer l.Close()
 	stored = srv.adoptOrigin(origin, stored)
+	stored = srv.StartEnforcement(stored)
 	if len(stored) > 0 {
 		n := srv.Restore(stored)
 		if os.Getenv(handoffMarker) == strconv.Itoa(os.Getpid()) {
@@ -127,6 +128,7 @@ func Run(ctx context.Context, opts Options) error {
 			log.Info("restored entries from systemd's fd store", "entries", n)
 		}
 	}
+	srv.CheckLedger()
 
 	// The metrics endpoint is optional: one that cannot listen is logged
 	// and the agent serves without it.
@@ -346,6 +348,9 @@ func execHandoff(log *slog.Logger, srv *Server, l *Listener, served <-chan error
 	names, fds = append([]string{"capd.sock"}, names...), append([]int{l.FD()}, fds...)
 	if srv.origin >= 0 {
 		names, fds = append(names, originName), append(fds, srv.origin)
+	}
+	for _, f := range srv.enforcementFiles() {
+		names, fds = append(names, f.Name), append(fds, f.FD)
 	}
 	pid := strconv.Itoa(os.Getpid())
 	var env []string

@@ -42,6 +42,10 @@ type Server struct {
 	holds    *fdpass.Holds // connections holding a thread for their next request
 	stats    counters      // for the metrics endpoint
 	enf      *enforcer     // nil: revokes are advisory (no BPF LSM)
+	enfWhy   string        // what enforces revokes, or why nothing does
+	lost     int           // enforced revocations found lifted at start
+	adopted  bool          // the enforcement state came from the previous agent process
+	started  time.Time     // when New made the server
 	origin   int           // the mount namespace the agent was started in (see origin.go); -1: its own
 
 	mu       sync.Mutex
@@ -100,6 +104,7 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 		conns:    make(map[*conn]struct{}),
 		perUID:   make(map[uint32]*uidState),
 		origin:   -1,
+		started:  time.Now(),
 	}
 	if s.poll, err = poller.New(); err != nil {
 		r.Close()
@@ -444,6 +449,9 @@ func (s *Server) Close() error {
 	}
 	s.watcher.Close()
 	s.poll.Close()
+	if s.enf != nil {
+		s.enf.e.Close() // systemd's copies (or the next process's) keep the programs attached
+	}
 	if s.origin >= 0 {
 		linux.Close(s.origin)
 		s.origin = -1

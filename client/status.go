@@ -20,6 +20,14 @@ type Status struct {
 	Watched uint64 `json:"watched_cgroups"`
 	// Containers is how many containers the OCI hook registered.
 	Containers uint64 `json:"containers"`
+	// Enforcement is what a revoke does: "enforced" (the kernel refuses
+	// every holder, BPF LSM) or "advisory"; EnforcedBy says by what, or
+	// why not. InForce counts the kernel's keys of revocations in force;
+	// Lost the enforced revocations the agent found lifted at its start.
+	Enforcement string `json:"enforcement"`
+	EnforcedBy  string `json:"enforced_by"`
+	InForce     uint64 `json:"in_force"`
+	Lost        uint64 `json:"lost"`
 	// Nodes are the cgroups that hold entries, sorted by path, so that a
 	// parent comes before its children.
 	Nodes []Node `json:"cgroups"`
@@ -71,6 +79,14 @@ func (c *Client) Status() (*Status, error) {
 				st.Watched, err = proto.U64(v)
 			case proto.AttrContainers:
 				st.Containers, err = proto.U64(v)
+			case proto.AttrEnforcement:
+				st.Enforcement = string(v)
+			case proto.AttrEnforcedBy:
+				st.EnforcedBy = string(v)
+			case proto.AttrInForce:
+				st.InForce, err = proto.U64(v)
+			case proto.AttrLost:
+				st.Lost, err = proto.U64(v)
 			case proto.AttrNode:
 				var n Node
 				if n, err = decodeNode(v); err == nil {

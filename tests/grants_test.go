@@ -569,3 +569,41 @@ acquire  = ["`+me+`:cfg"]
 		t.Fatalf("check(a) after revoke: %v", err)
 	}
 }
+
+// TestRevocationAdvisoryHere: this machine's kernel refuses BPF LSM
+// programs, and the agent says so: status and list call revocation
+// advisory, with the kernel's refusal, rather than claim more.
+func TestRevocationAdvisoryHere(t *testing.T) {
+	e := newEnv(t, "")
+	var st struct {
+		Enforcement string `json:"enforcement"`
+		EnforcedBy  string `json:"enforced_by"`
+		InForce     int    `json:"in_force"`
+	}
+	r := e.mustRun("", nil, "status", "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Enforcement != "advisory" || !strings.Contains(st.EnforcedBy, "operation not permitted") || st.InForce != 0 {
+		t.Fatalf("status on a kernel that refuses BPF LSM: %+v", st)
+	}
+	if !strings.Contains(e.agent.Log.String(), "revocation is advisory") {
+		t.Fatalf("the agent's log does not say revocation is advisory:\n%s", e.agent.Log)
+	}
+	if out := e.mustRun("", nil, "status").stdout; !strings.Contains(out, "revocation: advisory") {
+		t.Fatalf("capd status: %s", out)
+	}
+	tok, _ := client.NewToken("t")
+	defer tok.Close()
+	c, err := client.Dial(e.agent.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := tok.Publish(c, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ents := listJSONOf(t, e, ""); len(ents) != 1 || ents[0].Enforcement != "advisory" {
+		t.Fatalf("list: %+v", ents)
+	}
+}

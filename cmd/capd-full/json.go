@@ -161,6 +161,10 @@ type statusJSON struct {
 	FDLimit        uint64               `json:"fd_limit"`
 	WatchedCgroups uint64               `json:"watched_cgroups"`
 	Containers     uint64               `json:"containers"`
+	Enforcement    string               `json:"enforcement"`
+	EnforcedBy     string               `json:"enforced_by"`
+	InForce        uint64               `json:"in_force"`
+	Lost           uint64               `json:"lost_revocations"`
 	Cgroups        jsonList[cgroupJSON] `json:"cgroups"`
 }
 
@@ -183,6 +187,10 @@ func newStatusJSON(st *client.Status) statusJSON {
 		FDLimit:        st.FDLimit,
 		WatchedCgroups: st.Watched,
 		Containers:     st.Containers,
+		Enforcement:    st.Enforcement,
+		EnforcedBy:     st.EnforcedBy,
+		InForce:        st.InForce,
+		Lost:           st.Lost,
 		Cgroups:        jsonList[cgroupJSON]{},
 	}
 	for _, n := range st.Nodes {

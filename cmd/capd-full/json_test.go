@@ -305,7 +305,7 @@ func TestJSONNulls(t *testing.T) {
 			Grants: []client.Grant{{ID: "g2", Grantee: "a.service", UID: ^uint32(0), Depth: 2, Made: time.UnixMilli(1738315800250)}}}}),
 			`{"version":1,"entries":[{"owner":"o","name":"n","kind":"memfd","pinned":false,"cgroup":"/o","published":"2025-01-31T09:30:00.250Z","expires":null,"acquired":0,"allow":[],"restrict":["per-consumer"],"enforcement":"advisory","grants":[{"id":"g2","grantee":"a.service","uid":null,"parent":null,"depth":2,"restrict":[],"acquired":0,"made":"2025-01-31T09:30:00.250Z","expires":null}]}]}`},
 		{newStatusJSON(&client.Status{Nodes: []client.Node{{Cgroup: "/"}}}),
-			`{"version":1,"entries":0,"max_entries":0,"open_fds":0,"fd_limit":0,"watched_cgroups":0,"containers":0,"cgroups":[{"cgroup":"/","entries":0,"pinned":0,"owned":0,"max_entries":null,"max_entries_from":null,"max_pinned":null,"max_pinned_from":null}]}`},
+			`{"version":1,"entries":0,"max_entries":0,"open_fds":0,"fd_limit":0,"watched_cgroups":0,"containers":0,"enforcement":"","enforced_by":"","in_force":0,"lost_revocations":0,"cgroups":[{"cgroup":"/","entries":0,"pinned":0,"owned":0,"max_entries":null,"max_entries_from":null,"max_pinned":null,"max_pinned_from":null}]}`},
 		{whoamiJSON{}, `{"version":1,"identity":"","cgroup":"","uid":0,"pid":0}`},
 		{reloadJSON{}, `{"version":1,"files":[],"grants":0,"quotas":0}`},
 		{newAuditJSON(&client.AuditReport{PtraceScope: -1, Entries: []client.AuditEntryReport{{Owner: "o", Name: "n", Kind: "file", Holders: []client.AuditHolderReport{{PID: 1, UID: -1}}}}}),

@@ -37,8 +37,16 @@ JSON object for scripts (see docs/JSON.md). Root only.`,
 			if asJSON {
 				return printJSON(out, newStatusJSON(st))
 			}
-			fmt.Fprintf(out, "agent: %d entries (limit %d), %d of %d fds open, %d owner cgroups watched, %d containers\n\n",
+			fmt.Fprintf(out, "agent: %d entries (limit %d), %d of %d fds open, %d owner cgroups watched, %d containers\n",
 				st.Entries, st.MaxEntries, st.OpenFDs, st.FDLimit, st.Watched, st.Containers)
+			fmt.Fprintf(out, "revocation: %s (%s)", st.Enforcement, st.EnforcedBy)
+			if st.Enforcement == "enforced" {
+				fmt.Fprintf(out, ", %d kernel keys in force", st.InForce)
+			}
+			if st.Lost > 0 {
+				fmt.Fprintf(out, "; %d enforced revocations LOST at start (see the agent's log)", st.Lost)
+			}
+			fmt.Fprint(out, "\n\n")
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "CGROUP\tOWNED\tENTRIES\tMAX_ENTRIES\tPINNED\tMAX_PINNED")
 			for _, n := range st.Nodes {

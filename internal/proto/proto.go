@@ -130,6 +130,9 @@ const (
 	AttrGrantInfo   Attr = 44 // nested: one grant of a list entry: GRANT, GRANTEE, UID, PARENT, RESTRICT, ACQUIRED, PUBLISHED, EXPIRES
 	AttrEnforcement Attr = 45 // string: what a revoke of the entry does: "enforced", "advisory"
 	AttrDepth       Attr = 46 // u32: a grant's depth: 1 for a grant of the entry, 2 for one delegated from it, ...
+	AttrEnforcedBy  Attr = 47 // string (status): what enforces revokes ("bpf-lsm: HOOKS"), or why nothing does
+	AttrInForce     Attr = 48 // u64 (status): kernel keys of enforced revocations in force
+	AttrLost        Attr = 49 // u64 (status): enforced revocations found lifted at start
 )
 
 // Restrict is what a per-consumer grant's description withholds, as bits

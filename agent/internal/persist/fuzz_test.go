@@ -88,7 +88,7 @@ func FuzzRestore(f *testing.F) {
 				t.Fatalf("restored %d entries from two fds", n)
 			}
 			// Whatever was adopted is the file its valid record describes.
-			fx.st.ReadLocked(func(_ uint64, entries iter.Seq[*store.Entry]) {
+			fx.st.ReadLocked(func(_ uint64, entries iter.Seq[*store.Entry], _ []store.Revoked) {
 				for e := range entries {
 					r := recordOf(e)
 					if err := ValidRecord(&r); err != nil {

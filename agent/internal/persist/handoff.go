@@ -24,6 +24,7 @@ func Handoff(st *store.Store, reg *registry.Registry, m *Mirror) (names []string
 		gen = max(m.generation(), 1)
 	}
 	meta := snapshot(next, slices.Values(entries))
+	meta.Revoked = revRecords(st.Ledger())
 	meta.Containers = containers(reg)
 	mfd, err := encode(meta)
 	if err != nil {

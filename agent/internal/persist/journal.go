@@ -80,6 +80,9 @@ type batch struct {
 type op struct {
 	Put *Record `json:"put,omitempty"`
 	Del string  `json:"del,omitempty"`
+	// Revoked (with Del): the removal was an enforced revocation, for the
+	// ledger.
+	Revoked *RevRecord `json:"revoked,omitempty"`
 }
 
 // frame returns a record of kind over the JSON of v.
@@ -212,6 +215,8 @@ func apply(m *Meta, live map[string]int, keys map[store.Key]string, bt *batch) e
 		switch {
 		case (o.Put != nil) == (o.Del != ""):
 			return errors.New("a change that is neither one put nor one del")
+		case o.Revoked != nil && (o.Del == "" || o.Revoked.ID != o.Del):
+			return errors.New("a revocation recorded apart from its entry's removal")
 		case o.Put != nil:
 			m.Entries = append(m.Entries, *o.Put)
 			if err := index(live, keys, o.Put, len(m.Entries)-1); err != nil {
@@ -228,6 +233,9 @@ func apply(m *Meta, live map[string]int, keys map[store.Key]string, bt *batch) e
 			r := &m.Entries[i]
 			delete(keys, store.Key{Owner: r.Owner, Name: r.Name})
 			live[o.Del] = -1 // removed: its id is never live again
+			if o.Revoked != nil {
+				m.Revoked = append(m.Revoked, *o.Revoked)
+			}
 		}
 	}
 	if bt.Containers != nil {

@@ -55,6 +55,43 @@ type Meta struct {
 	NextID     uint64      `json:"next_id,omitempty"`
 	Entries    []Record    `json:"entries"`
 	Containers []CtrRecord `json:"containers,omitempty"`
+	// Revoked is the ledger of enforced revocations (store.Revoked),
+	// oldest first.
+	Revoked []RevRecord `json:"revoked,omitempty"`
+}
+
+// RevRecord is an enforced revocation: its entry or grant, and when.
+type RevRecord struct {
+	ID    string    `json:"id"`
+	Owner string    `json:"owner"`
+	Name  string    `json:"name"`
+	At    time.Time `json:"at"`
+}
+
+func revRecordOf(e *store.Entry, at time.Time) *RevRecord {
+	return &RevRecord{ID: e.ID(), Owner: e.Owner(), Name: e.Name(), At: at}
+}
+
+func revRecords(l []store.Revoked) []RevRecord {
+	var out []RevRecord
+	for _, r := range l {
+		out = append(out, RevRecord{ID: r.ID, Owner: r.Key.Owner, Name: r.Key.Name, At: r.At})
+	}
+	return out
+}
+
+// ledgerOf turns stored revocations back into the store's ledger; a
+// record whose id is not an entry id is dropped.
+func ledgerOf(rs []RevRecord) []store.Revoked {
+	var out []store.Revoked
+	for _, r := range rs {
+		n, err := store.ParseEntryID(r.ID)
+		if err != nil || len(r.Owner) > proto.MaxIdentity || len(r.Name) > 4*proto.MaxName {
+			continue
+		}
+		out = append(out, store.Revoked{ID: r.ID, Seq: n, Key: store.Key{Owner: r.Owner, Name: r.Name}, At: r.At})
+	}
+	return out
 }
 
 // CtrRecord is a registered container. A registration is restored only if

@@ -10,6 +10,7 @@ import (
 
 	"github.com/capd-dev/capd/agent/internal/registry"
 	"github.com/capd-dev/capd/agent/internal/store"
+	"github.com/capd-dev/capd/internal/activation"
 )
 
 // MetaFDs is how many fds of systemd's fd store the metadata takes: a new
@@ -92,8 +93,12 @@ func (m *Mirror) Added(e *store.Entry) {
 // journal naming an fd that is gone, and lose an entry whose replacement
 // was not yet recorded.
 func (m *Mirror) Removed(e *store.Entry) {
+	o := op{Del: e.ID()}
+	if e.Enforced() {
+		o.Revoked = revRecordOf(e, time.Now())
+	}
 	m.fmu.Lock()
-	m.ops = append(m.ops, op{Del: e.ID()})
+	m.ops = append(m.ops, o)
 	m.removals = append(m.removals, e.ID())
 	m.fmu.Unlock()
 }
@@ -232,8 +237,9 @@ func (m *Mirror) compactNow() error {
 	m.compact = true // until a new generation is sent
 	var meta *Meta
 	var covered int
-	m.st.ReadLocked(func(next uint64, entries iter.Seq[*store.Entry]) {
+	m.st.ReadLocked(func(next uint64, entries iter.Seq[*store.Entry], ledger []store.Revoked) {
 		meta = snapshot(next, entries)
+		meta.Revoked = revRecords(ledger)
 		m.fmu.Lock()
 		m.ops = nil // the snapshot holds them
 		covered = len(m.removals)
@@ -323,4 +329,29 @@ func (m *Mirror) Close() error {
 	}
 	m.mu.Unlock()
 	return m.fs.Close()
+}
+
+// Keep stores the agent's own fds (the BPF LSM programs' links and maps)
+// in systemd's fd store under their names, waits until systemd confirmed
+// them, and leaves that much less room for entries. Called at start,
+// before the store is used.
+func (m *Mirror) Keep(files []activation.File) error {
+	for _, f := range files {
+		if err := m.fs.Add(f.Name, f.FD); err != nil {
+			return fmt.Errorf("store %s: %w", f.Name, err)
+		}
+	}
+	if m.room >= 0 {
+		m.room = max(m.room-len(files), 0)
+	}
+	return m.fs.Barrier(barrierTimeout)
+}
+
+// Forget drops the agent's own fds called names from systemd's fd store.
+func (m *Mirror) Forget(names []string) {
+	for _, n := range names {
+		if err := m.fs.Remove(n); err != nil {
+			m.log.Warn("cannot drop an fd from systemd's fd store", "name", n, "err", err)
+		}
+	}
 }

@@ -198,7 +198,7 @@ func copyPrefix(t *testing.T, fd int, n int64) int {
 // inode, and the registrations.
 func state(st *store.Store, reg *registry.Registry) string {
 	var keys []string
-	st.ReadLocked(func(_ uint64, entries iter.Seq[*store.Entry]) {
+	st.ReadLocked(func(_ uint64, entries iter.Seq[*store.Entry], _ []store.Revoked) {
 		for e := range entries {
 			_, ino, _ := linux.FileID(e.FD())
 			keys = append(keys, fmt.Sprintf("%s:%s=%d", e.Owner(), e.Name(), ino))

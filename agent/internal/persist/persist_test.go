@@ -218,7 +218,7 @@ func TestHandoffRestoresEverything(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	from.st.ReadLocked(func(next uint64, entries iter.Seq[*store.Entry]) {
+	from.st.ReadLocked(func(next uint64, entries iter.Seq[*store.Entry], _ []store.Revoked) {
 		want = snapshot(next, entries).Entries
 	})
 
@@ -248,7 +248,7 @@ func TestHandoffRestoresEverything(t *testing.T) {
 		t.Fatalf("restored %d entries, want 3", n)
 	}
 	var got []Record
-	to.st.ReadLocked(func(next uint64, entries iter.Seq[*store.Entry]) {
+	to.st.ReadLocked(func(next uint64, entries iter.Seq[*store.Entry], _ []store.Revoked) {
 		got = snapshot(next, entries).Entries
 	})
 	gb, _ := json.Marshal(got)

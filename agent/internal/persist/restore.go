@@ -153,6 +153,7 @@ func Restore(log *slog.Logger, stored []Stored, st *store.Store, reg *registry.R
 		}
 	}
 	st.SetNext(nextID)
+	st.SetLedger(append(ledgerOf(meta.Revoked), st.Ledger()...)) // those enforced while restoring last
 	if m != nil {
 		m.Sync()
 	}

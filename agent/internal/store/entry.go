@@ -94,6 +94,10 @@ type more struct {
 const (
 	flagPinned = 1 << iota
 	flagLimited
+	// flagEnforce: removed by a revoke (asked for, expired, its owner
+	// gone) while an Enforcer is set; set under the store's lock before
+	// the removal, read by whoever releases the store's reference.
+	flagEnforce
 )
 
 // monoBase is what an entry's expiry counts from, so that expiry follows
@@ -165,6 +169,10 @@ func (e *Entry) Pinned() bool { return e.flags&flagPinned != 0 }
 // Limited reports whether the entry counts against Acct's per-uid limits.
 func (e *Entry) Limited() bool { return e.flags&flagLimited != 0 }
 
+// Enforced reports whether e was removed by a revoke the Enforcer makes
+// hold in the kernel (read under the store's lock, as the Observer does).
+func (e *Entry) Enforced() bool { return e.flags&flagEnforce != 0 }
+
 // Allow is the patterns that narrow who may acquire the entry.
 func (e *Entry) Allow() []policy.Pattern {
 	if e.more == nil {
@@ -225,6 +233,11 @@ func (e *Entry) ID() string {
 	}
 	return EntryID(e.seq, e.Owner(), e.name)
 }
+
+// Number is the N of the entry's id, unique for the store's whole life
+// (0 before it is published): the ledger's and the kernel's id of its
+// revocation.
+func (e *Entry) Number() uint64 { return e.seq }
 
 // Acquired counts the acquires of the entry.
 func (e *Entry) Acquired() uint64 { return e.acquired.Load() }

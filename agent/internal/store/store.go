@@ -68,6 +68,18 @@ type Limits struct {
 // maxTombs bounds the removed entries audit remembers.
 const maxTombs = 1024
 
+// maxLedger bounds the enforced revocations the ledger remembers.
+const maxLedger = 4096
+
+// Revoked is an enforced revocation in the ledger: what a start that
+// finds the kernel's enforcement lost lists as no longer enforced.
+type Revoked struct {
+	ID  string // the entry's or grant's id
+	Seq uint64 // its number: the revocation's id in the kernel
+	Key Key
+	At  time.Time
+}
+
 // maxClosers bounds the threads that may sit in close(2) at once for
 // released entries; each accounting uid has at most one of them.
 const maxClosers = 16
@@ -113,6 +125,7 @@ type Store struct {
 	timer    Timer
 	closed   bool
 	tombs    []Tombstone               // the last removed entries, oldest first, at most maxTombs
+	ledger   []Revoked                 // enforced revocations, oldest first, at most maxLedger
 	usage    map[string]*usage         // cgroup path -> usage of the subtree
 	byUID    map[uint32]*usage         // accounting uid -> its limited entries
 	pins     map[string]int            // owner identity -> its pinned entries, wherever published
@@ -145,10 +158,11 @@ func New(w Watcher, clock Clock) *Store {
 
 // Enforcer makes a revoke hold in the kernel: once Enforce returns, every
 // holder's further use of e's description fails, whatever the holder
-// does with its copy. The store calls it under its lock, for an entry or
-// grant that is revoked, expires or loses its owner, and for every grant
-// derived from it, before its fd is released; never for a shutdown or a
-// hand-off.
+// does with its copy. The store calls it for an entry or grant that is
+// revoked, expires or loses its owner, and for every grant derived from
+// it: after its lock, before the fd is released and the revoke answered;
+// never for a replace's own entry, a shutdown or a hand-off. A removal it
+// enforces is recorded in the ledger (Ledger).
 type Enforcer interface {
 	Enforce(e *Entry)
 }
@@ -201,7 +215,7 @@ func (s *Store) Publish(e *Entry, ownerID uint64, replace bool, mayReplace func(
 		// A replaced entry's own description may be the new one's (a
 		// restarted publisher's); its grants' are their own.
 		if s.enf != nil {
-			walkGrants(old, func(g *Entry) bool { s.enf.Enforce(g); return true })
+			walkGrants(old, func(g *Entry) bool { s.markLocked(g); return true })
 		}
 		dead = s.removeLocked(old, dead)
 	}
@@ -434,6 +448,19 @@ func (s *Store) AcquireOrWait(owner, name string) (*Entry, <-chan struct{}, func
 	}
 }
 
+// ReleaseAll releases every entry of dead. An entry a revoke removed is
+// first enforced (Enforcer.Enforce): here, after the store's lock, while
+// the store's reference still keeps its fd open, and before the revoke is
+// answered.
+func (s *Store) ReleaseAll(dead []*Entry) {
+	for _, e := range dead {
+		if e.flags&flagEnforce != 0 && s.enf != nil {
+			s.enf.Enforce(e)
+		}
+		s.Release(e)
+	}
+}
+
 // Release drops a reference. The last one hands the fd to the closer,
 // keyed by the uid the entry counts against: a close(2) that blocks delays
 // nobody else's work, and the owner's pending closes count against its
@@ -441,13 +468,6 @@ func (s *Store) AcquireOrWait(owner, name string) (*Entry, <-chan struct{}, func
 func (s *Store) Release(e *Entry) {
 	if e.unref() {
 		s.closer.Close(e.acct, e.fd.Release())
-	}
-}
-
-// ReleaseAll releases every entry of dead.
-func (s *Store) ReleaseAll(dead []*Entry) {
-	for _, e := range dead {
-		s.Release(e)
 	}
 }
 
@@ -530,14 +550,25 @@ func (s *Store) removeLocked(e *Entry, dead []*Entry) []*Entry {
 }
 
 // revokeLocked is removeLocked for an entry or grant that is revoked
-// (asked for, expired, its owner gone): the Enforcer first makes the
-// kernel refuse its description and its grants' to every holder.
+// (asked for, expired, its owner gone): with an Enforcer, it and its
+// grants are marked for enforcement (ReleaseAll, after the lock) and
+// recorded in the ledger.
 func (s *Store) revokeLocked(e *Entry, dead []*Entry) []*Entry {
 	if s.enf != nil && s.entries.get(e.Owner(), e.name) == e {
-		s.enf.Enforce(e)
-		walkGrants(e, func(g *Entry) bool { s.enf.Enforce(g); return true })
+		s.markLocked(e)
+		walkGrants(e, func(g *Entry) bool { s.markLocked(g); return true })
 	}
 	return s.removeLocked(e, dead)
+}
+
+// markLocked marks e for enforcement and records it in the ledger.
+func (s *Store) markLocked(e *Entry) {
+	e.flags |= flagEnforce
+	if len(s.ledger) == maxLedger {
+		copy(s.ledger, s.ledger[1:])
+		s.ledger = s.ledger[:maxLedger-1]
+	}
+	s.ledger = append(s.ledger, Revoked{ID: e.ID(), Seq: e.seq, Key: e.Key(), At: s.clock.Now()})
 }
 
 // dropOwnedLocked removes the watched entries of owner cgroup p published
@@ -642,17 +673,25 @@ func (s *Store) Restore(e *Entry, id string) error {
 		}
 		return err
 	}
+	// An entry that expired or lost its owner while the agent was down is
+	// revoked now: enforced, where an Enforcer is set.
+	revoke := func(err error) error {
+		if s.enf != nil {
+			s.markLocked(e)
+		}
+		return drop(err)
+	}
 	switch {
 	case s.entries.get(e.Owner(), e.name) != nil:
 		return drop(errors.New("duplicate"))
 	case e.expiresBy(s.clock.Now()):
-		return drop(errors.New("expired"))
+		return revoke(errors.New("expired"))
 	}
 	if e.IsGrant() {
 		pn, _ := ParentName(e.name)
 		p := s.entries.get(e.Owner(), pn)
 		if p == nil {
-			return drop(fmt.Errorf("the entry or grant %s it derives from was not restored", pn))
+			return revoke(fmt.Errorf("the entry or grant %s it derives from was not restored", pn))
 		}
 		e.more.grant.parent = p
 	}
@@ -664,12 +703,27 @@ func (s *Store) Restore(e *Entry, id string) error {
 		}
 		if !populated {
 			s.watch.Remove(ocg)
-			return drop(fmt.Errorf("owner cgroup %s has no processes left", ocg))
+			return revoke(fmt.Errorf("owner cgroup %s has no processes left", ocg))
 		}
 		e.epoch = epoch
 	}
 	s.insertLocked(e)
 	return nil
+}
+
+// Ledger returns the enforced revocations remembered, oldest first.
+func (s *Store) Ledger() []Revoked {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return slices.Clone(s.ledger)
+}
+
+// SetLedger replaces the ledger (a restored one, or one pruned of the
+// revocations whose files are gone).
+func (s *Store) SetLedger(l []Revoked) {
+	s.mu.Lock()
+	s.ledger = slices.Clone(l[max(len(l)-maxLedger, 0):])
+	s.mu.Unlock()
 }
 
 // SetNext makes n the lowest entry number given out from now on, if it is
@@ -684,12 +738,12 @@ func (s *Store) SetNext(n uint64) {
 }
 
 // ReadLocked calls f under the store's read lock with the next entry
-// number and every entry, in no order: a consistent view for the mirror.
-// f must not call into the store.
-func (s *Store) ReadLocked(f func(next uint64, entries iter.Seq[*Entry])) {
+// number, every entry, in no order, and the ledger: a consistent view for
+// the mirror. f must not call into the store, nor keep the ledger.
+func (s *Store) ReadLocked(f func(next uint64, entries iter.Seq[*Entry], ledger []Revoked)) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	f(s.seq+1, s.entries.all())
+	f(s.seq+1, s.entries.all(), s.ledger)
 }
 
 // Freeze stops the store for a hand-off: no more publishes, expiry or

@@ -1308,7 +1308,7 @@ func TestSetNext(t *testing.T) {
 	}
 	var next uint64
 	n := 0
-	f.s.ReadLocked(func(nx uint64, entries iter.Seq[*Entry]) {
+	f.s.ReadLocked(func(nx uint64, entries iter.Seq[*Entry], _ []Revoked) {
 		next = nx
 		for range entries {
 			n++
