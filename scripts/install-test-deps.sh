@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages capd's tests need, skipping those present.
-# Then scripts/install-k8s-deps.sh (containerd, crictl; cached).
+# Then scripts/install-k8s-deps.sh (containerd, crictl; cached) and
+# scripts/install-vm-deps.sh (QEMU and Debian's stock kernels for the BPF LSM
+# tests, which run in a VM; cached).
 # Needs root; reaches Debian's package mirrors (and the Go module proxy, once).
 set -euo pipefail
 packages=(
@@ -25,3 +27,5 @@ fi
 command -v go >/dev/null || { echo "Go is not on PATH: install Go $(sed -n 's/^go //p' go.mod) or newer (https://go.dev/dl/)" >&2; exit 1; }
 # containerd, crictl and friends for the Kubernetes node tests (cached).
 "$(dirname "$0")/install-k8s-deps.sh"
+# QEMU and guest kernels for the kernel-enforced revocation tests (cached).
+"$(dirname "$0")/install-vm-deps.sh"

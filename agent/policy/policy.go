@@ -579,8 +579,13 @@ func (c *Config) loadFile(file string) error {
 		}
 		for _, n := range g.Restrict {
 			b, err := proto.ParseRestrict(n)
-			if err == nil && b&(proto.RestrictOwn|proto.RestrictKeep) != 0 {
-				err = fmt.Errorf("restriction %q is the publisher's to choose (want read-only, nosuid, nodev, noexec)", n)
+			switch {
+			case b == proto.RestrictOwn:
+				err = fmt.Errorf("%q is per_consumer = true; restrict takes read-only, nosuid, nodev, noexec", n)
+			case b == proto.RestrictKeep:
+				err = fmt.Errorf("%q is the publisher's to ask for; restrict takes read-only, nosuid, nodev, noexec", n)
+			case err != nil:
+				err = fmt.Errorf("unknown restriction %q (want read-only, nosuid, nodev, noexec)", n)
 			}
 			if err != nil {
 				return fmt.Errorf("%s: grant #%d (consumer %q): restrict: %w", at.at(el+".restrict"), i+1, g.Consumer, err)
