@@ -45,6 +45,10 @@ var hooks = []struct {
 
 const iterProg = "find_fd"
 
+// revokeIoctl is the agent's own request to its file_ioctl program
+// (CAPD_REVOKE_IOCTL in bpf/enforce.c).
+const revokeIoctl = 0xcafd0001
+
 // Enforcer holds the attached programs and their maps. See the package
 // doc for who owns which fd.
 type Enforcer struct {
@@ -54,6 +58,10 @@ type Enforcer struct {
 	args    *ebpf.Map
 	iter    *ebpf.Program
 	links   map[string]link.Link // by program name
+	// fast: file_ioctl takes this process's CAPD_REVOKE_IOCTL (probed at
+	// Load and Adopt). Without it the request is never sent: it would
+	// reach the file's driver.
+	fast bool
 }
 
 // lsmActive reports whether bpf is among the active LSMs; true when
@@ -142,6 +150,7 @@ func load(maxEntries uint32) (_ *Enforcer, err error) {
 	e.inodes = coll.DetachMap("inodes")
 	e.args = coll.DetachMap("iter_args")
 	e.iter = coll.DetachProgram(iterProg)
+	e.fast = e.probeFast()
 	return e, nil
 }
 
@@ -277,8 +286,13 @@ func Adopt(files []activation.File) (_ *Enforcer, err error) {
 			return nil, fmt.Errorf("%w: no link for %s", ErrAdopt, h.prog)
 		}
 	}
+	e.fast = e.probeFast()
 	return e, nil
 }
+
+// Fast reports whether Revoke takes constant time (file_ioctl takes the
+// agent's request) rather than a walk of the agent's fd table.
+func (e *Enforcer) Fast() bool { return e.fast }
 
 // Revoke makes the open file description behind the agent's fd unusable
 // for every task outside exemptCgroup (a cgroup v2 id; 0 exempts nobody),
@@ -294,7 +308,7 @@ func (e *Enforcer) Revoke(fd int, id, exemptCgroup uint64, markInode bool) error
 	if markInode && !e.InodeMarks() {
 		return fmt.Errorf("%w: inode marks need the file_open and inode_free_security hooks", ErrUnavailable)
 	}
-	a := enforceArgs{Fd: uint32(fd), Rev: enforceRevocation{ExemptCgroupId: exemptCgroup, Id: id}}
+	a := enforceArgs{Fd: uint32(fd), Rev: enforceRevocation{ExemptCgroupId: exemptCgroup, Id: id}, AgentTgid: uint32(os.Getpid())}
 	if markInode {
 		a.MarkInode = 1
 	}
@@ -303,8 +317,14 @@ func (e *Enforcer) Revoke(fd int, id, exemptCgroup uint64, markInode bool) error
 	if err := e.args.Put(uint32(0), &a); err != nil {
 		return fmt.Errorf("revoke fd %d: set iterator arguments: %w", fd, err)
 	}
-	if err := e.runIter(); err != nil {
-		return fmt.Errorf("revoke fd %d: %w", fd, err)
+	// The constant-time way first: file_ioctl takes the agent's own
+	// request (bpf/enforce.c) and ends the ioctl with ECANCELED. Not
+	// taken (an O_PATH fd: ioctl refuses it before any hook) or not
+	// available: walk the agent's fd table.
+	if !e.fast || !errors.Is(ioctlRevoke(fd), unix.ECANCELED) {
+		if err := e.runIter(); err != nil {
+			return fmt.Errorf("revoke fd %d: %w", fd, err)
+		}
 	}
 	if err := e.args.Lookup(uint32(0), &a); err != nil {
 		return fmt.Errorf("revoke fd %d: read iterator result: %w", fd, err)
@@ -319,6 +339,33 @@ func (e *Enforcer) Revoke(fd int, id, exemptCgroup uint64, markInode bool) error
 	default:
 		return fmt.Errorf("revoke fd %d: map update: %w", fd, unix.Errno(-a.Result))
 	}
+}
+
+// ioctlRevoke sends the agent's request on its own fd.
+func ioctlRevoke(fd int) error {
+	_, err := unix.IoctlRetInt(fd, revokeIoctl)
+	return err
+}
+
+// probeFast reports whether file_ioctl takes this process's request: on a
+// memfd of its own (no driver, so a request not taken fails ENOTTY), whose
+// key goes with it.
+func (e *Enforcer) probeFast() bool {
+	fd, err := unix.MemfdCreate("capd-bpf-probe", unix.MFD_CLOEXEC)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	a := enforceArgs{Fd: ^uint32(0), AgentTgid: uint32(os.Getpid())}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.args.Put(uint32(0), &a) != nil {
+		return false
+	}
+	if !errors.Is(ioctlRevoke(fd), unix.ECANCELED) || e.args.Lookup(uint32(0), &a) != nil {
+		return false
+	}
+	return a.Result == 1
 }
 
 // runIter runs find_fd over the files of this thread's task (the fd table

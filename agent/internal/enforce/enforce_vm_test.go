@@ -21,6 +21,7 @@ import (
 func init() {
 	roles["read-fd3"] = roleReadFD3
 	roles["adopt"] = roleAdopt
+	roles["ioctl-fd3"] = roleIoctlFD3
 }
 
 func mustLoad(t testing.TB) *Enforcer {
@@ -83,6 +84,48 @@ func wantErrno(t testing.TB, what string, err, want error) {
 	} else if want != nil && !errors.Is(err, want) {
 		t.Errorf("%s: %v, want %v", what, err, want)
 	}
+}
+
+// Revoke takes the constant-time path (file_ioctl takes the agent's own
+// request); an O_PATH fd, which ioctl refuses before any hook, falls back
+// to the fd-table walk; and another process's request is not taken: its
+// ioctl fails as the file's would (ENOTTY), and nothing is revoked.
+func TestRevokeFast(t *testing.T) {
+	e := mustLoad(t)
+	if !e.Fast() {
+		t.Fatal("file_ioctl does not take the agent's revoke request")
+	}
+	fd := memfd(t)
+	other := dup(t, open(t, "/proc/self/fd/"+fmt.Sprint(fd), unix.O_RDWR))
+	if err := e.Revoke(fd, 1, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	_, err := unix.Pread(fd, make([]byte, 1), 0)
+	wantErrno(t, "pread after a fast revoke", err, unix.EPERM)
+	_, err = unix.Pread(other, make([]byte, 1), 0)
+	wantErrno(t, "pread of another description", err, nil)
+	p := open(t, "/tmp", unix.O_PATH)
+	if err := e.Revoke(p, 2, 0, false); err != nil {
+		t.Fatalf("Revoke(O_PATH fd): %v", err)
+	}
+	// Another process sends the request on its own memfd.
+	cmd := exec.Command("/proc/self/exe", "-test.run=^$")
+	cmd.Env = append(os.Environ(), "CAPD_ENFORCE_ROLE=ioctl-fd3")
+	m := dupFile(t, memfd(t), "m")
+	defer m.Close()
+	cmd.ExtraFiles = []*os.File{m}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "inappropriate ioctl") {
+		t.Fatalf("another process's request: %v: %s", err, out)
+	}
+	_, err = unix.Pread(int(m.Fd()), make([]byte, 1), 0)
+	wantErrno(t, "pread of the file another process sent the request on", err, nil)
+}
+
+func roleIoctlFD3() int {
+	_, err := unix.IoctlRetInt(3, revokeIoctl)
+	fmt.Println(err)
+	return 0
 }
 
 func TestHooks(t *testing.T) {

@@ -17,6 +17,8 @@ type enforceArgs struct {
 	MarkInode uint32
 	Rev       enforceRevocation
 	Result    int64
+	AgentTgid uint32
+	Pad       uint32
 }
 
 type enforceRevocation struct {

@@ -11,9 +11,14 @@
  * frees the struct file or inode, so an address reused for another object
  * is never revoked by accident.
  *
- * The agent never sees a kernel pointer: find_fd, a task_file iterator the
- * agent runs on its own task only, inserts the key for args.fd itself and
- * reports the result in args.result.
+ * The agent never sees a kernel pointer. It names the file to revoke by
+ * calling ioctl(fd, CAPD_REVOKE_IOCTL) on its own fd: file_ioctl, seeing
+ * that command from the agent's own process (args.agent_tgid), inserts the
+ * key itself, reports it in args.result and ends the ioctl with ECANCELED,
+ * in constant time. Where that cannot work (an O_PATH fd, which ioctl
+ * refuses before any hook, or an agent whose pid is not the init
+ * namespace's), find_fd, a task_file iterator the agent runs on its own
+ * task only, does the same for args.fd, walking the agent's fd table.
  */
 #include "kernel.h"
 #include <bpf/bpf_helpers.h>
@@ -33,7 +38,13 @@ struct args {
 	__u32 mark_inode; /* in: also put the file's inode in inodes */
 	struct revocation rev; /* in */
 	__s64 result;     /* out: 0 fd not seen, 1 revoked, <0 -errno of the map update */
+	__u32 agent_tgid; /* in: the agent's pid (init namespace): who may use CAPD_REVOKE_IOCTL */
+	__u32 pad;
 };
+
+/* The agent's own request to file_ioctl; no driver ever sees it from the
+ * agent. Keep in sync with revokeIoctl in enforce.go. */
+#define CAPD_REVOKE_IOCTL 0xcafd0001u
 
 /*
  * A plain hash, never LRU: an eviction would lift a revocation silently.
@@ -76,25 +87,16 @@ static __always_inline int deny(void *map, const void *obj)
 	return -EPERM;
 }
 
-SEC("iter/task_file")
-int find_fd(struct bpf_iter__task_file *ctx)
+/* insert puts file (and its inode, if asked) in the maps as a says. */
+static __always_inline void insert(struct args *a, struct file *file)
 {
-	struct file *file = ctx->file;
-	__u32 zero = 0;
-	struct args *a;
-	__u64 key;
+	__u64 key = (__u64)file;
 	long err;
 
-	if (!file)
-		return 0;
-	a = bpf_map_lookup_elem(&iter_args, &zero);
-	if (!a || ctx->fd != a->fd)
-		return 0;
-	key = (__u64)file;
 	err = bpf_map_update_elem(&revoked, &key, &a->rev, BPF_ANY);
 	if (err) {
 		a->result = (__s32)err; /* 6.1 zero-extends the helper's int */
-		return 0;
+		return;
 	}
 	if (a->mark_inode) {
 		__u64 ikey = (__u64)file->f_inode;
@@ -103,10 +105,25 @@ int find_fd(struct bpf_iter__task_file *ctx)
 		if (err) {
 			bpf_map_delete_elem(&revoked, &key);
 			a->result = (__s32)err; /* 6.1 zero-extends the helper's int */
-			return 0;
+			return;
 		}
 	}
 	a->result = 1;
+}
+
+SEC("iter/task_file")
+int find_fd(struct bpf_iter__task_file *ctx)
+{
+	struct file *file = ctx->file;
+	__u32 zero = 0;
+	struct args *a;
+
+	if (!file)
+		return 0;
+	a = bpf_map_lookup_elem(&iter_args, &zero);
+	if (!a || ctx->fd != a->fd)
+		return 0;
+	insert(a, file);
 	return 0;
 }
 
@@ -119,6 +136,15 @@ int BPF_PROG(file_permission, struct file *file, int mask)
 SEC("lsm/file_ioctl")
 int BPF_PROG(file_ioctl, struct file *file, unsigned int cmd, unsigned long arg)
 {
+	if (cmd == CAPD_REVOKE_IOCTL) {
+		__u32 zero = 0;
+		struct args *a = bpf_map_lookup_elem(&iter_args, &zero);
+
+		if (a && a->agent_tgid && (__u32)(bpf_get_current_pid_tgid() >> 32) == a->agent_tgid) {
+			insert(a, file);
+			return -ECANCELED;
+		}
+	}
 	return deny(&revoked, file);
 }
 

@@ -33,6 +33,7 @@ enum {
 };
 
 #define EPERM 1
+#define ECANCELED 125
 #define E2BIG 7
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
