@@ -127,6 +127,7 @@ bench:
 	./bench/audit.sh
 	./bench/audit-few.sh
 	./bench/k8s.sh
+	./bench/bpflsm.sh
 
 clean:
 	rm -rf $(BIN)

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/capd-dev/capd/agent/internal/store"
 )
@@ -138,6 +139,8 @@ func TestJournalRejects(t *testing.T) {
 		{"put of a removed id", "added twice", cat(snap, b(op{Del: x.ID}), b(op{Put: &x}))},
 		{"put of a live key", "which e-2.a.service.y holds", cat(snap, b(op{Put: &y2}))},
 		{"del of an unknown id", "not live", cat(snap, b(op{Del: "e-9"}))},
+		{"a revocation without its removal", "apart from its entry's removal", cat(snap, b(op{Put: &x2, Revoked: &RevRecord{ID: x2.ID}}))},
+		{"a revocation of another entry", "apart from its entry's removal", cat(snap, b(op{Del: x.ID, Revoked: &RevRecord{ID: y.ID}}))},
 		{"del twice", "not live", cat(snap, b(op{Del: x.ID}, op{Del: x.ID}))},
 		{"put and del in one op", "neither one put nor one del", cat(snap, b(op{Put: &x2, Del: x.ID}))},
 		{"an empty op", "neither one put nor one del", cat(snap, b(op{}))},
@@ -192,5 +195,25 @@ func TestParseMetaName(t *testing.T) {
 		if ok != tc.ok || ok && (g != tc.gen || j != tc.journal) {
 			t.Errorf("parseMetaName(%q) = %d, %v, %v", tc.name, g, j, ok)
 		}
+	}
+}
+
+// An enforced revocation rides on its entry's removal into the ledger.
+func TestJournalLedger(t *testing.T) {
+	x, y := rec(1, "a.service", "x"), rec(2, "a.service", "y")
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	j := bytes.Join([][]byte{
+		mustStart(t, 1, &Meta{NextID: 3, Entries: []Record{x, y}, Revoked: []RevRecord{{ID: "e-0.old", Owner: "o", Name: "n", At: at}}}),
+		mustFrame(t, kindBatch, &batch{Ops: []op{{Del: x.ID, Revoked: &RevRecord{ID: x.ID, Owner: x.Owner, Name: x.Name, At: at}}, {Del: y.ID}}}),
+	}, nil)
+	m, _, err := DecodeJournal(j, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Revoked) != 2 || m.Revoked[1].ID != x.ID || len(m.Entries) != 0 {
+		t.Fatalf("ledger %+v, entries %d", m.Revoked, len(m.Entries))
+	}
+	if l := ledgerOf(m.Revoked); len(l) != 1 || l[0].Seq != 1 {
+		t.Fatalf("ledgerOf drops ids that are no entry's: %+v", l)
 	}
 }
