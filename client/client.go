@@ -450,8 +450,15 @@ func (c *Client) AcquireFD(owner, name string) (int, error) {
 // proto.MaxWait, and the client asks again until its deadline). A refusal
 // by policy comes at once, whether the entry exists or not.
 func (c *Client) AcquireFDWait(owner, name string, wait time.Duration) (int, error) {
+	fd, _, err := c.AcquireGrantWait(owner, name, wait)
+	return fd, err
+}
+
+// AcquireGrantWait is AcquireFDWait that also reports which grant the fd
+// is (see AcquireGrant).
+func (c *Client) AcquireGrantWait(owner, name string, wait time.Duration) (int, *AcquiredGrant, error) {
 	if wait == 0 {
-		return c.AcquireFD(owner, name)
+		return c.AcquireGrant(owner, name)
 	}
 	var deadline time.Time
 	if wait >= 0 {
@@ -462,14 +469,14 @@ func (c *Client) AcquireFDWait(owner, name string, wait time.Duration) (int, err
 		if !deadline.IsZero() {
 			round = min(round, time.Until(deadline))
 		}
-		fd, err := c.acquireWait(owner, name, max(round, 0))
+		fd, g, err := c.acquireWait(owner, name, max(round, 0))
 		if err == nil || !errors.Is(err, ErrNotFound) || (!deadline.IsZero() && !time.Now().Before(deadline)) {
-			return fd, err
+			return fd, g, err
 		}
 	}
 }
 
-func (c *Client) acquireWait(owner, name string, wait time.Duration) (int, error) {
+func (c *Client) acquireWait(owner, name string, wait time.Duration) (int, *AcquiredGrant, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m := proto.NewMessage(c.out, proto.OpAcquire, proto.CodeOK)
@@ -477,11 +484,7 @@ func (c *Client) acquireWait(owner, name string, wait time.Duration) (int, error
 	m.String(proto.AttrName, name)
 	m.U64(proto.AttrWait, uint64(wait.Milliseconds()))
 	c.out = m.Bytes()
-	_, fd, err := c.roundTrip(proto.OpAcquire, -1)
-	if err != nil {
-		return -1, fmt.Errorf("acquire %s:%s: %w", owner, name, err)
-	}
-	return fd, nil
+	return c.acquired(owner, name)
 }
 
 // AcquireRef is Acquire with an "OWNER:NAME" reference.

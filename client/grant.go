@@ -215,6 +215,11 @@ func (c *Client) AcquireGrant(owner, name string) (int, *AcquiredGrant, error) {
 	m.String(proto.AttrOwner, owner)
 	m.String(proto.AttrName, name)
 	c.out = m.Bytes()
+	return c.acquired(owner, name)
+}
+
+// acquired sends the acquire request in c.out and decodes its reply.
+func (c *Client) acquired(owner, name string) (int, *AcquiredGrant, error) {
 	attrs, fd, err := c.roundTrip(proto.OpAcquire, -1)
 	if err != nil {
 		return -1, nil, fmt.Errorf("acquire %s:%s: %w", owner, name, err)

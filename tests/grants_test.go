@@ -144,6 +144,13 @@ acquire  = ["`+me+`:cfg"]
 	if _, err := c.Check("", "cfg", of); !errors.Is(err, client.ErrNotOurs) {
 		t.Fatalf("check(unrelated) = %v, want not-ours", err)
 	}
+	// acquire --verbose says which grant the consumer got.
+	if r := e.run("b.service", nil, "acquire", "-v", me+":cfg", "--", "true"); r.code != 0 || !strings.Contains(r.stderr, "fd 3: "+me+":cfg: grant "+cb.Grant.ID+" (per-consumer); revocation advisory") {
+		t.Fatalf("acquire --verbose: %+v", r)
+	}
+	if r := e.run("", nil, "acquire", "-v", me+":cfg", "--", "true"); r.code != 0 || !strings.Contains(r.stderr, "the entry's own description") {
+		t.Fatalf("the owner's acquire --verbose: %+v", r)
+	}
 	// A second acquire by a.service gets its grant again: the same
 	// description, no second grant.
 	a2 := e.holder("a.service", me+":cfg")

@@ -9,7 +9,7 @@ import (
 func newAcquireCmd() *cobra.Command {
 	var a cli.Acquire
 	cmd := &cobra.Command{
-		Use:   "acquire [--optional] [--wait[=TIMEOUT]] OWNER:NAME... -- COMMAND [ARG...]",
+		Use:   "acquire [--optional] [--wait[=TIMEOUT]] [--verbose] OWNER:NAME... -- COMMAND [ARG...]",
 		Short: "Run COMMAND with acquired fds, socket-activation style",
 		Long: `Acquire each OWNER:NAME from the agent and execute COMMAND in place of capd
 with the fds at 3, 4, ... in the order given, and the environment of the

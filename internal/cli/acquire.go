@@ -23,6 +23,7 @@ import (
 type Acquire struct {
 	Optional    bool
 	PrivateProc bool
+	Verbose     bool
 	Wait        string
 	waitSet     func() bool
 }
@@ -33,6 +34,7 @@ func (a *Acquire) Flags(fs *pflag.FlagSet) {
 	fs.StringVar(&a.Wait, "wait", "", "wait up to this long for entries not yet published (no value: forever)")
 	fs.Lookup("wait").NoOptDefVal = "forever"
 	fs.BoolVar(&a.PrivateProc, "private-proc", false, "run COMMAND in its own mount namespace with a /proc that hides other users' processes (hidepid=invisible)")
+	fs.BoolVarP(&a.Verbose, "verbose", "v", false, "say on stderr what each fd is: the entry's own description or a grant (its id, restrictions, parent), and what a revoke does to it")
 	a.waitSet = func() bool { return fs.Changed("wait") }
 }
 
@@ -63,12 +65,12 @@ func (a *Acquire) Run(stderr io.Writer, args []string, dash int) error {
 			timeout = d
 		}
 	}
-	return acquireExec(stderr, args[:dash], args[dash:], a.Optional, a.PrivateProc, timeout)
+	return acquireExec(stderr, args[:dash], args[dash:], a.Optional, a.PrivateProc, a.Verbose, timeout)
 }
 
 // acquireExec acquires refs, waiting up to wait for entries not yet
 // published (0: not at all, < 0: forever), and executes command.
-func acquireExec(stderr io.Writer, refs, command []string, optional, privateProc bool, wait time.Duration) error {
+func acquireExec(stderr io.Writer, refs, command []string, optional, privateProc, verbose bool, wait time.Duration) error {
 	type ref struct{ owner, name string }
 	parsed := make([]ref, len(refs))
 	for i, r := range refs {
@@ -91,7 +93,7 @@ func acquireExec(stderr io.Writer, refs, command []string, optional, privateProc
 	// open file description to blocking for every holder.
 	fds, names := inheritedFDs()
 	for _, r := range parsed {
-		fd, err := c.AcquireFDWait(r.owner, r.name, wait)
+		fd, g, err := c.AcquireGrantWait(r.owner, r.name, wait)
 		if err != nil {
 			if optional && (errors.Is(err, client.ErrNotFound) || errors.Is(err, client.ErrPermissionDenied)) {
 				fmt.Fprintf(stderr, "capd: skipping %s\n", Escape(err.Error()))
@@ -102,6 +104,9 @@ func acquireExec(stderr io.Writer, refs, command []string, optional, privateProc
 				linux.Close(fd)
 			}
 			return err
+		}
+		if verbose {
+			describeAcquired(stderr, r.owner+":"+r.name, len(fds)+3, g)
 		}
 		fds = append(fds, fd)
 		names = append(names, r.name)
@@ -129,6 +134,21 @@ func acquireExec(stderr io.Writer, refs, command []string, optional, privateProc
 	fmt.Fprintf(os.Stderr, "capd: acquire: %v\n", err)
 	os.Exit(ExitCannotExec)
 	return nil
+}
+
+// describeAcquired says what the fd that will be n in COMMAND is.
+func describeAcquired(w io.Writer, ref string, n int, g *client.AcquiredGrant) {
+	what := "the entry's own description"
+	if g.Grant != "" {
+		what = "grant " + g.Grant
+		if g.Parent != "" {
+			what += ", delegated from " + g.Parent
+		}
+		if len(g.Restrict) > 0 {
+			what += " (" + strings.Join(g.Restrict, ",") + ")"
+		}
+	}
+	fmt.Fprintf(w, "capd: fd %d: %s: %s; revocation %s\n", n, Escape(ref), what, g.Enforcement)
 }
 
 // lookPath finds COMMAND as exec does, failing with exit code 127 when
