@@ -144,6 +144,13 @@ acquire  = ["`+me+`:cfg"]
 	if _, err := c.Check("", "cfg", of); !errors.Is(err, client.ErrNotOurs) {
 		t.Fatalf("check(unrelated) = %v, want not-ours", err)
 	}
+	// capd check: the grant and its grantee, or exit code 9.
+	if r := e.run("", []*os.File{b}, "check", "--fd", "3", "cfg"); r.code != 0 || r.stdout != me+":cfg grant "+cb.Grant.ID+" for b.service\n" {
+		t.Fatalf("capd check: %+v", r)
+	}
+	if r := e.run("", []*os.File{of}, "check", "--fd", "3", "cfg"); r.code != 9 || !strings.Contains(r.stderr, "not-ours") {
+		t.Fatalf("capd check of an unrelated fd: %+v", r)
+	}
 	// acquire --verbose says which grant the consumer got.
 	if r := e.run("b.service", nil, "acquire", "-v", me+":cfg", "--", "true"); r.code != 0 || !strings.Contains(r.stderr, "fd 3: "+me+":cfg: grant "+cb.Grant.ID+" (per-consumer); revocation advisory") {
 		t.Fatalf("acquire --verbose: %+v", r)

@@ -34,6 +34,7 @@ const (
 	ExitExists           = 6
 	ExitQuotaExceeded    = 7
 	ExitBusy             = 8
+	ExitNotOurs          = 9
 	ExitCannotExec       = 126
 	ExitCommandNotFound  = 127
 )
@@ -49,6 +50,7 @@ const ExitCodesHelp = `Exit codes:
   6    exists: the name is already published
   7    quota-exceeded: a store or quota limit refuses the entry
   8    busy: the agent refuses more connections or is shutting down
+  9    check: not-ours: the fd is none of the entry's descriptions
   126  acquire: COMMAND cannot be executed
   127  acquire: COMMAND not found`
 
@@ -90,6 +92,8 @@ func Code(err error) int {
 		return ExitQuotaExceeded
 	case errors.Is(err, client.ErrBusy):
 		return ExitBusy
+	case errors.Is(err, client.ErrNotOurs):
+		return ExitNotOurs
 	}
 	return ExitFailure
 }
