@@ -4,15 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/capd-dev/capd/internal/linux"
 )
-
-// noDupfdQuery is set once the kernel has refused F_DUPFD_QUERY.
-var noDupfdQuery atomic.Bool
 
 // Verify reports whether a and b refer to the same open file description:
 // true for a dup, for an fd passed over SCM_RIGHTS, or for one acquired from
@@ -52,18 +48,7 @@ func Verify(a, b *os.File) (bool, error) {
 }
 
 func verifyFDs(a, b int) (bool, error) {
-	if !noDupfdQuery.Load() {
-		same, err := linux.DupfdQuery(a, b)
-		if err == nil {
-			return same, nil
-		}
-		if !errors.Is(err, unix.EINVAL) {
-			return false, err
-		}
-		noDupfdQuery.Store(true)
-	}
-	pid := os.Getpid()
-	same, err := linux.Kcmp(pid, pid, a, b)
+	same, err := linux.SameDescription(a, b)
 	if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) {
 		return false, fmt.Errorf("%w: %w", ErrVerifyUnsupported, err)
 	}

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"github.com/capd-dev/capd/internal/linux"
 	"os"
 	"strconv"
 	"testing"
@@ -86,18 +87,11 @@ func testVerify(t *testing.T) {
 	}
 }
 
-// TestVerify runs on F_DUPFD_QUERY, which this kernel must have (>= 6.10).
+// TestVerify runs on F_DUPFD_QUERY, which this kernel must have (>= 6.10);
+// internal/linux's TestSameDescriptionKcmp covers the kcmp(2) fallback.
 func TestVerify(t *testing.T) {
-	noDupfdQuery.Store(false)
-	testVerify(t)
-	if noDupfdQuery.Load() {
-		t.Fatal("F_DUPFD_QUERY is missing: this test machine must run Linux >= 6.10")
+	if _, err := linux.DupfdQuery(0, 0); err != nil {
+		t.Fatalf("F_DUPFD_QUERY is missing (%v): this test machine must run Linux >= 6.10", err)
 	}
-}
-
-// TestVerifyKcmp forces the kcmp(2) fallback and expects the same answers.
-func TestVerifyKcmp(t *testing.T) {
-	noDupfdQuery.Store(true)
-	defer noDupfdQuery.Store(false)
 	testVerify(t)
 }

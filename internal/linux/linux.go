@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -141,6 +142,25 @@ func DupfdQuery(fd, other int) (bool, error) {
 		return false, os.NewSyscallError("fcntl F_DUPFD_QUERY", err)
 	}
 	return r == 1, nil
+}
+
+// noDupfdQuery is set once the kernel answered F_DUPFD_QUERY with EINVAL
+// (before Linux 6.10).
+var noDupfdQuery atomic.Bool
+
+// SameDescription reports whether this process's fds a and b refer to
+// the same open file description: F_DUPFD_QUERY where the kernel has it,
+// else kcmp(KCMP_FILE) of the process with itself.
+func SameDescription(a, b int) (bool, error) {
+	if !noDupfdQuery.Load() {
+		same, err := DupfdQuery(a, b)
+		if err == nil || !errors.Is(err, unix.EINVAL) {
+			return same, err
+		}
+		noDupfdQuery.Store(true)
+	}
+	pid := os.Getpid()
+	return Kcmp(pid, pid, a, b)
 }
 
 // MemfdCreate creates an anonymous memory file with MFD_CLOEXEC and

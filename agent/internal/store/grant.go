@@ -362,7 +362,8 @@ func walkGrants(e *Entry, f func(*Entry) bool) bool {
 
 // Which returns, with a reference, the entry owner:name itself or the
 // grant of it whose description fd (the caller's) is: asked of the kernel
-// (F_DUPFD_QUERY, both fds in the agent's table). ErrNotFound if there is
+// (F_DUPFD_QUERY, or kcmp before Linux 6.10; both fds in the agent's
+// table). ErrNotFound if there is
 // no such entry, ErrNotOurs if fd is none of its descriptions. may decides
 // first, under the lock, whether the caller may ask.
 func (s *Store) Which(owner, name string, fd int, may func(*Entry) error) (*Entry, error) {
@@ -378,7 +379,7 @@ func (s *Store) Which(owner, name string, fd int, may func(*Entry) error) (*Entr
 	var found *Entry
 	var qerr error
 	same := func(x *Entry) bool {
-		ok, err := linux.DupfdQuery(x.FD(), fd)
+		ok, err := linux.SameDescription(x.FD(), fd)
 		if err != nil {
 			qerr = err
 			return false
