@@ -153,14 +153,40 @@ func enforced(t *testing.T) (truncate bool) {
 	return strings.Contains(st.EnforcedBy, "file_truncate")
 }
 
-// grantID is the id of the grant f is, as the agent's check says.
-func grantID(t *testing.T, c *client.Client, name string, f *os.File) string {
+// grantID is the id of grantee's grant of name, from the agent's list;
+// and check must say that f is that grant (it is the holder's copy).
+// check failing is an error, not fatal: the revokes that follow do not
+// depend on it.
+func grantID(t *testing.T, c *client.Client, name, grantee string, f *os.File) string {
 	t.Helper()
+	g := grantOf(t, c, name, grantee)
 	ch, err := c.Check("", name, f)
-	if err != nil || ch.Grant == nil {
-		t.Fatalf("check %s of %s: %+v, %v", f.Name(), name, ch, err)
+	if err != nil || ch.Grant == nil || ch.Grant.ID != g.ID {
+		t.Errorf("check of %s's copy of %s = %+v, %v; want grant %s", grantee, name, ch, err, g.ID)
 	}
-	return ch.Grant.ID
+	return g.ID
+}
+
+// grantOf is grantee's grant of the test's entry name, as list reports it.
+func grantOf(t *testing.T, c *client.Client, name, grantee string) client.Grant {
+	t.Helper()
+	ents, err := c.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if e.Owner != "cgroup:/pub" || e.Name != name {
+			continue
+		}
+		for _, g := range e.Grants {
+			if g.Grantee == grantee {
+				return g
+			}
+		}
+		t.Fatalf("no grant of %s for %s in list: %+v", name, grantee, e.Grants)
+	}
+	t.Fatalf("%s is not in list", name)
+	return client.Grant{}
 }
 
 // reopen opens /proc/self/fd/N of f: a fresh open file description of the

@@ -98,6 +98,13 @@ func setup() error {
 	if err := os.WriteFile(config, []byte(policy), 0o644); err != nil {
 		return err
 	}
+	// The guest kernel's default RLIMIT_NOFILE (4096 hard) leaves the agent
+	// no room for entries beside its reserve for connections; systemd
+	// raises it for services (LimitNOFILE=), fdsup does not.
+	lim := unix.Rlimit{Cur: 1 << 16, Max: 1 << 16}
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("raise RLIMIT_NOFILE for the agent: %w", err)
+	}
 	var err error
 	sup, err = startSupervisor()
 	if err != nil {
