@@ -35,6 +35,9 @@ type enforcer struct {
 // consumers' grants by that reopen; an entry's revoke exempts the
 // publisher's cgroup if it asked (keep-publisher).
 func (f *enforcer) Enforce(e *store.Entry) {
+	if e.Restrict()&proto.RestrictRevoked != 0 {
+		return // a revoked grant's marker: nobody holds it
+	}
 	root := e.Root()
 	var exempt uint64
 	switch {

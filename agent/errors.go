@@ -20,6 +20,7 @@ var wireCodes = []struct {
 	{store.ErrNotSocket, proto.CodeInvalidRequest},
 	{store.ErrOwnerEmpty, proto.CodePermissionDenied},
 	{store.ErrNotOurs, proto.CodeNotOurs},
+	{store.ErrRevoked, proto.CodePermissionDenied},
 	{store.ErrNotDerivable, proto.CodeInvalidRequest},
 	{registry.ErrNotFound, proto.CodeNotFound},
 	{registry.ErrConflict, proto.CodeExists},

@@ -198,6 +198,17 @@ acquire  = ["`+me+`:cfg"]
 	if r := e.runAs("a.service", 65534, nil, "revoke", "--owner", me, "--grant", cb.Grant.ID, "cfg"); r.code == 0 || !strings.Contains(r.stderr, "permission-denied") {
 		t.Fatalf("a.service revoked b.service's grant: %+v", r)
 	}
+	// Publishing it anew lets a.service in again, with a new grant.
+	if err := c.Publish("cfg", mem, &client.PublishOptions{PerConsumer: true, Replace: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Check("", "cfg", b); !errors.Is(err, client.ErrNotOurs) {
+		t.Fatalf("b's grant of the replaced entry: %v", err)
+	}
+	a3 := e.holder("a.service", me+":cfg")
+	defer a3.Close()
+	b = e.holder("b.service", me+":cfg")
+	defer b.Close()
 	// Revoking the entry takes its grants.
 	if err := c.Revoke("cfg"); err != nil {
 		t.Fatal(err)

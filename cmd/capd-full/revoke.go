@@ -30,8 +30,9 @@ end-of-file and fails to write. Other kinds are refused with --shutdown
 
 --grant ID revokes one consumer's grant of an entry published per consumer
 (capd list shows them), and every grant delegated from it; the entry and the
-other consumers' grants stay. The holder of a grant may revoke what was
-delegated from it (with --owner naming the entry's owner).
+other consumers' grants stay. That consumer is refused the entry from then
+on, until it is published anew (--replace). The holder of a grant may revoke
+what was delegated from it (with --owner naming the entry's owner).
 
 Where the kernel offers BPF LSM (capd status says), a revoke is enforced:
 every holder's further read, write, mmap, send, receive and passing on of a

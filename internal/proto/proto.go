@@ -158,6 +158,10 @@ const (
 	// RestrictKeep (publish only): the publisher's own processes (its
 	// cgroup) keep using the file after a kernel-enforced revoke.
 	RestrictKeep
+	// RestrictRevoked (replies, stored records only): the grant was
+	// revoked; it stays as a marker that refuses its consumer the entry
+	// until the entry is published anew.
+	RestrictRevoked
 )
 
 // RestrictAll is every Restrict bit.
@@ -166,7 +170,7 @@ const RestrictAll = RestrictOwn | RestrictReadOnly | RestrictNoSuid | RestrictNo
 var restrictNames = []struct {
 	bit  Restrict
 	name string
-}{{RestrictOwn, "per-consumer"}, {RestrictReadOnly, "read-only"}, {RestrictNoSuid, "nosuid"}, {RestrictNoDev, "nodev"}, {RestrictNoExec, "noexec"}, {RestrictKeep, "keep-publisher"}}
+}{{RestrictOwn, "per-consumer"}, {RestrictReadOnly, "read-only"}, {RestrictNoSuid, "nosuid"}, {RestrictNoDev, "nodev"}, {RestrictNoExec, "noexec"}, {RestrictKeep, "keep-publisher"}, {RestrictRevoked, "revoked"}}
 
 // Attenuating reports whether r withholds anything beyond a description
 // of its own.
@@ -197,16 +201,19 @@ func (r Restrict) Names() []string {
 	return out
 }
 
-// ParseRestrict reads one restriction's name.
+// ParseRestrict reads one restriction's name (of those a request may
+// carry: not "revoked").
 func ParseRestrict(name string) (Restrict, error) {
 	for _, n := range restrictNames {
-		if n.name == name {
+		if n.name == name && n.bit&RestrictAll != 0 {
 			return n.bit, nil
 		}
 	}
 	var all []string
 	for _, n := range restrictNames {
-		all = append(all, n.name)
+		if n.bit&RestrictAll != 0 {
+			all = append(all, n.name)
+		}
 	}
 	return 0, fmt.Errorf("unknown restriction %q (want %s)", name, strings.Join(all, ", "))
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -179,7 +180,7 @@ func grantOf(t *testing.T, c *client.Client, name, grantee string) client.Grant 
 			continue
 		}
 		for _, g := range e.Grants {
-			if g.Grantee == grantee {
+			if g.Grantee == grantee && !slices.Contains(g.Restrict, "revoked") {
 				return g
 			}
 		}

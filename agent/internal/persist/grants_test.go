@@ -66,8 +66,9 @@ func TestHandoffGrantsAndLedger(t *testing.T) {
 		linux.Close(fd)
 	}
 	to := newFixture(t, cg)
-	if n := Restore(to.log, passed, to.st, to.reg, nil); n != 3 {
-		t.Fatalf("restored %d entries and grants, want 3", n)
+	// The entry, a's grant, c's delegated from it, and the marker of b's.
+	if n := Restore(to.log, passed, to.st, to.reg, nil); n != 4 {
+		t.Fatalf("restored %d entries and grants, want 4", n)
 	}
 	var re *store.Entry
 	to.st.ReadLocked(func(_ uint64, entries iter.Seq[*store.Entry], ledger []store.Revoked) {
@@ -81,8 +82,11 @@ func TestHandoffGrantsAndLedger(t *testing.T) {
 		}
 	})
 	gs := to.st.Grants(re)
-	if len(gs) != 2 || gs[0].GrantID() != a.GrantID() || gs[1].Parent() != gs[0] {
+	if len(gs) != 3 || gs[0].GrantID() != a.GrantID() || gs[1].Parent() != gs[0] || gs[2].Restrict()&proto.RestrictRevoked == 0 {
 		t.Fatalf("grants after the hand-off: %v", gs)
+	}
+	if _, _, err := to.st.Grant(re, store.GrantOptions{Grantee: store.Grantee{Identity: "b.service", UID: 8}}, limits); err == nil {
+		t.Fatal("b.service got a grant again after a hand-off")
 	}
 	if id, uid := gs[1].Grantee(); id != "c.service" || uid != store.AnyUID || gs[1].Depth() != 2 {
 		t.Fatalf("delegated grant: %s %d", id, uid)

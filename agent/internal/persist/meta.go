@@ -233,7 +233,7 @@ func ValidRecord(r *Record) error {
 		return fmt.Errorf("owner %q is not an identity", r.Owner)
 	case proto.ValidName(baseName(r.Name)) != nil:
 		return proto.ValidName(baseName(r.Name))
-	case proto.Restrict(r.Restrict)&^proto.RestrictAll != 0:
+	case proto.Restrict(r.Restrict)&^(proto.RestrictAll|proto.RestrictRevoked) != 0:
 		return fmt.Errorf("restrictions %#x", r.Restrict)
 	case (r.Grantee != "") != strings.ContainsRune(r.Name, proto.GrantSep):
 		return fmt.Errorf("entry %q with grantee %q: a grant's name is NAME#gN, and only a grant has a grantee", r.Name, r.Grantee)

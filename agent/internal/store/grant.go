@@ -33,6 +33,9 @@ type grantInfo struct {
 // ErrNotOurs: a checked fd is none of an entry's descriptions.
 var ErrNotOurs = fmt.Errorf("not one of the entry's descriptions")
 
+// ErrRevoked: the consumer's grant of the entry was revoked.
+var ErrRevoked = fmt.Errorf("grant revoked")
+
 // ErrNotDerivable: a description of its own cannot be made for the
 // entry's kind, or not with the restrictions asked for.
 var ErrNotDerivable = fmt.Errorf("no description of its own can be made")
@@ -225,8 +228,8 @@ type GrantOptions struct {
 func (s *Store) Grant(parent *Entry, o GrantOptions, l *Limits) (g *Entry, created bool, err error) {
 	o.Restrict |= parent.Restrict() | proto.RestrictOwn
 	o.Restrict &^= proto.RestrictKeep
-	if g := s.findGrant(parent, o); g != nil {
-		return g, false, nil
+	if g, err := s.findGrant(parent, o); g != nil || err != nil {
+		return g, false, err
 	}
 	if !o.Delegated && parent.IsGrant() {
 		return nil, false, fmt.Errorf("a grant of a grant is a delegation")
@@ -267,10 +270,12 @@ func (s *Store) Grant(parent *Entry, o GrantOptions, l *Limits) (g *Entry, creat
 		dead = append(dead, g)
 		return nil, false, errorf(ErrNotFound, "%s:%s is no longer published", parent.Owner(), parent.BaseName())
 	}
-	if old := s.findGrantLocked(parent, o); old != nil {
+	if old, err := s.findGrantLocked(parent, o); old != nil || err != nil {
 		dead = append(dead, g)
-		old.refs.Add(1)
-		return old, false, nil
+		if old != nil {
+			old.refs.Add(1)
+		}
+		return old, false, err
 	}
 	if n := len(parent.extra().grants); n >= l.MaxGrants {
 		dead = append(dead, g)
@@ -299,27 +304,35 @@ func (s *Store) Grant(parent *Entry, o GrantOptions, l *Limits) (g *Entry, creat
 }
 
 // findGrant returns, with a reference, parent's grant for o's grantee
-// with o's restrictions, or nil.
-func (s *Store) findGrant(parent *Entry, o GrantOptions) *Entry {
+// with o's restrictions, or nil; ErrRevoked if the grantee's grant of it
+// was revoked.
+func (s *Store) findGrant(parent *Entry, o GrantOptions) (*Entry, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	g := s.findGrantLocked(parent, o)
+	g, err := s.findGrantLocked(parent, o)
 	if g != nil {
 		g.refs.Add(1)
 	}
-	return g
+	return g, err
 }
 
-func (s *Store) findGrantLocked(parent *Entry, o GrantOptions) *Entry {
+func (s *Store) findGrantLocked(parent *Entry, o GrantOptions) (*Entry, error) {
 	if parent.more == nil {
-		return nil
+		return nil, nil
 	}
 	for _, g := range parent.more.grants {
-		if gi := g.more.grant; gi.grantee == o.Grantee.Identity && gi.granteeUID == o.Grantee.UID && g.more.restrict == o.Restrict {
-			return g
+		gi := g.more.grant
+		if gi.grantee != o.Grantee.Identity || gi.granteeUID != o.Grantee.UID {
+			continue
+		}
+		if g.more.restrict&proto.RestrictRevoked != 0 {
+			return nil, errorf(ErrRevoked, "%s (uid %d) had grant %s of %s:%s, which was revoked: it gets no other until the entry is published anew", gi.grantee, gi.granteeUID, g.GrantID(), parent.Owner(), parent.BaseName())
+		}
+		if g.more.restrict == o.Restrict {
+			return g, nil
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 // Delegated returns, with a reference, a grant of the entry owner:name
@@ -334,7 +347,7 @@ func (s *Store) Delegated(owner, name string, grantee Grantee) *Entry {
 	}
 	var found *Entry
 	walkGrants(e, func(g *Entry) bool {
-		if gi := g.more.grant; g.Depth() >= 2 && gi.grantee == grantee.Identity && (gi.granteeUID == grantee.UID || gi.granteeUID == AnyUID) {
+		if gi := g.more.grant; g.Depth() >= 2 && g.more.restrict&proto.RestrictRevoked == 0 && gi.grantee == grantee.Identity && (gi.granteeUID == grantee.UID || gi.granteeUID == AnyUID) {
 			found = g
 			return false
 		}
@@ -419,8 +432,24 @@ func (s *Store) Grants(e *Entry) []*Entry {
 
 // RevokeGrant removes the grant id of the entry owner:name and every grant
 // derived from it, if may (called under the lock with the grant) allows,
-// and returns the grant's entry id and how many grants went.
+// and returns the grant's entry id and how many grants went. A consumer's
+// own grant (not a delegated one) is replaced, in the same step, by a
+// marker (RestrictRevoked, an empty sealed memfd of its own) that refuses
+// the consumer the entry until it is published anew: otherwise policy
+// would give it a new grant at its next acquire. A marker itself is not
+// revoked again.
 func (s *Store) RevokeGrant(owner, name, id string, may func(g *Entry) error) (string, int, error) {
+	mfd, merr := linux.SealedMemfd("capd-revoked-grant", nil)
+	if merr != nil {
+		return "", 0, fmt.Errorf("revoke grant %s: %w", id, merr)
+	}
+	marker := -1
+	defer func() {
+		if marker >= 0 {
+			linux.Close(marker)
+		}
+	}()
+	marker = mfd
 	s.mu.Lock()
 	e := s.entries.get(owner, name)
 	if e == nil {
@@ -434,18 +463,62 @@ func (s *Store) RevokeGrant(owner, name, id string, may func(g *Entry) error) (s
 		}
 		return g == nil
 	})
-	if g == nil {
+	if g == nil || g.Restrict()&proto.RestrictRevoked != 0 {
 		s.mu.Unlock()
-		return "", 0, errorf(ErrNotFound, "%s:%s has no grant %s", owner, name, id)
+		return "", 0, errorf(ErrNotFound, "%s:%s has no grant %s in force", owner, name, id)
 	}
 	if err := may(g); err != nil {
 		s.mu.Unlock()
 		return "", 0, err
 	}
+	parent := g.Parent()
 	dead := s.revokeLocked(g, nil)
+	n := len(dead)
+	if g.Depth() == 1 {
+		var err error
+		dead, err = s.markRevokedLocked(parent, g, marker, dead)
+		marker = -1 // the marker's entry owns it now, or dead does
+		if err != nil {
+			s.mu.Unlock()
+			s.ReleaseAll(dead)
+			return g.ID(), n, fmt.Errorf("grant %s is revoked, but its consumer could acquire again: %w", id, err)
+		}
+	}
 	s.mu.Unlock()
 	s.ReleaseAll(dead)
-	return g.ID(), len(dead), nil
+	return g.ID(), n, nil
+}
+
+// markRevokedLocked puts the marker of revoked grant g in its place: an
+// entry that owns fd and refuses g's grantee a new grant of parent.
+func (s *Store) markRevokedLocked(parent, g *Entry, fd int, dead []*Entry) ([]*Entry, error) {
+	grantee, uid := g.Grantee()
+	dev, ino, _ := linux.FileID(fd)
+	sp := Spec{
+		Owner: parent.Owner(), Pinned: parent.Pinned(), Kind: "memfd",
+		Cgroup: parent.Cgroup(), OwnerCgroup: parent.OwnerCgroup(),
+		UID: parent.UID(), Acct: parent.Acct(), Limited: parent.Limited(),
+		Dev: dev, Ino: ino, Published: s.clock.Now(), Expires: parent.Expires(),
+		Restrict: g.Restrict() | proto.RestrictRevoked, Grantee: grantee, GranteeUID: uid,
+	}
+	m := NewEntry(&sp, fd)
+	s.seq++
+	m.seq = s.seq
+	m.name = GrantName(parent.name, s.seq)
+	m.more.grant.parent = parent
+	if m.watched() && s.watch != nil {
+		var err error
+		if dead, err = s.watchLocked(m, 0, nil, dead); err != nil {
+			return append(dead, m), err
+		}
+	}
+	// Not admitted against the quotas: it takes the place of the grant it
+	// marks, which counted.
+	s.insertLocked(m)
+	if s.obs != nil {
+		s.obs.Added(m)
+	}
+	return dead, nil
 }
 
 // linkGrantLocked makes g one of its parent's grants.

@@ -122,11 +122,22 @@ func TestGrantPerConsumer(t *testing.T) {
 	if err != nil || n != 3 || id != a.ID() {
 		t.Fatalf("RevokeGrant = %q %d %v", id, n, err)
 	}
-	if gs := f.s.Grants(e); len(gs) != 1 || gs[0] != b {
+	// Left: b's grant, and the marker that keeps a's consumer out.
+	gs := f.s.Grants(e)
+	if len(gs) != 2 || gs[0] != b || gs[1].Restrict()&proto.RestrictRevoked == 0 {
 		t.Fatalf("grants left: %v", gs)
+	}
+	if id, uid := gs[1].Grantee(); id != "a.service" || uid != 0 || gs[1].Depth() != 1 {
+		t.Fatalf("marker for %s %d", id, uid)
+	}
+	if _, _, err := f.s.Grant(e, GrantOptions{Grantee: Grantee{"a.service", 0}}, l); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("a new grant for a revoked consumer: %v", err)
 	}
 	if _, _, err := f.s.RevokeGrant("o", "m", "g2", func(*Entry) error { return nil }); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("again: %v", err)
+	}
+	if _, _, err := f.s.RevokeGrant("o", "m", gs[1].GrantID(), func(*Entry) error { return nil }); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("revoking the marker: %v", err)
 	}
 	// Revoking the entry takes its grants.
 	if _, err := f.s.Revoke("o", "m", func(*Entry) error { return nil }, false); err != nil {
