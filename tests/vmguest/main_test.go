@@ -34,12 +34,12 @@ const (
 	agentLog = "/tmp/agent.log"
 )
 
-// policy: /a and /b acquire what /pub publishes, /a may delegate to /c
-// (which has no grant of its own).
+// policy: /a and /b acquire what /pub publishes (and /a what /own does),
+// /a may delegate to /c (which has no grant of its own).
 const policy = `
 [[grant]]
 consumer    = "cgroup:/a"
-acquire     = ["cgroup:/pub:*"]
+acquire     = ["cgroup:/pub:*", "cgroup:/own:*"]
 delegate_to = ["cgroup:/c"]
 
 [[grant]]
@@ -81,7 +81,7 @@ func TestMain(m *testing.M) {
 // setup makes the cgroups, moves this process into /pub, writes the
 // policy and starts fdsup with the agent in /agent, waiting for READY=1.
 func setup() error {
-	for _, cg := range []string{"pub", "a", "b", "c", "agent"} {
+	for _, cg := range []string{"pub", "a", "b", "c", "own", "agent"} {
 		dir := filepath.Join(cgRoot, cg)
 		if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 			return err
