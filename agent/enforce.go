@@ -148,13 +148,15 @@ func (s *Server) CheckLedger() {
 		s.store.SetLedger(keep)
 		return
 	}
-	var lost []store.Revoked
+	var lost, keep []store.Revoked
 	for _, r := range s.store.Ledger() {
 		if r.At.Before(s.started) {
-			lost = append(lost, r) // not one this process enforced at Restore
+			lost = append(lost, r)
+		} else {
+			keep = append(keep, r) // enforced by this process, at Restore
 		}
 	}
-	s.store.SetLedger(nil)
+	s.store.SetLedger(keep)
 	if len(lost) == 0 {
 		return
 	}
