@@ -313,6 +313,9 @@ func (c *conn) acquire(cfg *policy.Config, attrs []byte) (*store.Entry, error) {
 	if !haveOwner || !haveName {
 		return nil, proto.Errorf(proto.CodeInvalidRequest, "acquire needs an owner and a name")
 	}
+	if err := proto.ValidName(name); err != nil {
+		return nil, proto.Errorf(proto.CodeInvalidRequest, "acquire: %v", err)
+	}
 	deadline := time.Now().Add(time.Duration(min(wait, proto.MaxWait)) * time.Millisecond)
 	for {
 		e, ready, done := c.srv.store.AcquireOrWait(owner, name)
@@ -519,6 +522,9 @@ func (c *conn) revoke(cfg *policy.Config, attrs []byte) error {
 	}
 	if !haveName {
 		return proto.Errorf(proto.CodeInvalidRequest, "revoke needs a name")
+	}
+	if err := proto.ValidName(name); err != nil {
+		return proto.Errorf(proto.CodeInvalidRequest, "revoke: %v", err)
 	}
 	if haveGrant {
 		if flags != 0 {

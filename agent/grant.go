@@ -19,7 +19,7 @@ func (c *conn) grantFor(cfg *policy.Config, e *store.Entry, r proto.Restrict) (*
 		return e, nil
 	}
 	defer c.srv.store.Release(e)
-	o := store.GrantOptions{Grantee: store.Grantee{Identity: c.peer.Identity, UID: c.peer.UID}, Restrict: r}
+	o := store.GrantOptions{Grantee: store.Grantee{Identity: c.peer.Identity, UID: c.peer.UID}, Restrict: r, Charge: c.charge()}
 	g, created, err := c.srv.store.Grant(e, o, c.srv.limits(cfg))
 	if err != nil {
 		return nil, err
@@ -30,6 +30,12 @@ func (c *conn) grantFor(cfg *policy.Config, e *store.Entry, r proto.Restrict) (*
 		}
 	}
 	return g, nil
+}
+
+// charge is the caller's account for the grants it makes: its cgroup, its
+// accounting uid, limited unless it is a host administrator.
+func (c *conn) charge() store.Charge {
+	return store.Charge{Cgroup: c.peer.Cgroup, Acct: c.peer.Acct, Limited: !c.peer.HostAdmin()}
 }
 
 // made makes a new grant durable, or takes it back.
@@ -225,7 +231,9 @@ func (c *conn) delegate(cfg *policy.Config, attrs []byte, reqFD *linux.FD, out [
 	if grantee, uid := from.Grantee(); !from.IsGrant() || grantee != c.peer.Identity || (uid != c.peer.UID && uid != store.AnyUID) {
 		return proto.Builder{}, proto.Errorf(proto.CodePermissionDenied, "the fd is %s, not a grant made for %s (uid %d): only a grant's holder delegates it", describe(from), c.peer.Identity, c.peer.UID)
 	}
-	o := store.GrantOptions{Grantee: store.Grantee{Identity: to, UID: store.AnyUID}, Restrict: r, Delegated: true}
+	// Charged to the delegator: delegating fills its own quotas, never the
+	// publisher's.
+	o := store.GrantOptions{Grantee: store.Grantee{Identity: to, UID: store.AnyUID}, Restrict: r, Delegated: true, Charge: c.charge()}
 	if ttl > 0 {
 		o.Expires = time.Now().Add(time.Duration(min(ttl, uint64((100*365*24*time.Hour).Milliseconds()))) * time.Millisecond)
 	}

@@ -58,14 +58,14 @@ func takeOrigin() int {
 	return fd
 }
 
-// cloneDir clones dir for a grant: in the agent's own namespace if the
-// mount is there, else in the origin namespace.
-func (s *Server) cloneDir(dir int, attrs uint64) (int, error) {
-	fd, err := linux.DetachedDir(dir, attrs)
+// cloneTree clones a directory or file for a grant: in the agent's own
+// namespace if the mount is there, else in the origin namespace.
+func (s *Server) cloneTree(f int, attrs uint64, dir bool) (int, error) {
+	fd, err := linux.Detached(f, attrs, dir)
 	if err == nil || !errors.Is(err, unix.EINVAL) || s.origin < 0 {
 		return fd, err
 	}
-	fd, err = linux.DetachedDirIn(s.origin, dir, attrs)
+	fd, err = linux.DetachedIn(s.origin, f, attrs, dir)
 	if err != nil {
 		return -1, fmt.Errorf("in the agent's origin mount namespace: %w", err)
 	}

@@ -117,7 +117,7 @@ func New(cfg *policy.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.store = store.New(s.watcher, nil)
-	s.store.SetDirCloner(s.cloneDir)
+	s.store.SetTreeCloner(s.cloneTree)
 	s.reg = registry.NewRegistry(s.watcher, cgroupFS{r})
 	fs, err := fdstore.Open()
 	if err != nil {

@@ -258,7 +258,7 @@ restrict = ["read-only"]
 	// Sealed with F_SEAL_FUTURE_WRITE, the publisher keeps writing through
 	// its mapping; the consumer's view is read-only, and reopening it
 	// through /proc does not make it writable.
-	if _, err := unix.FcntlInt(mem.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_FUTURE_WRITE); err != nil {
+	if _, err := unix.FcntlInt(mem.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_FUTURE_WRITE|unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
 		t.Fatal(err)
 	}
 	v := e.holder("a.service", me+":m")

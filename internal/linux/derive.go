@@ -54,7 +54,7 @@ func Reopen(fd int, readOnly bool) (int, error) {
 	return n, nil
 }
 
-// Mount attributes for DetachedDir.
+// Mount attributes for Detached.
 const (
 	MountReadOnly = unix.MOUNT_ATTR_RDONLY
 	MountNoSuid   = unix.MOUNT_ATTR_NOSUID
@@ -62,34 +62,55 @@ const (
 	MountNoExec   = unix.MOUNT_ATTR_NOEXEC
 )
 
-// DetachedDir returns a directory fd at the root of a new detached mount
-// of the directory dir refers to (open_tree with OPEN_TREE_CLONE, then the
-// attributes attrs set with mount_setattr). ".." at the root of a detached
-// mount stays there: the fd reaches the tree and nothing above it, and the
-// mount lives as long as some fd on it does. Submounts are not cloned. The
-// caller owns the returned fd.
+// Detached returns an fd at the root of a new detached mount of the file
+// or directory fd refers to (open_tree with OPEN_TREE_CLONE), with the
+// mount attributes attrs set (mount_setattr). A directory's mount clones
+// the mounts below it too (AT_RECURSIVE), so that what they cover stays
+// covered, and attrs apply to all of them; ".." at the root of a detached
+// mount stays there, so the fd reaches the tree and nothing above it. A
+// file's mount is of that file alone: on a read-only one, neither a
+// reopen through /proc nor fchmod can make it writable. The mount lives
+// as long as some fd on it does. The caller owns the returned fd, opened
+// read-only (a directory: O_DIRECTORY).
 //
 // The kernel clones only mounts of the caller's own mount namespace: a
-// directory from another one (a container's) fails with EINVAL.
-func DetachedDir(dir int, attrs uint64) (int, error) {
-	tree, err := unix.OpenTree(dir, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+// file from another one (a container's, or the kernel's internal mount
+// of memfds) fails with EINVAL.
+func Detached(fd int, attrs uint64, dir bool) (int, error) {
+	flags := unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC | unix.AT_EMPTY_PATH
+	setFlags := unix.AT_EMPTY_PATH
+	if dir {
+		flags |= unix.AT_RECURSIVE
+		setFlags |= unix.AT_RECURSIVE
+	}
+	tree, err := unix.OpenTree(fd, "", uint(flags))
 	if err != nil {
 		return -1, os.NewSyscallError("open_tree", err)
 	}
 	defer Close(tree)
 	if attrs != 0 {
 		attr := unix.MountAttr{Attr_set: attrs}
-		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+		if err := unix.MountSetattr(tree, "", uint(setFlags), &attr); err != nil {
 			return -1, os.NewSyscallError("mount_setattr", err)
 		}
 	}
 	var n int
 	err = ignoringEINTR(func() (err error) {
-		n, err = unix.Openat(tree, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if dir {
+			n, err = unix.Openat(tree, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		} else {
+			n, err = unix.Open("/proc/self/fd/"+strconv.Itoa(tree), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
+		}
 		return err
 	})
 	if err != nil {
-		return -1, os.NewSyscallError("openat", err)
+		return -1, os.NewSyscallError("open", err)
+	}
+	if !dir {
+		if _, err := unix.FcntlInt(uintptr(n), unix.F_SETFL, 0); err != nil {
+			Close(n)
+			return -1, os.NewSyscallError("fcntl F_SETFL", err)
+		}
 	}
 	return n, nil
 }
@@ -103,13 +124,13 @@ func AccessMode(fd int) (mode int, path bool, err error) {
 	return fl & unix.O_ACCMODE, fl&unix.O_PATH != 0, nil
 }
 
-// DetachedDirIn is DetachedDir run in the mount namespace ns (an nsfs fd):
-// the kernel clones only mounts of the caller's own namespace, and the
-// agent runs in a private one of its own. It runs on a thread of its own,
-// which gets its own filesystem context (unshare CLONE_FS), joins ns, and
-// ends with the call (the thread is never unlocked, so the Go runtime
-// drops it rather than reuse a thread in another namespace).
-func DetachedDirIn(ns, dir int, attrs uint64) (int, error) {
+// DetachedIn is Detached run in the mount namespace ns (an nsfs fd): the
+// kernel clones only mounts of the caller's own namespace, and the agent
+// runs in a private one of its own. It runs on a thread of its own, which
+// gets its own filesystem context (unshare CLONE_FS), joins ns, and ends
+// with the call (the thread is never unlocked, so the Go runtime drops it
+// rather than reuse a thread in another namespace).
+func DetachedIn(ns, fd int, attrs uint64, dir bool) (int, error) {
 	type result struct {
 		fd  int
 		err error
@@ -125,8 +146,8 @@ func DetachedDirIn(ns, dir int, attrs uint64) (int, error) {
 			ch <- result{-1, os.NewSyscallError("setns", err)}
 			return
 		}
-		fd, err := DetachedDir(dir, attrs)
-		ch <- result{fd, err}
+		n, err := Detached(fd, attrs, dir)
+		ch <- result{n, err}
 	}()
 	r := <-ch
 	return r.fd, r.err

@@ -241,7 +241,8 @@ func ValidRecord(r *Record) error {
 		return fmt.Errorf("grantee %q is not an identity", r.Grantee)
 	case !validCgroupPath(r.Cgroup) || !validCgroupPath(r.OwnerCg):
 		return fmt.Errorf("cgroup %q or owner cgroup %q is not a clean absolute path", r.Cgroup, r.OwnerCg)
-	case !cgroup.Within(r.Cgroup, r.OwnerCg):
+	case r.Grantee == "" && !cgroup.Within(r.Cgroup, r.OwnerCg):
+		// (A grant counts against its consumer's cgroup, anywhere.)
 		return fmt.Errorf("cgroup %s is not within its owner cgroup %s", r.Cgroup, r.OwnerCg)
 	case r.Kind == "" || len(r.Kind) > 64 || strings.ContainsFunc(r.Kind, unicode.IsControl):
 		return fmt.Errorf("kind %q", r.Kind)

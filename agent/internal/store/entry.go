@@ -257,7 +257,11 @@ func (e *Entry) Target() *policy.Target {
 }
 
 // watched reports whether the entry follows its owner cgroup's life.
-func (e *Entry) watched() bool { return !e.Pinned() && cgroup.Watchable(e.OwnerCgroup()) }
+// A grant lives as long as its parent, pinned or not: it is never watched
+// itself.
+func (e *Entry) watched() bool {
+	return !e.Pinned() && !e.IsGrant() && cgroup.Watchable(e.OwnerCgroup())
+}
 
 // unref drops one reference and reports whether it was the last.
 func (e *Entry) unref() bool { return e.refs.Add(-1) == 0 }

@@ -55,18 +55,40 @@ func Derivable(kind string, r proto.Restrict) error {
 	return errorf(ErrNotDerivable, "a %s cannot be reopened: every holder shares its one description (publish it without per-consumer; revoke it as a whole, with shutdown for a socket)", kind)
 }
 
-// DirCloner makes a detached mount of the directory dir with the mount
-// attributes attrs and returns a directory fd at its root (see
-// linux.DetachedDir), which the caller owns.
-type DirCloner func(dir int, attrs uint64) (int, error)
+// TreeCloner makes a detached mount of the file or directory fd with the
+// mount attributes attrs and returns a read-only fd at its root (see
+// linux.Detached), which the caller owns.
+type TreeCloner func(fd int, attrs uint64, dir bool) (int, error)
 
-// SetDirCloner sets how the store clones directories for grants (the
-// default: linux.DetachedDir, in the agent's own mount namespace).
-func (s *Store) SetDirCloner(f DirCloner) {
+// SetTreeCloner sets how the store clones directories and files for
+// grants (the default: linux.Detached, in the agent's own mount
+// namespace).
+func (s *Store) SetTreeCloner(f TreeCloner) {
 	s.mu.Lock()
-	s.cloneDir = f
+	s.cloneTree = f
 	s.mu.Unlock()
 }
+
+// clone is the store's TreeCloner.
+func (s *Store) clone(fd int, attrs uint64, dir bool) (int, error) {
+	s.mu.RLock()
+	f := s.cloneTree
+	s.mu.RUnlock()
+	if f == nil {
+		f = linux.Detached
+	}
+	return f(fd, attrs, dir)
+}
+
+// sealedReadOnly are the seals a memfd needs for a read-only grant: a
+// reopen through /proc/self/fd gets a writable description of any memfd
+// (its inode is 0777), so writes (F_SEAL_WRITE or F_SEAL_FUTURE_WRITE),
+// truncation and growth (F_SEAL_SHRINK, F_SEAL_GROW) and further seals
+// (F_SEAL_SEAL) must all be sealed off.
+const (
+	sealWrites   = 0x0008 | 0x0010          // F_SEAL_WRITE, F_SEAL_FUTURE_WRITE: either
+	sealSizeSeal = 0x0001 | 0x0002 | 0x0004 // F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW: all
+)
 
 // derive makes a description of its own of the file fd refers to, an
 // entry of kind, with restrictions r. The caller owns the fd returned.
@@ -88,26 +110,30 @@ func (s *Store) derive(fd int, kind string, r proto.Restrict) (int, error) {
 		if r&proto.RestrictNoExec != 0 {
 			attrs |= linux.MountNoExec
 		}
-		s.mu.RLock()
-		clone := s.cloneDir
-		s.mu.RUnlock()
-		if clone == nil {
-			clone = linux.DetachedDir
-		}
-		n, err := clone(fd, attrs)
+		n, err := s.clone(fd, attrs, true)
 		if err != nil {
 			return -1, errorf(ErrNotDerivable, "the directory cannot be cloned as a detached mount (%v): the agent clones directories of the mount namespace it was started in, not of a container's", err)
 		}
 		return n, nil
 	}
 	readOnly := r&proto.RestrictReadOnly != 0
-	if readOnly && kind == "memfd" {
+	switch {
+	case readOnly && kind == "memfd":
 		// A read-only description of a memfd reopens read-write through
-		// /proc/self/fd unless the memfd is sealed against writes.
+		// /proc/self/fd unless the memfd is sealed.
 		seals, err := linux.Seals(fd)
-		if err != nil || seals&(0x0008|0x0010) == 0 { // F_SEAL_WRITE, F_SEAL_FUTURE_WRITE
-			return -1, errorf(ErrNotDerivable, "a read-only grant of a memfd stays read-only only if the memfd is sealed against writes: seal it with F_SEAL_FUTURE_WRITE (the publisher keeps writing through its shared mappings) or F_SEAL_WRITE")
+		if err != nil || seals&sealWrites == 0 || seals&sealSizeSeal != sealSizeSeal {
+			return -1, errorf(ErrNotDerivable, "a read-only grant of a memfd stays read-only only if the memfd is sealed against writes (F_SEAL_FUTURE_WRITE, with which the publisher keeps writing through its shared mappings, or F_SEAL_WRITE), resizing (F_SEAL_SHRINK, F_SEAL_GROW) and further seals (F_SEAL_SEAL): a holder can reopen any memfd writable through /proc")
 		}
+	case readOnly:
+		// A regular file's read-only description on a read-only bind
+		// mount of the file alone: a reopen through /proc or fchmod
+		// cannot make it writable, whatever the inode's mode.
+		n, err := s.clone(fd, linux.MountReadOnly|linux.MountNoSuid|linux.MountNoDev|linux.MountNoExec, false)
+		if err != nil {
+			return -1, errorf(ErrNotDerivable, "the file cannot be bound read-only (%v): the agent binds files of the mount namespace it was started in, not of a container's", err)
+		}
+		return n, nil
 	}
 	n, err := linux.Reopen(fd, readOnly)
 	if err != nil {
@@ -198,6 +224,9 @@ func GrantName(parent string, n uint64) string {
 	return parent + string(proto.GrantSep) + proto.GrantPrefix + strconv.FormatUint(n, 10)
 }
 
+// isGrantName reports whether name is a grant's (NAME#gN...).
+func isGrantName(name string) bool { return strings.IndexByte(name, proto.GrantSep) >= 0 }
+
 // ParentName is the name of the entry or grant that the grant named name
 // derives from, and false if name is no grant's.
 func ParentName(name string) (string, bool) {
@@ -216,6 +245,19 @@ type GrantOptions struct {
 	// Delegated: the grant is made for another identity than its parent's
 	// grantee (a delegation), not for the parent's consumer itself.
 	Delegated bool
+	// Charge is whom the grant counts against in quotas and per-uid
+	// limits: the consumer that acquires it, or the delegator. Zero: the
+	// parent's.
+	Charge Charge
+}
+
+// Charge is a grant's account: the cgroup whose subtree quotas it counts
+// in (with every ancestor), the uid whose limits, and whether those apply
+// (not to a host administrator).
+type Charge struct {
+	Cgroup  string
+	Acct    uint32
+	Limited bool
 }
 
 // Grant returns the grant of parent (a per-consumer entry, or a grant to
@@ -232,7 +274,7 @@ func (s *Store) Grant(parent *Entry, o GrantOptions, l *Limits) (g *Entry, creat
 		return g, false, err
 	}
 	if !o.Delegated && parent.IsGrant() {
-		return nil, false, fmt.Errorf("a grant of a grant is a delegation")
+		return nil, false, errorf(ErrNotDerivable, "%s:%s is a grant, not an entry: a grant derives from a grant only by a delegation", parent.Owner(), parent.Name())
 	}
 	if err := Derivable(parent.Kind(), o.Restrict); err != nil {
 		return nil, false, err
@@ -251,12 +293,16 @@ func (s *Store) Grant(parent *Entry, o GrantOptions, l *Limits) (g *Entry, creat
 	}
 	kind, dev, ino, _ := linux.DescribeFD(fd)
 	now := s.clock.Now()
+	// Never pinned itself: a grant lives as long as its parent does.
 	sp := Spec{
-		Owner: parent.Owner(), Pinned: parent.Pinned(), Kind: kind,
+		Owner: parent.Owner(), Kind: kind,
 		Cgroup: parent.Cgroup(), OwnerCgroup: parent.OwnerCgroup(),
 		UID: parent.UID(), Acct: parent.Acct(), Limited: parent.Limited(),
 		Dev: dev, Ino: ino, Published: now, Expires: parent.Expires(),
 		Restrict: o.Restrict, Grantee: o.Grantee.Identity, GranteeUID: o.Grantee.UID,
+	}
+	if o.Charge.Cgroup != "" {
+		sp.Cgroup, sp.Acct, sp.Limited = o.Charge.Cgroup, o.Charge.Acct, o.Charge.Limited
 	}
 	if !o.Expires.IsZero() && (sp.Expires.IsZero() || o.Expires.Before(sp.Expires)) {
 		sp.Expires = o.Expires
@@ -288,12 +334,6 @@ func (s *Store) Grant(parent *Entry, o GrantOptions, l *Limits) (g *Entry, creat
 	if err := s.admitLocked(g, nil, false, l); err != nil {
 		dead = append(dead, g)
 		return nil, false, err
-	}
-	if g.watched() && s.watch != nil {
-		if dead, err = s.watchLocked(g, 0, nil, dead); err != nil {
-			dead = append(dead, g)
-			return nil, false, err
-		}
 	}
 	s.insertLocked(g)
 	if s.obs != nil {
@@ -475,14 +515,8 @@ func (s *Store) RevokeGrant(owner, name, id string, may func(g *Entry) error) (s
 	dead := s.revokeLocked(g, nil)
 	n := len(dead)
 	if g.Depth() == 1 {
-		var err error
-		dead, err = s.markRevokedLocked(parent, g, marker, dead)
-		marker = -1 // the marker's entry owns it now, or dead does
-		if err != nil {
-			s.mu.Unlock()
-			s.ReleaseAll(dead)
-			return g.ID(), n, fmt.Errorf("grant %s is revoked, but its consumer could acquire again: %w", id, err)
-		}
+		dead = s.markRevokedLocked(parent, g, marker, dead)
+		marker = -1 // the marker's entry owns it now
 	}
 	s.mu.Unlock()
 	s.ReleaseAll(dead)
@@ -491,13 +525,13 @@ func (s *Store) RevokeGrant(owner, name, id string, may func(g *Entry) error) (s
 
 // markRevokedLocked puts the marker of revoked grant g in its place: an
 // entry that owns fd and refuses g's grantee a new grant of parent.
-func (s *Store) markRevokedLocked(parent, g *Entry, fd int, dead []*Entry) ([]*Entry, error) {
+func (s *Store) markRevokedLocked(parent, g *Entry, fd int, dead []*Entry) []*Entry {
 	grantee, uid := g.Grantee()
 	dev, ino, _ := linux.FileID(fd)
 	sp := Spec{
-		Owner: parent.Owner(), Pinned: parent.Pinned(), Kind: "memfd",
-		Cgroup: parent.Cgroup(), OwnerCgroup: parent.OwnerCgroup(),
-		UID: parent.UID(), Acct: parent.Acct(), Limited: parent.Limited(),
+		Owner: parent.Owner(), Kind: "memfd",
+		Cgroup: g.Cgroup(), OwnerCgroup: parent.OwnerCgroup(),
+		UID: parent.UID(), Acct: g.Acct(), Limited: g.Limited(),
 		Dev: dev, Ino: ino, Published: s.clock.Now(), Expires: parent.Expires(),
 		Restrict: g.Restrict() | proto.RestrictRevoked, Grantee: grantee, GranteeUID: uid,
 	}
@@ -506,19 +540,13 @@ func (s *Store) markRevokedLocked(parent, g *Entry, fd int, dead []*Entry) ([]*E
 	m.seq = s.seq
 	m.name = GrantName(parent.name, s.seq)
 	m.more.grant.parent = parent
-	if m.watched() && s.watch != nil {
-		var err error
-		if dead, err = s.watchLocked(m, 0, nil, dead); err != nil {
-			return append(dead, m), err
-		}
-	}
 	// Not admitted against the quotas: it takes the place of the grant it
-	// marks, which counted.
+	// marks, which counted, with the same account.
 	s.insertLocked(m)
 	if s.obs != nil {
 		s.obs.Added(m)
 	}
-	return dead, nil
+	return dead
 }
 
 // linkGrantLocked makes g one of its parent's grants.

@@ -84,12 +84,18 @@ func TestGrantPerConsumer(t *testing.T) {
 	if _, _, err := f.s.Grant(a, GrantOptions{Grantee: Grantee{"c.service", AnyUID}, Delegated: true, Restrict: proto.RestrictReadOnly}, l); !errors.Is(err, ErrNotDerivable) {
 		t.Fatalf("read-only grant of an unsealed memfd: %v", err)
 	}
-	c, _, err := f.s.Grant(a, GrantOptions{Grantee: Grantee{"c.service", AnyUID}, Delegated: true}, l)
-	if err != nil || c.Name() != "m#g2#g4" || c.Parent() != a {
+	c, _, err := f.s.Grant(a, GrantOptions{Grantee: Grantee{"c.service", AnyUID}, Delegated: true, Charge: Charge{Cgroup: "/c.service", Acct: 7, Limited: true}}, l)
+	if err != nil || c.Name() != "m#g2#g4" || c.Parent() != a || c.Cgroup() != "/c.service" || c.Acct() != 7 || c.Pinned() {
 		t.Fatalf("delegate: %v %v", c, err)
 	}
 	// Sealed, a read-only one can be made.
-	if err := linux.AddSeals(e.FD(), 0x0010); err != nil { // F_SEAL_FUTURE_WRITE
+	if err := linux.AddSeals(e.FD(), 0x0010|0x0004|0x0002); err != nil { // F_SEAL_FUTURE_WRITE, GROW, SHRINK: not yet SEAL
+		t.Fatal(err)
+	}
+	if _, _, err := f.s.Grant(a, GrantOptions{Grantee: Grantee{"r.service", AnyUID}, Delegated: true, Restrict: proto.RestrictReadOnly}, l); !errors.Is(err, ErrNotDerivable) {
+		t.Fatalf("read-only grant of a memfd whose seals are not sealed: %v", err)
+	}
+	if err := linux.AddSeals(e.FD(), 0x0001); err != nil { // F_SEAL_SEAL
 		t.Fatal(err)
 	}
 	ro, _, err := f.s.Grant(a, GrantOptions{Grantee: Grantee{"r.service", AnyUID}, Delegated: true, Restrict: proto.RestrictReadOnly}, l)

@@ -116,22 +116,22 @@ type Store struct {
 	clock  Clock
 	closer *closer.Closer
 
-	mu       sync.RWMutex
-	obs      Observer  // nil: no mirror
-	enf      Enforcer  // nil: revokes are advisory
-	cloneDir DirCloner // nil: linux.DetachedDir
-	entries  index
-	exp      expiryHeap
-	timer    Timer
-	closed   bool
-	tombs    []Tombstone               // the last removed entries, oldest first, at most maxTombs
-	ledger   []Revoked                 // enforced revocations, oldest first, at most maxLedger
-	usage    map[string]*usage         // cgroup path -> usage of the subtree
-	byUID    map[uint32]*usage         // accounting uid -> its limited entries
-	pins     map[string]int            // owner identity -> its pinned entries, wherever published
-	owned    map[string]*watchedCgroup // owner cgroup -> its watched entries
-	seq      uint64                    // the last entry number given out; never reused
-	waiters  map[Key]*waiter           // one per awaited key, while someone waits
+	mu        sync.RWMutex
+	obs       Observer   // nil: no mirror
+	enf       Enforcer   // nil: revokes are advisory
+	cloneTree TreeCloner // nil: linux.Detached
+	entries   index
+	exp       expiryHeap
+	timer     Timer
+	closed    bool
+	tombs     []Tombstone               // the last removed entries, oldest first, at most maxTombs
+	ledger    []Revoked                 // enforced revocations, oldest first, at most maxLedger
+	usage     map[string]*usage         // cgroup path -> usage of the subtree
+	byUID     map[uint32]*usage         // accounting uid -> its limited entries
+	pins      map[string]int            // owner identity -> its pinned entries, wherever published
+	owned     map[string]*watchedCgroup // owner cgroup -> its watched entries
+	seq       uint64                    // the last entry number given out; never reused
+	waiters   map[Key]*waiter           // one per awaited key, while someone waits
 }
 
 // New returns an empty store. w may be nil (entries then never follow
@@ -408,8 +408,12 @@ func (s *Store) chargeLocked(e *Entry, d int) {
 }
 
 // Acquire returns the entry owner:name with a reference held for the
-// caller, who must Release it; nil if there is none.
+// caller, who must Release it; nil if there is none. A grant's name
+// (NAME#gN) names none: grants are reached through their entry only.
 func (s *Store) Acquire(owner, name string) *Entry {
+	if isGrantName(name) {
+		return nil
+	}
 	s.mu.RLock()
 	e := s.entries.get(owner, name)
 	if e != nil {
@@ -423,6 +427,9 @@ func (s *Store) Acquire(owner, name string) *Entry {
 // that is closed when one is published under the name, and a function the
 // caller must call when it stops waiting.
 func (s *Store) AcquireOrWait(owner, name string) (*Entry, <-chan struct{}, func()) {
+	if isGrantName(name) {
+		return nil, nil, func() {} // never published: a wait ends with the deadline
+	}
 	k := Key{owner, name}
 	if e := s.Acquire(owner, name); e != nil {
 		return e, nil, nil
@@ -478,7 +485,7 @@ func (s *Store) Release(e *Entry) {
 func (s *Store) Revoke(owner, name string, may func(*Entry) error, shutdown bool) (id string, err error) {
 	s.mu.Lock()
 	e := s.entries.get(owner, name)
-	if e == nil {
+	if e == nil || isGrantName(name) {
 		s.mu.Unlock()
 		return "", errorf(ErrNotFound, "%s:%s is not published", owner, name)
 	}
