@@ -100,7 +100,8 @@ func (s *Server) StartEnforcement(stored []Stored) []Stored {
 	if err != nil {
 		s.enfWhy = err.Error()
 		if errors.Is(err, enforce.ErrUnavailable) {
-			s.log.Warn("revocation is advisory: the kernel does not run BPF LSM programs here, so holders keep using the copies they have (see docs/SECURITY.md)", "reason", err)
+			// The kernel's choice, the same at every start: no warning.
+			s.log.Info("revocation is advisory: the kernel does not run BPF LSM programs here, so holders keep using the copies they have (see docs/SECURITY.md)", "reason", err)
 		} else {
 			s.log.Error("revocation is advisory: loading the BPF LSM programs failed", "err", err)
 		}

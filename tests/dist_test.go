@@ -250,8 +250,8 @@ func TestShippedConfig(t *testing.T) {
 	if def := policy.Default(); !reflect.DeepEqual(all.Agent, def.Agent) {
 		t.Errorf("the commented values are not the defaults:\n got %+v\nwant %+v", all.Agent, def.Agent)
 	}
-	if len(all.Grants) != 3 || len(all.Quotas) != 2 {
-		t.Errorf("uncommented: %d grants, %d quotas; want the 3 and 2 examples", len(all.Grants), len(all.Quotas))
+	if len(all.Grants) != 4 || len(all.Quotas) != 2 {
+		t.Errorf("uncommented: %d grants, %d quotas; want the 4 and 2 examples", len(all.Grants), len(all.Quotas))
 	}
 	if all.Metrics.Socket == "" || all.Metrics.Listen == "" || all.Metrics.AllowRemote {
 		t.Errorf("uncommented [metrics] = %+v, want the socket and loopback examples", all.Metrics)
