@@ -98,8 +98,8 @@ type AgentConfig struct {
 	MaxPinnedPerUID  int `toml:"max_pinned_per_uid"`
 	// MaxGrants bounds the per-consumer grants of one entry, and the
 	// delegations made from one grant; MaxGrantDepth how deep grants go
-	// (1: the consumers' own; 2: one delegation from them; ...). Grants
-	// count as entries of the entry's owner in every quota.
+	// (1: the consumers' own; 2: one delegation from them; ...). A grant
+	// counts as an entry of the consumer or delegator that made it.
 	MaxGrants     int `toml:"max_grants"`
 	MaxGrantDepth int `toml:"max_grant_depth"`
 }

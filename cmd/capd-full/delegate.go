@@ -30,7 +30,7 @@ A delegated grant never holds more than its parent: --restrict can only add
 parent ends (revoked, expired, its owner gone) or after --ttl. Revoking a
 grant revokes every grant derived from it ('capd revoke --grant ID'); the
 caller may revoke what it delegated. max_grants and max_grant_depth bound the
-tree, and every grant counts as an entry of the owner's in the quotas.`,
+tree, and a delegated grant counts as an entry of the delegator's in its quotas.`,
 		Example: `  capd delegate rpm-ostreed.service:state-dir --to helper.service --fd 3
   capd delegate rpm-ostreed.service:config --to container:web --fd 3 --restrict read-only --ttl 10m`,
 		Args: exactArgs(1, "exactly one OWNER:NAME"),
