@@ -716,14 +716,7 @@ func (c *conn) listGrants(cfg *policy.Config, m *proto.Builder, e *store.Entry) 
 			continue
 		}
 		gs := m.Begin(proto.AttrGrantInfo)
-		m.String(proto.AttrGrant, g.GrantID())
-		m.String(proto.AttrGrantee, grantee)
-		m.U32(proto.AttrUID, uid)
-		if p := parentID(g); p != "" {
-			m.String(proto.AttrParent, p)
-		}
-		m.U32(proto.AttrRestrict, uint32(g.Restrict()))
-		m.U32(proto.AttrDepth, uint32(g.Depth()))
+		putGrant(m, g)
 		m.U64(proto.AttrAcquired, g.Acquired())
 		m.U64(proto.AttrPublished, uint64(g.Published().UnixMilli()))
 		if exp := g.Expires(); !exp.IsZero() {

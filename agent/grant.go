@@ -82,15 +82,23 @@ func (c *conn) delegatedFor(cfg *policy.Config, owner, name string) *store.Entry
 // describeGrant adds what the consumer got to an acquire's reply.
 func (c *conn) describeGrant(m *proto.Builder, e *store.Entry) {
 	m.String(proto.AttrEnforcement, c.srv.enforcement())
-	if !e.IsGrant() {
-		return
+	if e.IsGrant() {
+		putGrant(m, e)
 	}
-	m.String(proto.AttrGrant, e.GrantID())
-	if p := parentID(e); p != "" {
+}
+
+// putGrant describes grant g: GRANT, GRANTEE, UID, PARENT (if delegated),
+// RESTRICT, DEPTH.
+func putGrant(m *proto.Builder, g *store.Entry) {
+	grantee, uid := g.Grantee()
+	m.String(proto.AttrGrant, g.GrantID())
+	m.String(proto.AttrGrantee, grantee)
+	m.U32(proto.AttrUID, uid)
+	if p := parentID(g); p != "" {
 		m.String(proto.AttrParent, p)
 	}
-	m.U32(proto.AttrRestrict, uint32(e.Restrict()))
-	m.U32(proto.AttrDepth, uint32(e.Depth()))
+	m.U32(proto.AttrRestrict, uint32(g.Restrict()))
+	m.U32(proto.AttrDepth, uint32(g.Depth()))
 }
 
 // refAttrs reads OWNER (default: the caller) and NAME, and the extra
@@ -157,15 +165,7 @@ func (c *conn) check(cfg *policy.Config, attrs []byte, reqFD *linux.FD, out []by
 	m.String(proto.AttrName, x.BaseName())
 	m.String(proto.AttrEnforcement, c.srv.enforcement())
 	if x.IsGrant() {
-		grantee, uid := x.Grantee()
-		m.String(proto.AttrGrant, x.GrantID())
-		m.String(proto.AttrGrantee, grantee)
-		m.U32(proto.AttrUID, uid)
-		if p := parentID(x); p != "" {
-			m.String(proto.AttrParent, p)
-		}
-		m.U32(proto.AttrRestrict, uint32(x.Restrict()))
-		m.U32(proto.AttrDepth, uint32(x.Depth()))
+		putGrant(&m, x)
 	}
 	return m, nil
 }
@@ -250,11 +250,7 @@ func (c *conn) delegate(cfg *policy.Config, attrs []byte, reqFD *linux.FD, out [
 	}
 	defer c.srv.store.Release(g)
 	m := proto.NewMessage(out, proto.OpDelegate, proto.CodeOK)
-	m.String(proto.AttrGrant, g.GrantID())
-	m.String(proto.AttrParent, from.GrantID())
-	m.String(proto.AttrGrantee, to)
-	m.U32(proto.AttrRestrict, uint32(g.Restrict()))
-	m.U32(proto.AttrDepth, uint32(g.Depth()))
+	putGrant(&m, g)
 	return m, nil
 }
 
