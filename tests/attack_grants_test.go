@@ -28,6 +28,7 @@ import (
 	"github.com/capd-dev/capd/client"
 	"github.com/capd-dev/capd/internal/fdpass"
 	"github.com/capd-dev/capd/internal/proto"
+	"github.com/capd-dev/capd/internal/testutil"
 )
 
 const attackArg = "__capd_attack_role__"
@@ -368,21 +369,24 @@ func (e *env) holdRaw(t *testing.T, unit string, uid uint32, owner, name string)
 	if uid != 0 {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uid, Gid: uid}
 	}
-	var stderr strings.Builder
+	var stderr testutil.LogBuffer // safe to read while the command writes it
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	exited := make(chan struct{}) // closed once Wait returned: stderr is complete
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		comm, err := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/comm")
+		comm, _ := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/comm")
 		if strings.TrimSpace(string(comm)) == "sleep" {
 			break
 		}
-		var st syscall.WaitStatus
-		if pid, _ := syscall.Wait4(cmd.Process.Pid, &st, syscall.WNOHANG, nil); pid == cmd.Process.Pid || err != nil {
+		select {
+		case <-exited:
 			return nil, stderr.String()
+		default:
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("hold-raw did not get to sleep: %s", stderr.String())

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/capd-dev/capd/client"
+	"github.com/capd-dev/capd/internal/testutil"
 )
 
 // holder runs "capd acquire REF -- sleep" in unit's cgroup and returns a
@@ -35,7 +36,7 @@ func (e *env) holderAs(unit string, uid uint32, ref string, extra ...string) *os
 	if uid != 0 {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uid, Gid: uid}
 	}
-	var stderr strings.Builder
+	var stderr testutil.LogBuffer // safe to read while the command writes it
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
