@@ -3,8 +3,11 @@ package store
 import (
 	"errors"
 	"fmt"
+	"os"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/capd-dev/capd/internal/linux"
 	"github.com/capd-dev/capd/internal/proto"
@@ -297,4 +300,51 @@ func BenchmarkGrantMake(b *testing.B) {
 	}
 	b.ReportMetric(float64(acq.Nanoseconds())/float64(b.N), "acquire-ns/op")
 	b.ReportMetric(float64(grant.Nanoseconds())/float64(b.N), "grant-make-ns/op")
+}
+
+// A directory's grant is a detached mount of it (in the test's own mount
+// namespace here): read-only as asked, and ".." stays at its root.
+func TestGrantDirectory(t *testing.T) {
+	f := newFixture(t)
+	top := t.TempDir()
+	inner := top + "/inner"
+	if err := os.Mkdir(inner, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(inner, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := entryFor("o", "d", fd, kind("dir"), func(sp *Spec) { sp.Restrict = proto.RestrictOwn | proto.RestrictReadOnly | proto.RestrictNoExec })
+	if err := f.s.Publish(e, 0, false, nil, free()); err != nil {
+		t.Fatal(err)
+	}
+	g, _, err := f.s.Grant(e, GrantOptions{Grantee: Grantee{"a", 0}, Restrict: proto.RestrictNoSuid}, grantLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.s.Release(g)
+	up, err := unix.Openat(g.FD(), "..", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(up)
+	var a, b unix.Stat_t
+	unix.Fstat(up, &a)
+	unix.Fstat(g.FD(), &b)
+	if a.Ino != b.Ino {
+		t.Fatal(`".." left the grant's tree`)
+	}
+	if w, err := unix.Openat(g.FD(), "x", unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o644); !errors.Is(err, unix.EROFS) {
+		unix.Close(w)
+		t.Fatalf("create in a read-only grant: %v", err)
+	}
+	if r := g.Restrict(); r&(proto.RestrictReadOnly|proto.RestrictNoExec|proto.RestrictNoSuid) != proto.RestrictReadOnly|proto.RestrictNoExec|proto.RestrictNoSuid {
+		t.Fatalf("grant restrictions %v", r)
+	}
+	// A cloner that fails refuses the grant, and says why.
+	f.s.SetTreeCloner(func(int, uint64, bool) (int, error) { return -1, unix.EINVAL })
+	if _, _, err := f.s.Grant(e, GrantOptions{Grantee: Grantee{"b", 0}}, grantLimits()); !errors.Is(err, ErrNotDerivable) {
+		t.Fatalf("grant with a failing cloner: %v", err)
+	}
 }
