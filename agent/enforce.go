@@ -121,10 +121,13 @@ func (s *Server) StartEnforcement(stored []Stored) []Stored {
 	} else {
 		s.log.Info("revocation is enforced by the kernel (BPF LSM)", "hooks", strings.Join(e.Hooks(), ","))
 	}
-	if s.mirror != nil && !adopted {
+	switch {
+	case s.mirror != nil && !adopted:
 		if err := s.mirror.Keep(e.Files()); err != nil {
 			s.log.Error("cannot keep the BPF LSM programs in systemd's fd store: a restart of the agent lifts every revocation", "err", err)
 		}
+	case s.mirror != nil:
+		s.mirror.Reserve(len(e.Files())) // systemd keeps them already
 	}
 	return out
 }

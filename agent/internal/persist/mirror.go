@@ -341,10 +341,17 @@ func (m *Mirror) Keep(files []activation.File) error {
 			return fmt.Errorf("store %s: %w", f.Name, err)
 		}
 	}
-	if m.room >= 0 {
-		m.room = max(m.room-len(files), 0)
-	}
+	m.Reserve(len(files))
 	return m.fs.Barrier(barrierTimeout)
+}
+
+// Reserve leaves n fewer fds of systemd's fd store for entries: fds of the
+// agent's own that systemd already keeps (adopted at start). Called at
+// start, before the store is used.
+func (m *Mirror) Reserve(n int) {
+	if m.room >= 0 {
+		m.room = max(m.room-n, 0)
+	}
 }
 
 // Forget drops the agent's own fds called names from systemd's fd store.
