@@ -170,6 +170,22 @@ acquire  = ["`+me+`:cfg"]
 	if len(ents) != 1 || len(ents[0].Grants) != 2 || ents[0].Enforcement == "" || !strings.Contains(strings.Join(ents[0].Restrict, ","), "per-consumer") {
 		t.Fatalf("list: %+v", ents)
 	}
+	// audit shows who holds each grant: a.service's sleep holds its own
+	// (NAME#gN), b.service's its own, neither the other's (this process
+	// holds copies of both).
+	rep := e.audit()
+	ga := holders(rep.Entries, me, "cfg#"+ca.Grant.ID)
+	gb := holders(rep.Entries, me, "cfg#"+cb.Grant.ID)
+	delete(ga, os.Getpid())
+	delete(gb, os.Getpid())
+	if len(ga) == 0 || len(gb) == 0 {
+		t.Fatalf("audit: holders of a's grant %v, of b's %v; entries %+v", ga, gb, rep.Entries)
+	}
+	for pid, h := range ga {
+		if _, both := gb[pid]; both || h.Identity == nil || *h.Identity != "a.service" {
+			t.Fatalf("audit: pid %d (%v) holds a's grant, and b's too: %v", pid, h.Identity, both)
+		}
+	}
 	// Another uid in a.service is another consumer, with a grant of its
 	// own; a consumer sees its own grant only.
 	n := e.holderAs("a.service", 65534, me+":cfg")
