@@ -8,11 +8,13 @@ import (
 	_ "embed"
 	"fmt"
 	"io"
+	"structs"
 
 	"github.com/cilium/ebpf"
 )
 
 type enforceArgs struct {
+	_         structs.HostLayout
 	Fd        uint32
 	MarkInode uint32
 	Rev       enforceRevocation
@@ -22,6 +24,7 @@ type enforceArgs struct {
 }
 
 type enforceRevocation struct {
+	_              structs.HostLayout
 	ExemptCgroupId uint64
 	Id             uint64
 }
@@ -61,9 +64,10 @@ func loadEnforceObjects(obj interface{}, opts *ebpf.CollectionOptions) error {
 type enforceSpecs struct {
 	enforceProgramSpecs
 	enforceMapSpecs
+	enforceVariableSpecs
 }
 
-// enforceSpecs contains programs before they are loaded into the kernel.
+// enforceProgramSpecs contains programs before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type enforceProgramSpecs struct {
@@ -91,12 +95,19 @@ type enforceMapSpecs struct {
 	Revoked  *ebpf.MapSpec `ebpf:"revoked"`
 }
 
+// enforceVariableSpecs contains global variables before they are loaded into the kernel.
+//
+// It can be passed ebpf.CollectionSpec.Assign.
+type enforceVariableSpecs struct {
+}
+
 // enforceObjects contains all objects after they have been loaded into the kernel.
 //
 // It can be passed to loadEnforceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type enforceObjects struct {
 	enforcePrograms
 	enforceMaps
+	enforceVariables
 }
 
 func (o *enforceObjects) Close() error {
@@ -121,6 +132,12 @@ func (m *enforceMaps) Close() error {
 		m.IterArgs,
 		m.Revoked,
 	)
+}
+
+// enforceVariables contains all global variables after they have been loaded into the kernel.
+//
+// It can be passed to loadEnforceObjects or ebpf.CollectionSpec.LoadAndAssign.
+type enforceVariables struct {
 }
 
 // enforcePrograms contains all programs after they have been loaded into the kernel.
