@@ -241,11 +241,16 @@ type Grant struct {
 	PerConsumer bool       `toml:"per_consumer"`
 	Restrict    []string   `toml:"restrict"`
 	DelegateTo  []Pattern  `toml:"delegate_to"`
+
+	restrict proto.Restrict // Restriction, computed once when loaded
 }
 
 // Restriction is the proto.Restrict bits of the grant's Restrict (checked
 // when loaded), with RestrictOwn if it asks for anything.
-func (g *Grant) Restriction() proto.Restrict {
+func (g *Grant) Restriction() proto.Restrict { return g.restrict }
+
+// restriction computes Restriction from Restrict and PerConsumer.
+func (g *Grant) restriction() proto.Restrict {
 	var r proto.Restrict
 	for _, n := range g.Restrict {
 		b, _ := proto.ParseRestrict(n)
@@ -591,6 +596,7 @@ func (c *Config) loadFile(file string) error {
 				return fmt.Errorf("%s: grant #%d (consumer %q): restrict: %w", at.at(el+".restrict"), i+1, g.Consumer, err)
 			}
 		}
+		one.Grants[i].restrict = one.Grants[i].restriction()
 		for _, k := range g.AllowKinds {
 			if !slices.Contains(unconfinedKinds, k) {
 				return fmt.Errorf("%s: grant #%d (consumer %q): allow_kinds: unknown kind %q (want %s)", at.at(el+".allow_kinds"), i+1, g.Consumer, k, Kinds())
