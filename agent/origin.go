@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/capd-dev/capd/internal/linux"
+	"github.com/capd-dev/capd/nsenter"
 )
 
 // The agent runs in a private mount namespace of its own (privateMountNS),
@@ -65,7 +66,10 @@ func (s *Server) cloneTree(f int, attrs uint64, dir bool) (int, error) {
 	if err == nil || !errors.Is(err, unix.EINVAL) || s.origin < 0 {
 		return fd, err
 	}
-	fd, err = linux.DetachedIn(s.origin, f, attrs, dir)
+	err = nsenter.MountNS(s.origin, func() (err error) {
+		fd, err = linux.Detached(f, attrs, dir)
+		return err
+	})
 	if err != nil {
 		return -1, fmt.Errorf("in the agent's origin mount namespace: %w", err)
 	}

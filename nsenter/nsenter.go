@@ -1,5 +1,6 @@
 // Package nsenter runs Go code inside another process's mount namespace,
-// entered through a pidfd.
+// entered through a pidfd (or a mount namespace's own fd: setns takes
+// either).
 //
 // A Go program is multi-threaded, and setns(CLONE_NEWNS) refuses a thread
 // that shares its filesystem context (root, cwd) with others. MountNS
@@ -11,7 +12,7 @@
 // callers); that needs a re-executed helper.
 //
 // Fd ownership: the package opens and closes nothing of the caller's; the
-// pidfd stays the caller's.
+// pidfd (or namespace fd) stays the caller's.
 package nsenter
 
 import (
@@ -23,8 +24,8 @@ import (
 	"github.com/capd-dev/capd/internal/linux"
 )
 
-// MountNS runs fn in the mount namespace of the process behind pidfd and
-// returns its error. fn runs on a thread of its own, which dies with it: it
+// MountNS runs fn in the mount namespace of the process behind pidfd (or
+// the mount namespace pidfd is a namespace fd of) and returns its error. fn runs on a thread of its own, which dies with it: it
 // must not start goroutines that expect to stay in the namespace, and
 // anything it opens by path resolves in the target's namespace (fds opened
 // earlier keep pointing where they pointed).

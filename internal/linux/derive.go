@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -122,33 +121,4 @@ func AccessMode(fd int) (mode int, path bool, err error) {
 		return 0, false, os.NewSyscallError("fcntl F_GETFL", err)
 	}
 	return fl & unix.O_ACCMODE, fl&unix.O_PATH != 0, nil
-}
-
-// DetachedIn is Detached run in the mount namespace ns (an nsfs fd): the
-// kernel clones only mounts of the caller's own namespace, and the agent
-// runs in a private one of its own. It runs on a thread of its own, which
-// gets its own filesystem context (unshare CLONE_FS), joins ns, and ends
-// with the call (the thread is never unlocked, so the Go runtime drops it
-// rather than reuse a thread in another namespace).
-func DetachedIn(ns, fd int, attrs uint64, dir bool) (int, error) {
-	type result struct {
-		fd  int
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		if err := unix.Unshare(unix.CLONE_FS); err != nil {
-			ch <- result{-1, os.NewSyscallError("unshare CLONE_FS", err)}
-			return
-		}
-		if err := unix.Setns(ns, unix.CLONE_NEWNS); err != nil {
-			ch <- result{-1, os.NewSyscallError("setns", err)}
-			return
-		}
-		n, err := Detached(fd, attrs, dir)
-		ch <- result{n, err}
-	}()
-	r := <-ch
-	return r.fd, r.err
 }
