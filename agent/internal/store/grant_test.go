@@ -348,3 +348,37 @@ func TestGrantDirectory(t *testing.T) {
 		t.Fatalf("grant with a failing cloner: %v", err)
 	}
 }
+
+// An entry that expired, or whose owner went, while the agent was down is
+// revoked at restore: enforced (after the lock) and in the ledger, as a
+// grant whose parent did not come back is.
+func TestRestoreEnforcesWhatIsDue(t *testing.T) {
+	f := newFixture(t)
+	enf := &recEnforcer{t: t, s: f.s}
+	f.s.SetEnforcer(enf)
+	gone := newEntry(t, "o", "gone", expires(t0.Add(-time.Minute)))
+	if err := f.s.Restore(gone, EntryID(3, "o", "gone")); err == nil {
+		t.Fatal("an expired entry was restored")
+	}
+	f.w.Populate(svc, false)
+	dead := newEntry(t, "x.service", "dead", inCgroup(svc, svc))
+	if err := f.s.Restore(dead, EntryID(4, "x.service", "dead")); err == nil {
+		t.Fatal("an entry of an empty owner cgroup was restored")
+	}
+	orphan := newEntry(t, "o", "lost#g9", func(sp *Spec) { sp.Grantee = "a" })
+	if err := f.s.Restore(orphan, EntryID(9, "o", "lost#g9")); err == nil {
+		t.Fatal("an orphan grant was restored")
+	}
+	dup := newEntry(t, "o", "dup")
+	f.s.Restore(dup, EntryID(5, "o", "dup"))
+	again := newEntry(t, "o", "dup")
+	if err := f.s.Restore(again, EntryID(6, "o", "dup")); err == nil {
+		t.Fatal("a duplicate was restored")
+	}
+	if len(enf.ids) != 3 || enf.ids[0] != "gone" || enf.ids[1] != "dead" || enf.ids[2] != "lost#g9" {
+		t.Fatalf("enforced %v, want the expired, the dead owner's and the orphan grant (not the duplicate)", enf.ids)
+	}
+	if l := f.s.Ledger(); len(l) != 3 || l[0].Seq != 3 || l[2].Seq != 9 {
+		t.Fatalf("ledger %+v", l)
+	}
+}
