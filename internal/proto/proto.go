@@ -172,12 +172,6 @@ var restrictNames = []struct {
 	name string
 }{{RestrictOwn, "per-consumer"}, {RestrictReadOnly, "read-only"}, {RestrictNoSuid, "nosuid"}, {RestrictNoDev, "nodev"}, {RestrictNoExec, "noexec"}, {RestrictKeep, "keep-publisher"}, {RestrictRevoked, "revoked"}}
 
-// Attenuating reports whether r withholds anything beyond a description
-// of its own.
-func (r Restrict) Attenuating() bool {
-	return r&(RestrictReadOnly|RestrictNoSuid|RestrictNoDev|RestrictNoExec) != 0
-}
-
 // String lists r's names, comma-separated ("per-consumer,read-only"), ""
 // for none.
 func (r Restrict) String() string {
